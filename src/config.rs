@@ -1,0 +1,591 @@
+//! Configuration: a TOML file, overridden by `CONFAB__SECTION__KEY` variables,
+//! validated up front so a bad value stops startup with one line naming its key.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config: cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config: {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("config: {key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub storage: StorageConfig,
+    pub broker: BrokerConfig,
+    pub rooms: RoomsConfig,
+    pub limits: LimitsConfig,
+    pub moderation: ModerationConfig,
+    pub heartbeat: HeartbeatConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub bind: String,
+    pub allowed_origins: Vec<String>,
+    pub shutdown_grace_secs: u64,
+    pub tls: TlsConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8080".into(),
+            allowed_origins: Vec::new(),
+            shutdown_grace_secs: 10,
+            tls: TlsConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub guest: bool,
+    pub jwt_secret: String,
+    pub token_ttl_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            guest: true,
+            jwt_secret: String::new(),
+            token_ttl_secs: 86_400,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub data_dir: PathBuf,
+    pub url: String,
+    pub pool_size: usize,
+    pub batch_max: usize,
+    pub flush_interval_ms: u64,
+    pub retention_days: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            url: "sqlite://confab.db".into(),
+            pool_size: 8,
+            batch_max: 512,
+            flush_interval_ms: 5,
+            retention_days: 0,
+        }
+    }
+}
+
+/// Where the store lives, decided once from `storage.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl StorageConfig {
+    pub fn location(&self) -> Result<StoreLocation, ConfigError> {
+        if let Some(rest) = self.url.strip_prefix("sqlite://") {
+            if rest.is_empty() {
+                return Err(invalid("storage.url", "sqlite:// needs a file name"));
+            }
+            let path = Path::new(rest);
+            let path = if path.is_absolute() {
+                path.to_path_buf()
+            } else {
+                self.data_dir.join(path)
+            };
+            Ok(StoreLocation::Sqlite(path))
+        } else if self.url.starts_with("postgres://") || self.url.starts_with("postgresql://") {
+            Ok(StoreLocation::Postgres(self.url.clone()))
+        } else {
+            Err(invalid(
+                "storage.url",
+                "must start with sqlite:// or postgres://",
+            ))
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    pub redis_url: String,
+    pub namespace: String,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: String::new(),
+            namespace: "confab".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoomsConfig {
+    pub join_history: u32,
+    pub recovery_max: u64,
+}
+
+impl Default for RoomsConfig {
+    fn default() -> Self {
+        Self {
+            join_history: 50,
+            recovery_max: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_frame_bytes: usize,
+    pub max_message_chars: usize,
+    pub history_page_max: u32,
+    pub messages_per_sec: u32,
+    pub message_burst: u32,
+    pub connections_per_ip: u32,
+    pub session_queue: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 65_536,
+            max_message_chars: 2000,
+            history_page_max: 100,
+            messages_per_sec: 5,
+            message_burst: 10,
+            connections_per_ip: 1000,
+            session_queue: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModerationConfig {
+    pub prohibited_words: Vec<String>,
+    pub spam_repeats: u32,
+    pub spam_window_secs: u64,
+}
+
+impl Default for ModerationConfig {
+    fn default() -> Self {
+        Self {
+            prohibited_words: Vec::new(),
+            spam_repeats: 3,
+            spam_window_secs: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeartbeatConfig {
+    pub interval_secs: u64,
+    pub timeout_secs: u64,
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        Self {
+            interval_secs: 15,
+            timeout_secs: 45,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: LogLevel,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: LogLevel::Info,
+        }
+    }
+}
+
+/// Where the configuration came from, for the startup log.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    File(PathBuf),
+    Defaults,
+}
+
+impl Config {
+    /// Finds the file per CONFIG.md (`--config`, `$CONFAB_CONFIG`, `./config.toml`,
+    /// else defaults), then applies the process environment and validates.
+    pub fn load(explicit: Option<&Path>) -> Result<(Config, ConfigSource), ConfigError> {
+        let path = match explicit {
+            Some(p) => Some(p.to_path_buf()),
+            None => match std::env::var_os("CONFAB_CONFIG") {
+                Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
+                _ => {
+                    let local = PathBuf::from("config.toml");
+                    local.exists().then_some(local)
+                }
+            },
+        };
+        let text = match &path {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.clone(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        let label = path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "defaults".into());
+        let config = Self::from_toml_and_env(&text, &label, std::env::vars())?;
+        let source = path.map_or(ConfigSource::Defaults, ConfigSource::File);
+        Ok((config, source))
+    }
+
+    /// Pure core of [`Config::load`]: parse, overlay the `CONFAB__…` variables, validate.
+    pub fn from_toml_and_env(
+        text: &str,
+        label: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let message = e.message().trim().to_string();
+            let at = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start].matches('\n').count() + 1;
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            ConfigError::Parse {
+                path: label.to_string(),
+                message: format!("{message}{at}"),
+            }
+        })?;
+        let mut overrides: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("CONFAB__"))
+            .collect();
+        overrides.sort();
+        for (name, raw) in overrides {
+            apply_env_override(&mut table, &name, &raw)?;
+        }
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let path = e.path().to_string();
+                let message = e.inner().message().trim().to_string();
+                invalid(if path == "." { "config" } else { &path }, message)
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let c = self;
+        if c.server.bind.parse::<std::net::SocketAddr>().is_err() && !c.server.bind.contains(':') {
+            return Err(invalid("server.bind", "expected HOST:PORT"));
+        }
+        let tls = &c.server.tls;
+        if tls.cert.is_empty() != tls.key.is_empty() {
+            return Err(invalid("server.tls", "set both cert and key, or neither"));
+        }
+        if c.auth.token_ttl_secs == 0 {
+            return Err(invalid("auth.token_ttl_secs", "must be at least 1"));
+        }
+        c.storage.location()?;
+        if c.storage.pool_size == 0 {
+            return Err(invalid("storage.pool_size", "must be at least 1"));
+        }
+        if c.storage.batch_max == 0 {
+            return Err(invalid("storage.batch_max", "must be at least 1"));
+        }
+        if c.broker.namespace.is_empty() {
+            return Err(invalid("broker.namespace", "must not be empty"));
+        }
+        let redis = &c.broker.redis_url;
+        if !(redis.is_empty() || redis.starts_with("redis://") || redis.starts_with("rediss://")) {
+            return Err(invalid("broker.redis_url", "must start with redis://"));
+        }
+        if c.rooms.join_history > 100 {
+            return Err(invalid("rooms.join_history", "must be between 0 and 100"));
+        }
+        let l = &c.limits;
+        if l.max_frame_bytes < 128 {
+            return Err(invalid("limits.max_frame_bytes", "must be at least 128"));
+        }
+        if l.max_message_chars == 0 {
+            return Err(invalid("limits.max_message_chars", "must be at least 1"));
+        }
+        if l.history_page_max == 0 {
+            return Err(invalid("limits.history_page_max", "must be at least 1"));
+        }
+        if l.messages_per_sec == 0 {
+            return Err(invalid("limits.messages_per_sec", "must be at least 1"));
+        }
+        if l.message_burst == 0 {
+            return Err(invalid("limits.message_burst", "must be at least 1"));
+        }
+        if l.session_queue == 0 {
+            return Err(invalid("limits.session_queue", "must be at least 1"));
+        }
+        if c.moderation.spam_repeats == 0 {
+            return Err(invalid("moderation.spam_repeats", "must be at least 1"));
+        }
+        if c.heartbeat.interval_secs == 0 {
+            return Err(invalid("heartbeat.interval_secs", "must be at least 1"));
+        }
+        if c.heartbeat.timeout_secs <= c.heartbeat.interval_secs {
+            return Err(invalid(
+                "heartbeat.timeout_secs",
+                "must be greater than heartbeat.interval_secs",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, with secrets replaced.
+    pub fn redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        if !shown.auth.jwt_secret.is_empty() {
+            shown.auth.jwt_secret = "<redacted>".into();
+        }
+        shown.storage.url = redact_url_password(&shown.storage.url);
+        shown.broker.redis_url = redact_url_password(&shown.broker.redis_url);
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    pub fn cluster_mode(&self) -> bool {
+        !self.broker.redis_url.is_empty()
+    }
+}
+
+/// `scheme://user:secret@host` -> `scheme://user:<redacted>@host`.
+fn redact_url_password(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let Some(at) = rest.find('@') else {
+        return url.to_string();
+    };
+    let userinfo = &rest[..at];
+    match userinfo.find(':') {
+        Some(colon) => format!(
+            "{}://{}:<redacted>{}",
+            &url[..scheme_end],
+            &userinfo[..colon],
+            &rest[at..]
+        ),
+        None => url.to_string(),
+    }
+}
+
+/// Sets `section.key` from `CONFAB__SECTION__KEY`. The raw value is read as the
+/// key's own type (known from the defaults): strings stay verbatim, everything else
+/// is parsed as a TOML value, so `8080` is a number and `["a"]` an array.
+fn apply_env_override(table: &mut toml::Table, name: &str, raw: &str) -> Result<(), ConfigError> {
+    let path: Vec<String> = name["CONFAB__".len()..]
+        .split("__")
+        .map(|s| s.to_ascii_lowercase())
+        .collect();
+    let key = path.join(".");
+    if path.iter().any(|p| p.is_empty()) {
+        return Err(invalid(name, "malformed variable name"));
+    }
+    let defaults = toml::Value::try_from(Config::default())
+        .map_err(|e| invalid(&key, format!("cannot read defaults: {e}")))?;
+    let mut expected = &defaults;
+    for part in &path {
+        expected = expected
+            .get(part)
+            .ok_or_else(|| invalid(&key, format!("unknown key (from {name})")))?;
+    }
+    let value = match expected {
+        toml::Value::String(_) => toml::Value::String(raw.to_string()),
+        toml::Value::Table(_) => {
+            return Err(invalid(
+                &key,
+                format!("is a section; set its keys ({name})"),
+            ))
+        }
+        _ => {
+            let doc: toml::Table = format!("v = {raw}")
+                .parse()
+                .map_err(|_| invalid(&key, format!("cannot parse {raw:?} from {name}")))?;
+            doc.get("v")
+                .cloned()
+                .unwrap_or(toml::Value::String(raw.to_string()))
+        }
+    };
+    let (last, parents) = path.split_last().expect("path has at least one part");
+    let mut cursor = table;
+    for part in parents {
+        let entry = cursor
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cursor = entry
+            .as_table_mut()
+            .ok_or_else(|| invalid(part, "expected a section"))?;
+    }
+    cursor.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_toml_and_env(
+            text,
+            "test.toml",
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = parse("", &[]).unwrap();
+        assert_eq!(c.server.bind, "127.0.0.1:8080");
+        assert!(c.auth.guest);
+        assert_eq!(c.storage.batch_max, 512);
+        assert_eq!(c.rooms.join_history, 50);
+        assert_eq!(c.limits.max_frame_bytes, 65536);
+        assert_eq!(
+            c.storage.location().unwrap(),
+            StoreLocation::Sqlite(PathBuf::from("./data/confab.db"))
+        );
+        assert!(!c.cluster_mode());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = parse("[rooms]\njoin_histroy = 3\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rooms"), "{e}");
+        assert!(e.contains("join_histroy"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let e = parse("[limits]\nmax_frame_bytes = \"big\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limits.max_frame_bytes"), "{e}");
+    }
+
+    #[test]
+    fn impossible_value_is_named() {
+        let e = parse("[rooms]\njoin_history = 101\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rooms.join_history"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_use_the_key_type() {
+        let c = parse(
+            "[rooms]\njoin_history = 10\n",
+            &[
+                ("CONFAB__ROOMS__JOIN_HISTORY", "2"),
+                ("CONFAB__AUTH__JWT_SECRET", "12345"),
+                ("CONFAB__AUTH__GUEST", "false"),
+                ("CONFAB__SERVER__ALLOWED_ORIGINS", "[\"https://a.example\"]"),
+                ("CONFAB__STORAGE__URL", "postgres://u:pw@h/db"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.rooms.join_history, 2);
+        assert_eq!(c.auth.jwt_secret, "12345");
+        assert!(!c.auth.guest);
+        assert_eq!(c.server.allowed_origins, vec!["https://a.example"]);
+        assert!(c.redacted_toml().contains("postgres://u:<redacted>@h/db"));
+    }
+
+    #[test]
+    fn env_unknown_key_is_named() {
+        let e = parse("", &[("CONFAB__ROOMS__NOPE", "1")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rooms.nope"), "{e}");
+    }
+
+    #[test]
+    fn secret_is_redacted() {
+        let c = parse("[auth]\njwt_secret = \"hunter2\"\n", &[]).unwrap();
+        let shown = c.redacted_toml();
+        assert!(!shown.contains("hunter2"));
+        assert!(shown.contains("<redacted>"));
+    }
+}

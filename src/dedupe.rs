@@ -1,0 +1,253 @@
+//! The idempotency window for `ref`s: a resend of a known (user, ref) within ten
+//! minutes gets the original ack instead of a second message. Memory is bounded
+//! by the window and a hard entry cap.
+
+use crate::protocol::ChatMessage;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const REF_WINDOW: Duration = Duration::from_secs(600);
+const DEFAULT_CAP: usize = 1_000_000;
+
+type Key = (String, String);
+
+#[derive(Debug, Clone)]
+enum Entry {
+    InFlight {
+        room: String,
+        seq: u64,
+        generation: u64,
+    },
+    Done(Arc<ChatMessage>),
+}
+
+/// What a claim found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// Unknown ref: it is now reserved for this send.
+    New,
+    /// Already accepted: answer with this message's ack.
+    Done(Arc<ChatMessage>),
+    /// Being written right now.
+    InFlight {
+        room: String,
+        seq: u64,
+        generation: u64,
+    },
+}
+
+pub struct RefCache {
+    inner: Mutex<Inner>,
+    window: Duration,
+    cap: usize,
+}
+
+#[derive(Default)]
+struct Inner {
+    entries: HashMap<Key, (Instant, Entry)>,
+    order: VecDeque<(Instant, Key)>,
+}
+
+impl Default for RefCache {
+    fn default() -> Self {
+        Self::new(REF_WINDOW, DEFAULT_CAP)
+    }
+}
+
+impl RefCache {
+    pub fn new(window: Duration, cap: usize) -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+            window,
+            cap,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The accepted message for a known ref, if any.
+    pub fn done(&self, user_id: &str, client_ref: &str) -> Option<Arc<ChatMessage>> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        self.expire(&mut inner, now);
+        match inner
+            .entries
+            .get(&(user_id.to_string(), client_ref.to_string()))
+        {
+            Some((_, Entry::Done(m))) => Some(m.clone()),
+            _ => None,
+        }
+    }
+
+    /// Reserves the ref for a send about to get `seq`, or reports what it already names.
+    pub fn claim(
+        &self,
+        user_id: &str,
+        client_ref: &str,
+        room: &str,
+        seq: u64,
+        generation: u64,
+    ) -> Claim {
+        let now = Instant::now();
+        let key = (user_id.to_string(), client_ref.to_string());
+        let mut inner = self.lock();
+        self.expire(&mut inner, now);
+        if let Some((_, entry)) = inner.entries.get(&key) {
+            return match entry {
+                Entry::Done(m) => Claim::Done(m.clone()),
+                Entry::InFlight {
+                    room,
+                    seq,
+                    generation,
+                } => Claim::InFlight {
+                    room: room.clone(),
+                    seq: *seq,
+                    generation: *generation,
+                },
+            };
+        }
+        let entry = Entry::InFlight {
+            room: room.to_string(),
+            seq,
+            generation,
+        };
+        inner.entries.insert(key.clone(), (now, entry));
+        inner.order.push_back((now, key));
+        while inner.entries.len() > self.cap {
+            let Some((at, old)) = inner.order.pop_front() else {
+                break;
+            };
+            Self::remove_if_at(&mut inner, &old, at);
+        }
+        Claim::New
+    }
+
+    /// The send committed: resends now get its ack.
+    pub fn complete(&self, msg: &Arc<ChatMessage>) {
+        let Some(client_ref) = &msg.client_ref else {
+            return;
+        };
+        let key = (msg.user_id.clone(), client_ref.clone());
+        let mut inner = self.lock();
+        if let Some((_, entry)) = inner.entries.get_mut(&key) {
+            *entry = Entry::Done(msg.clone());
+        }
+    }
+
+    /// The send failed: the ref may be used again.
+    pub fn forget(&self, user_id: &str, client_ref: &str) {
+        let key = (user_id.to_string(), client_ref.to_string());
+        self.lock().entries.remove(&key);
+    }
+
+    /// Rebuilds the window from the store at startup (messages oldest first).
+    pub fn warm(&self, recent: impl IntoIterator<Item = ChatMessage>, now_ms: i64) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        for msg in recent {
+            let Some(client_ref) = msg.client_ref.clone() else {
+                continue;
+            };
+            let age = Duration::from_millis(now_ms.saturating_sub(msg.timestamp_ms).max(0) as u64);
+            if age >= self.window {
+                continue;
+            }
+            let at = now.checked_sub(age).unwrap_or(now);
+            let key = (msg.user_id.clone(), client_ref);
+            inner
+                .entries
+                .insert(key.clone(), (at, Entry::Done(Arc::new(msg))));
+            inner.order.push_back((at, key));
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn expire(&self, inner: &mut Inner, now: Instant) {
+        while let Some((at, _)) = inner.order.front() {
+            if now.duration_since(*at) < self.window {
+                break;
+            }
+            let Some((at, key)) = inner.order.pop_front() else {
+                break;
+            };
+            Self::remove_if_at(inner, &key, at);
+        }
+    }
+
+    /// Removes the entry only if it is the one queued at `at` (not a later reuse).
+    fn remove_if_at(inner: &mut Inner, key: &Key, at: Instant) {
+        if inner.entries.get(key).is_some_and(|(t, _)| *t == at) {
+            inner.entries.remove(key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(user: &str, r: &str, seq: u64) -> Arc<ChatMessage> {
+        Arc::new(ChatMessage {
+            room: "g".into(),
+            seq,
+            id: format!("id-{seq}"),
+            user_id: user.into(),
+            user_name: user.into(),
+            content: "x".into(),
+            timestamp_ms: crate::protocol::now_ms(),
+            client_ref: Some(r.into()),
+        })
+    }
+
+    #[test]
+    fn claim_complete_and_replay() {
+        let cache = RefCache::default();
+        assert_eq!(cache.claim("u", "r1", "g", 1, 0), Claim::New);
+        assert!(matches!(
+            cache.claim("u", "r1", "g", 2, 0),
+            Claim::InFlight { seq: 1, .. }
+        ));
+        assert_eq!(
+            cache.claim("v", "r1", "g", 2, 0),
+            Claim::New,
+            "refs are per user"
+        );
+        cache.complete(&msg("u", "r1", 1));
+        assert_eq!(cache.done("u", "r1").unwrap().seq, 1);
+        cache.forget("v", "r1");
+        assert_eq!(cache.claim("v", "r1", "g", 3, 0), Claim::New);
+    }
+
+    #[test]
+    fn window_and_cap_bound_memory() {
+        let cache = RefCache::new(Duration::from_millis(50), 3);
+        for i in 0..10 {
+            cache.claim("u", &format!("r{i}"), "g", i, 0);
+        }
+        assert_eq!(cache.len(), 3);
+        std::thread::sleep(Duration::from_millis(60));
+        cache.claim("u", "fresh", "g", 99, 0);
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn warm_keeps_only_the_window() {
+        let cache = RefCache::default();
+        let mut old = (*msg("u", "old", 1)).clone();
+        old.timestamp_ms -= 11 * 60 * 1000;
+        let new = (*msg("u", "new", 2)).clone();
+        cache.warm(vec![old, new], crate::protocol::now_ms());
+        assert!(cache.done("u", "old").is_none());
+        assert_eq!(cache.done("u", "new").unwrap().seq, 2);
+    }
+}

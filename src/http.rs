@@ -1,0 +1,349 @@
+//! HTTP: thin actix-web handlers over the protocol, store and actors, plus the
+//! WebSocket upgrades (authenticated before the upgrade) and the embedded web UI.
+
+use crate::auth::Identity;
+use crate::protocol::{self, ErrorCode, Rejection, UserInfo};
+use crate::registry::ListActive;
+use crate::session::Session;
+use crate::AppDeps;
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web_actors::ws;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/", web::get().to(index))
+        .route("/assets/{path:.*}", web::get().to(asset))
+        .route("/ws", web::get().to(ws_v1))
+        .route("/ws/chat/{room}", web::get().to(ws_seed))
+        .route("/api/login", web::post().to(login))
+        .route("/api/rooms", web::get().to(list_rooms))
+        .route("/api/rooms/{room}/messages", web::get().to(room_messages))
+        .route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .default_service(web::to(not_found));
+}
+
+pub fn error_response(rejection: &Rejection) -> HttpResponse {
+    let status =
+        StatusCode::from_u16(rejection.code.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+    HttpResponse::build(status)
+        .content_type("application/json")
+        .body(rejection.to_http_body())
+}
+
+fn json(body: String) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body)
+}
+
+async fn not_found() -> HttpResponse {
+    error_response(&Rejection::new(ErrorCode::NotFound, "no such endpoint"))
+}
+
+// ------------------------------------------------------------------ identity
+
+/// The token a request presents: `?token=`, `Authorization: Bearer`, or the cookie.
+fn presented_token(req: &HttpRequest) -> Option<String> {
+    let query = query_params(req);
+    if let Some(t) = query.get("token").filter(|t| !t.is_empty()) {
+        return Some(t.clone());
+    }
+    if let Some(value) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        if let Some(t) = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+        {
+            return Some(t.trim().to_string());
+        }
+    }
+    req.cookie("confab_token")
+        .map(|c| c.value().to_string())
+        .filter(|t| !t.is_empty())
+}
+
+fn query_params(req: &HttpRequest) -> BTreeMap<String, String> {
+    web::Query::<BTreeMap<String, String>>::from_query(req.query_string())
+        .map(|q| q.into_inner())
+        .unwrap_or_default()
+}
+
+/// A presented token must be valid; none at all is fine only where guests may read.
+fn identify(
+    req: &HttpRequest,
+    deps: &AppDeps,
+    optional: bool,
+) -> Result<Option<Identity>, Rejection> {
+    match presented_token(req) {
+        Some(token) => deps.auth.verify(&token).map(Some),
+        None if optional && deps.config.auth.guest => Ok(None),
+        None => Err(Rejection::new(
+            ErrorCode::Unauthorized,
+            "a token is required",
+        )),
+    }
+}
+
+fn guest_identity(name: String) -> Identity {
+    Identity {
+        user: Arc::new(UserInfo {
+            id: format!("guest:{}", uuid::Uuid::new_v4()),
+            name,
+        }),
+        rooms: crate::auth::RoomAccess::all(),
+    }
+}
+
+// ----------------------------------------------------------------- websocket
+
+async fn ws_v1(req: HttpRequest, stream: web::Payload, deps: web::Data<AppDeps>) -> HttpResponse {
+    let identity = match identify(&req, &deps, false) {
+        Ok(Some(identity)) => identity,
+        Ok(None) => {
+            return error_response(&Rejection::new(
+                ErrorCode::Unauthorized,
+                "a token is required",
+            ))
+        }
+        Err(e) => return error_response(&e),
+    };
+    upgrade(
+        Session::v1(identity, deps.get_ref().clone()),
+        &req,
+        stream,
+        &deps,
+    )
+}
+
+async fn ws_seed(req: HttpRequest, stream: web::Payload, deps: web::Data<AppDeps>) -> HttpResponse {
+    let room = req.match_info().get("room").unwrap_or_default().to_string();
+    if let Err(e) = protocol::check_room(&room) {
+        return error_response(&e.in_room(Some(&room)));
+    }
+    let query = query_params(&req);
+    let identity = match identify(&req, &deps, true) {
+        Ok(Some(identity)) => identity,
+        Ok(None) => {
+            let name = match query.get("name") {
+                Some(name) => match protocol::check_display_name(name) {
+                    Ok(name) => name,
+                    Err(e) => return error_response(&e),
+                },
+                None => format!("guest-{}", &uuid::Uuid::new_v4().simple().to_string()[..4]),
+            };
+            guest_identity(name)
+        }
+        Err(e) => return error_response(&e),
+    };
+    if let Err(e) = identity.rooms.check(&room) {
+        return error_response(&e);
+    }
+    let history = match query.get("history").map(|h| h.parse::<u32>()) {
+        None => 0,
+        Some(Ok(h)) => h.min(protocol::MAX_JOIN_HISTORY),
+        Some(Err(_)) => {
+            return error_response(&Rejection::new(
+                ErrorCode::InvalidFrame,
+                "history must be an integer 0-100",
+            ))
+        }
+    };
+    upgrade(
+        Session::seed(identity, deps.get_ref().clone(), room, history),
+        &req,
+        stream,
+        &deps,
+    )
+}
+
+fn upgrade(
+    session: Session,
+    req: &HttpRequest,
+    stream: web::Payload,
+    deps: &AppDeps,
+) -> HttpResponse {
+    match ws::WsResponseBuilder::new(session, req, stream)
+        .frame_size(deps.config.limits.max_frame_bytes)
+        .start()
+    {
+        Ok(response) => response,
+        Err(e) => {
+            let rejection = Rejection::new(
+                ErrorCode::InvalidFrame,
+                format!("not a WebSocket upgrade: {e}"),
+            );
+            error_response(&rejection)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------- REST
+
+async fn login(body: web::Bytes, deps: web::Data<AppDeps>) -> HttpResponse {
+    if !deps.config.auth.guest {
+        return error_response(&Rejection::new(
+            ErrorCode::Forbidden,
+            "guest login is disabled on this server",
+        ));
+    }
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return error_response(&Rejection::new(
+            ErrorCode::InvalidJson,
+            "the body must be JSON like {\"name\":\"alice\"}",
+        ));
+    };
+    let name = match value
+        .get("name")
+        .and_then(|n| n.as_str())
+        .map(protocol::check_display_name)
+    {
+        Some(Ok(name)) => name,
+        Some(Err(e)) => return error_response(&e),
+        None => {
+            return error_response(&Rejection::new(
+                ErrorCode::InvalidName,
+                "\"name\" is required",
+            ))
+        }
+    };
+    let identity = guest_identity(name);
+    let token = deps.auth.mint(
+        &identity.user.id,
+        &identity.user.name,
+        deps.config.auth.token_ttl_secs,
+        None,
+    );
+    json(serde_json::json!({"token": token, "user": identity.user.as_ref()}).to_string())
+}
+
+async fn list_rooms(req: HttpRequest, deps: web::Data<AppDeps>) -> HttpResponse {
+    let identity = match identify(&req, &deps, true) {
+        Ok(identity) => identity,
+        Err(e) => return error_response(&e),
+    };
+    let stored = match deps.store.rooms().await {
+        Ok(rooms) => rooms,
+        Err(error) => {
+            tracing::warn!(%error, "listing rooms failed");
+            return error_response(&Rejection::new(
+                ErrorCode::Unavailable,
+                "the store is unavailable",
+            ));
+        }
+    };
+    let active = deps.registry.send(ListActive).await.unwrap_or_default();
+    let mut rooms: BTreeMap<String, (u64, usize)> = stored
+        .into_iter()
+        .map(|r| (r.name, (r.last_seq, 0)))
+        .collect();
+    for room in active {
+        let entry = rooms.entry(room.name).or_insert((0, 0));
+        entry.0 = entry.0.max(room.last_seq);
+        entry.1 = room.online;
+    }
+    let visible = rooms
+        .into_iter()
+        .filter(|(name, _)| identity.as_ref().is_none_or(|i| i.rooms.allows(name)))
+        .map(|(name, (last_seq, online))| serde_json::json!({"name": name, "last_seq": last_seq, "online": online}))
+        .collect::<Vec<_>>();
+    json(serde_json::json!({ "rooms": visible }).to_string())
+}
+
+async fn room_messages(req: HttpRequest, deps: web::Data<AppDeps>) -> HttpResponse {
+    let room = req.match_info().get("room").unwrap_or_default().to_string();
+    if let Err(e) = protocol::check_room(&room) {
+        return error_response(&e);
+    }
+    let identity = match identify(&req, &deps, true) {
+        Ok(identity) => identity,
+        Err(e) => return error_response(&e),
+    };
+    if let Some(Err(e)) = identity.map(|i| i.rooms.check(&room)) {
+        return error_response(&e);
+    }
+    let query = query_params(&req);
+    let cursor = |key: &str| {
+        query
+            .get(key)
+            .map(|raw| protocol::parse_cursor_param(key, raw))
+            .transpose()
+    };
+    let before = match cursor("before") {
+        Ok(Some(b)) => Some(b),
+        Ok(None) => match cursor("before_id") {
+            Ok(b) => b,
+            Err(e) => return error_response(&e),
+        },
+        Err(e) => return error_response(&e),
+    };
+    let limit = match cursor("limit") {
+        Ok(l) => l.map(|l| l.min(u64::from(u32::MAX)) as u32),
+        Err(e) => return error_response(&e),
+    };
+    let page_max = deps.config.limits.history_page_max;
+    match crate::history::page(&deps.store, &room, before, limit, page_max).await {
+        Ok((messages, next)) => json(protocol::history_json(&room, &messages, next, false)),
+        Err(e) => error_response(&e),
+    }
+}
+
+async fn healthz() -> HttpResponse {
+    json(r#"{"status":"ok"}"#.into())
+}
+
+async fn readyz(deps: web::Data<AppDeps>) -> HttpResponse {
+    const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+    let store = match tokio::time::timeout(CHECK_TIMEOUT, deps.store.ping()).await {
+        Ok(Ok(())) => "ok",
+        _ => "unavailable",
+    };
+    let broker = match tokio::time::timeout(CHECK_TIMEOUT, deps.broker.ready()).await {
+        Ok(Ok(())) => "ok",
+        _ => "unavailable",
+    };
+    let ok = store == "ok" && broker == "ok";
+    let body = serde_json::json!({
+        "status": if ok { "ok" } else { "unavailable" },
+        "checks": { "store": store, "broker": broker },
+    });
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    HttpResponse::build(status)
+        .content_type("application/json")
+        .body(body.to_string())
+}
+
+// -------------------------------------------------------------------- web UI
+
+#[derive(rust_embed::RustEmbed)]
+#[folder = "web/"]
+struct WebAssets;
+
+fn serve_asset(path: &str) -> HttpResponse {
+    match WebAssets::get(path) {
+        Some(file) => HttpResponse::Ok()
+            .content_type(file.metadata.mimetype())
+            .insert_header((header::CACHE_CONTROL, "no-cache"))
+            .body(file.data.into_owned()),
+        None => error_response(&Rejection::new(ErrorCode::NotFound, "no such file")),
+    }
+}
+
+async fn index() -> HttpResponse {
+    serve_asset("index.html")
+}
+
+async fn asset(req: HttpRequest) -> HttpResponse {
+    let path = req.match_info().get("path").unwrap_or_default();
+    serve_asset(&format!("assets/{path}"))
+}

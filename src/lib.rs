@@ -1,0 +1,30 @@
+//! confab: a real-time chat server. See docs/architecture.md for the map.
+
+pub mod auth;
+pub mod broker;
+pub mod config;
+pub mod dedupe;
+pub mod history;
+pub mod http;
+pub mod persist;
+pub mod protocol;
+pub mod registry;
+pub mod room;
+pub mod server;
+pub mod session;
+pub mod store;
+
+use actix::Addr;
+use std::sync::Arc;
+
+/// Everything actors and handlers share, cheap to clone.
+#[derive(Clone)]
+pub struct AppDeps {
+    pub config: Arc<config::Config>,
+    pub auth: Arc<auth::Auth>,
+    pub store: store::SharedStore,
+    pub broker: broker::SharedBroker,
+    pub persist: Addr<persist::Persist>,
+    pub registry: Addr<registry::Registry>,
+    pub refs: Arc<dedupe::RefCache>,
+}

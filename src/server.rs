@@ -1,0 +1,105 @@
+//! `confab serve`: wires the store, broker and actors together and runs HTTP.
+
+use crate::auth::{load_or_create_secret, Auth, SecretError};
+use crate::broker::local::LocalBroker;
+use crate::config::Config;
+use crate::dedupe::{RefCache, REF_WINDOW};
+use crate::persist::{Drain, Persist};
+use crate::registry::{Init, Registry};
+use crate::store::{self, StoreError};
+use crate::{http, AppDeps};
+use actix::Actor;
+use actix_web::{web, App, HttpServer};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create data_dir {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error("cannot listen on {bind}: {source}")]
+    Bind {
+        bind: String,
+        source: std::io::Error,
+    },
+    #[error("cluster mode (broker.redis_url) is not available in this build yet")]
+    ClusterUnsupported,
+    #[error("server error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Loads what the shared signing secret is, creating `data_dir` if needed.
+pub fn auth_for(config: &Config) -> Result<Auth, StartError> {
+    std::fs::create_dir_all(&config.storage.data_dir).map_err(|source| StartError::DataDir {
+        path: config.storage.data_dir.display().to_string(),
+        source,
+    })?;
+    let secret = load_or_create_secret(&config.auth.jwt_secret, &config.storage.data_dir)?;
+    Ok(Auth::new(&secret))
+}
+
+pub async fn serve(config: Config) -> Result<(), StartError> {
+    if config.cluster_mode() {
+        return Err(StartError::ClusterUnsupported);
+    }
+    let config = Arc::new(config);
+    let auth = Arc::new(auth_for(&config)?);
+    let store = store::open(&config).await?;
+
+    let refs = Arc::new(RefCache::default());
+    let window_start = crate::protocol::now_ms() - REF_WINDOW.as_millis() as i64;
+    match store.recent_refs(window_start).await {
+        Ok(recent) => refs.warm(
+            recent.into_iter().map(|r| r.message),
+            crate::protocol::now_ms(),
+        ),
+        Err(error) => tracing::warn!(%error, "could not rebuild the ref window"),
+    }
+
+    let persist = Persist::new(
+        store.clone(),
+        config.storage.batch_max,
+        Duration::from_millis(config.storage.flush_interval_ms),
+    )
+    .start();
+    let registry = Registry::new().start();
+    let deps = AppDeps {
+        config: config.clone(),
+        auth,
+        store,
+        broker: Arc::new(LocalBroker),
+        persist: persist.clone(),
+        registry: registry.clone(),
+        refs,
+    };
+    registry.do_send(Init(deps.clone()));
+
+    let app_deps = deps.clone();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(app_deps.clone()))
+            .configure(http::routes)
+    })
+    .shutdown_timeout(config.server.shutdown_grace_secs)
+    .bind(&config.server.bind)
+    .map_err(|source| StartError::Bind {
+        bind: config.server.bind.clone(),
+        source,
+    })?;
+    for addr in server.addrs() {
+        tracing::info!(mode = "embedded", "listening on {addr}");
+    }
+    server.run().await?;
+
+    tracing::info!("stopping: writing buffered messages");
+    let _ = persist.send(Drain).await;
+    tracing::info!("stopped");
+    Ok(())
+}

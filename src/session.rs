@@ -1,0 +1,384 @@
+//! The SessionActor: one per WebSocket, for `/ws` (protocol v1) and the
+//! seed-compatible `/ws/chat/{room}`. It parses and validates client frames,
+//! keeps the connection's room memberships, writes frames rooms hand it, and
+//! runs the heartbeat. All actix-web-actors plumbing lives in this module.
+
+use crate::auth::Identity;
+use crate::protocol::{self, ClientFrame, ErrorCode, Rejection, UserInfo};
+use crate::registry::GetRoom;
+use crate::room::{self, RoomActor};
+use crate::AppDeps;
+use actix::prelude::*;
+use actix_web_actors::ws;
+use bytestring::ByteString;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+use uuid::Uuid;
+
+/// Which wire format a member reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    V1,
+    Seed,
+}
+
+/// What rooms send a session.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum ToSession {
+    /// A ready-to-write text frame (shared bytes; the session adds nothing).
+    Frame(ByteString),
+    /// An error, rendered in the session's own format.
+    Reject(Rejection),
+    /// The session's queue overflowed: close with 1013.
+    SlowConsumer,
+}
+
+pub struct Session {
+    id: Uuid,
+    user: Arc<UserInfo>,
+    identity: Identity,
+    deps: AppDeps,
+    format: Format,
+    /// Seed-compatible sessions join this room (with this replay) at once.
+    seed: Option<(String, u32)>,
+    rooms: HashMap<String, Addr<RoomActor>>,
+    last_heard: Instant,
+    /// A fragmented message being reassembled.
+    fragments: Option<Fragments>,
+}
+
+struct Fragments {
+    text: bool,
+    data: Vec<u8>,
+}
+
+impl Session {
+    pub fn v1(identity: Identity, deps: AppDeps) -> Self {
+        Self::new(identity, deps, Format::V1, None)
+    }
+
+    pub fn seed(identity: Identity, deps: AppDeps, room: String, history: u32) -> Self {
+        Self::new(identity, deps, Format::Seed, Some((room, history)))
+    }
+
+    fn new(identity: Identity, deps: AppDeps, format: Format, seed: Option<(String, u32)>) -> Self {
+        Self {
+            id: Uuid::new_v4(),
+            user: identity.user.clone(),
+            identity,
+            deps,
+            format,
+            seed,
+            rooms: HashMap::new(),
+            last_heard: Instant::now(),
+            fragments: None,
+        }
+    }
+
+    fn send_rejection(&self, ctx: &mut ws::WebsocketContext<Self>, rejection: &Rejection) {
+        let frame = match self.format {
+            Format::V1 => rejection.to_v1_frame(),
+            Format::Seed => rejection.to_seed_frame(),
+        };
+        ctx.text(frame);
+    }
+
+    fn close(&self, ctx: &mut ws::WebsocketContext<Self>, code: ws::CloseCode, reason: &str) {
+        ctx.close(Some(ws::CloseReason {
+            code,
+            description: Some(reason.to_string()),
+        }));
+        ctx.stop();
+    }
+
+    fn heartbeat(&self, ctx: &mut ws::WebsocketContext<Self>) {
+        let hb = &self.deps.config.heartbeat;
+        let interval = std::time::Duration::from_secs(hb.interval_secs);
+        let timeout = std::time::Duration::from_secs(hb.timeout_secs);
+        ctx.run_interval(interval, move |act, ctx| {
+            if act.last_heard.elapsed() > timeout {
+                act.close(ctx, ws::CloseCode::Normal, "heartbeat timeout");
+            } else {
+                ctx.ping(b"");
+            }
+        });
+    }
+
+    /// Resolves the room's actor (ordered: no later frame is handled before) and joins.
+    fn join(
+        &mut self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        room: String,
+        history: u32,
+        since: Option<u64>,
+    ) {
+        let make_join = move |act: &Self, ctx: &mut ws::WebsocketContext<Self>| room::Join {
+            session: act.id,
+            user: act.user.clone(),
+            to: ctx.address().recipient(),
+            format: act.format,
+            history,
+            since,
+        };
+        if let Some(addr) = self.rooms.get(&room) {
+            addr.do_send(make_join(self, ctx));
+            return;
+        }
+        let ask = self.deps.registry.send(GetRoom(room.clone()));
+        ctx.wait(
+            ask.into_actor(self)
+                .map(move |answer, act, ctx| match answer {
+                    Ok(Some(addr)) => {
+                        addr.do_send(make_join(act, ctx));
+                        act.rooms.insert(room, addr);
+                    }
+                    _ => {
+                        let r = Rejection::new(ErrorCode::Unavailable, "the server is not ready")
+                            .in_room(Some(&room));
+                        act.send_rejection(ctx, &r);
+                        if act.format == Format::Seed {
+                            act.close(ctx, ws::CloseCode::Error, "unavailable");
+                        }
+                    }
+                }),
+        );
+    }
+
+    fn send_message(
+        &mut self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        room: String,
+        content: String,
+        client_ref: Option<String>,
+    ) {
+        // A known ref is answered with the original ack before any other check.
+        if let Some(r) = &client_ref {
+            if let Some(original) = self.deps.refs.done(&self.user.id, r) {
+                ctx.text(original.ack_json(Some(r)));
+                return;
+            }
+        }
+        let context = |e: Rejection| e.with_ref(client_ref.as_deref()).in_room(Some(&room));
+        if let Err(e) = protocol::check_content(&content, self.deps.config.limits.max_message_chars)
+        {
+            return self.send_rejection(ctx, &context(e));
+        }
+        let Some(addr) = self.rooms.get(&room) else {
+            let e = Rejection::new(ErrorCode::NotJoined, "join the room first");
+            return self.send_rejection(ctx, &context(e));
+        };
+        addr.do_send(room::Send {
+            session: self.id,
+            content,
+            client_ref,
+        });
+    }
+
+    fn history(
+        &mut self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        room: String,
+        before: Option<u64>,
+        limit: Option<u32>,
+    ) {
+        if let Err(e) = self.identity.rooms.check(&room) {
+            return self.send_rejection(ctx, &e);
+        }
+        let store = self.deps.store.clone();
+        let page_max = self.deps.config.limits.history_page_max;
+        let fut = async move {
+            crate::history::page(&store, &room, before, limit, page_max)
+                .await
+                .map(|p| (room, p))
+        };
+        ctx.spawn(fut.into_actor(self).map(|result, act, ctx| match result {
+            Ok((room, (messages, next))) => {
+                ctx.text(protocol::history_json(&room, &messages, next, true))
+            }
+            Err(e) => act.send_rejection(ctx, &e),
+        }));
+    }
+
+    fn handle_text(&mut self, ctx: &mut ws::WebsocketContext<Self>, text: &str) {
+        if self.format == Format::Seed {
+            if let Some((room, _)) = self.seed.clone() {
+                self.send_message(ctx, room, text.to_string(), None);
+            }
+            return;
+        }
+        let frame = match protocol::parse_client_frame(text) {
+            Ok(frame) => frame,
+            Err(e) => return self.send_rejection(ctx, &e),
+        };
+        match frame {
+            ClientFrame::Ping => ctx.text(protocol::PONG_JSON),
+            ClientFrame::Join {
+                room,
+                history,
+                since,
+            } => {
+                if let Err(e) = self.identity.rooms.check(&room) {
+                    return self.send_rejection(ctx, &e);
+                }
+                let history = history.unwrap_or(self.deps.config.rooms.join_history);
+                self.join(ctx, room, history, since);
+            }
+            ClientFrame::Leave { room } => match self.rooms.remove(&room) {
+                Some(addr) => addr.do_send(room::Leave {
+                    session: self.id,
+                    notify: true,
+                }),
+                None => self.not_joined(ctx, &room),
+            },
+            ClientFrame::Send {
+                room,
+                content,
+                client_ref,
+            } => self.send_message(ctx, room, content, client_ref),
+            ClientFrame::Typing { room } => match self.rooms.get(&room) {
+                Some(addr) => addr.do_send(room::Typing { session: self.id }),
+                None => self.not_joined(ctx, &room),
+            },
+            ClientFrame::History {
+                room,
+                before,
+                limit,
+            } => self.history(ctx, room, before, limit),
+        }
+    }
+
+    fn not_joined(&self, ctx: &mut ws::WebsocketContext<Self>, room: &str) {
+        let e = Rejection::new(
+            ErrorCode::NotJoined,
+            "this connection has not joined the room",
+        )
+        .in_room(Some(room));
+        self.send_rejection(ctx, &e);
+    }
+
+    fn handle_fragment(
+        &mut self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        item: actix_http::ws::Item,
+    ) {
+        use actix_http::ws::Item;
+        let limit = self.deps.config.limits.max_frame_bytes;
+        let (start, last, chunk) = match item {
+            Item::FirstText(b) => (Some(true), false, b),
+            Item::FirstBinary(b) => (Some(false), false, b),
+            Item::Continue(b) => (None, false, b),
+            Item::Last(b) => (None, true, b),
+        };
+        if let Some(text) = start {
+            self.fragments = Some(Fragments {
+                text,
+                data: Vec::new(),
+            });
+        }
+        let Some(fragments) = self.fragments.as_mut() else {
+            return self.close(ctx, ws::CloseCode::Protocol, "continuation without a start");
+        };
+        if fragments.data.len() + chunk.len() > limit {
+            return self.close(ctx, ws::CloseCode::Size, "message too big");
+        }
+        fragments.data.extend_from_slice(&chunk);
+        if !last {
+            return;
+        }
+        let Some(Fragments { text, data }) = self.fragments.take() else {
+            return;
+        };
+        if !text {
+            return self.binary(ctx);
+        }
+        match String::from_utf8(data) {
+            Ok(text) => self.handle_text(ctx, &text),
+            Err(_) => self.close(ctx, ws::CloseCode::Invalid, "invalid UTF-8"),
+        }
+    }
+
+    fn binary(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        let e = Rejection::new(
+            ErrorCode::InvalidFrame,
+            "binary frames are not part of the protocol; send JSON text",
+        );
+        self.send_rejection(ctx, &e);
+    }
+}
+
+impl Actor for Session {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.deps.config.limits.session_queue);
+        self.heartbeat(ctx);
+        match self.seed.clone() {
+            None => ctx.text(protocol::welcome_json(&self.id.to_string(), &self.user)),
+            Some((room, history)) => self.join(ctx, room, history, None),
+        }
+        tracing::debug!(session = %self.id, user = %self.user.id, "session started");
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        for addr in self.rooms.values() {
+            addr.do_send(room::Leave {
+                session: self.id,
+                notify: false,
+            });
+        }
+        tracing::debug!(session = %self.id, user = %self.user.id, "session ended");
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
+    fn handle(&mut self, item: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        self.last_heard = Instant::now();
+        let msg = match item {
+            Ok(msg) => msg,
+            Err(ws::ProtocolError::Overflow) => {
+                return self.close(ctx, ws::CloseCode::Size, "message too big")
+            }
+            Err(ws::ProtocolError::Io(e))
+                if e.to_string().to_ascii_lowercase().contains("utf-8") =>
+            {
+                return self.close(ctx, ws::CloseCode::Invalid, "invalid UTF-8")
+            }
+            Err(e) => {
+                tracing::debug!(session = %self.id, error = %e, "websocket protocol error");
+                return self.close(ctx, ws::CloseCode::Protocol, "protocol error");
+            }
+        };
+        match msg {
+            ws::Message::Text(text) => self.handle_text(ctx, &text),
+            ws::Message::Binary(_) => self.binary(ctx),
+            ws::Message::Continuation(item) => self.handle_fragment(ctx, item),
+            ws::Message::Ping(payload) => ctx.pong(&payload),
+            ws::Message::Pong(_) | ws::Message::Nop => {}
+            ws::Message::Close(reason) => {
+                ctx.close(reason);
+                ctx.stop();
+            }
+        }
+    }
+}
+
+impl Handler<ToSession> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: ToSession, ctx: &mut Self::Context) {
+        match msg {
+            ToSession::Frame(frame) => ctx.text(frame),
+            ToSession::Reject(rejection) => self.send_rejection(ctx, &rejection),
+            ToSession::SlowConsumer => {
+                tracing::info!(session = %self.id, user = %self.user.id, "slow consumer disconnected");
+                self.close(
+                    ctx,
+                    ws::CloseCode::Again,
+                    "slow consumer: reconnect and join with since",
+                )
+            }
+        }
+    }
+}

@@ -1,0 +1,24 @@
+// Shared by both backends; keep in step with migrations/{sqlite,postgres}.
+
+diesel::table! {
+    messages (room, seq) {
+        room -> Text,
+        seq -> BigInt,
+        id -> Text,
+        user_id -> Text,
+        user_name -> Text,
+        content -> Text,
+        created_at_ms -> BigInt,
+        client_ref -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    rooms (name) {
+        name -> Text,
+        last_seq -> BigInt,
+        created_at_ms -> BigInt,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(messages, rooms);

@@ -1,0 +1,233 @@
+//! Embedded mode's store: one SQLite file in WAL mode, reached through
+//! diesel-async's `SyncConnectionWrapper`, so every query runs on the blocking
+//! pool and never on an actor thread.
+
+use super::schema::{messages, rooms};
+use super::{room_heads, MessageRow, RecentRef, RoomSummary, Store, StoreError};
+use crate::protocol::ChatMessage;
+use async_trait::async_trait;
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::sqlite::SqliteConnection;
+use diesel_async::pooled_connection::deadpool::Pool;
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
+use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+use diesel_async::AsyncConnection;
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use futures_util::FutureExt;
+use std::path::Path;
+use std::sync::Arc;
+
+const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+
+/// SQLite's bound-parameter limit is 32766; 8 columns a row keeps us well under it.
+const ROWS_PER_INSERT: usize = 1000;
+
+type Conn = SyncConnectionWrapper<SqliteConnection>;
+
+/// Settings for every pooled connection. `synchronous=FULL` so a commit (and so an
+/// ack) survives power loss, not only a crash; busy_timeout rides out a checkpoint.
+const CONNECTION_PRAGMAS: &str =
+    "PRAGMA busy_timeout = 5000; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;";
+
+pub struct SqliteStore {
+    pool: Pool<Conn>,
+}
+
+impl SqliteStore {
+    /// Creates the file's folder, runs pending migrations, and opens the pool.
+    pub async fn open(path: &Path, pool_size: usize) -> Result<Self, StoreError> {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || migrate_blocking(&path)
+        })
+        .await
+        .map_err(|e| StoreError::Migrate(e.to_string()))??;
+
+        let mut config = ManagerConfig::default();
+        config.recycling_method = RecyclingMethod::Fast;
+        config.custom_setup = Box::new(|url| {
+            let url = url.to_string();
+            async move {
+                let mut conn = Conn::establish(&url).await?;
+                conn.spawn_blocking(|c| c.batch_execute(CONNECTION_PRAGMAS))
+                    .await
+                    .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+                Ok(conn)
+            }
+            .boxed()
+        });
+        let manager = AsyncDieselConnectionManager::<Conn>::new_with_config(url_of(&path), config);
+        let pool = Pool::builder(manager)
+            .max_size(pool_size)
+            .build()
+            .map_err(|e| StoreError::Connect(e.to_string()))?;
+        Ok(Self { pool })
+    }
+
+    /// Runs `work` with a pooled connection on the blocking pool.
+    async fn with_conn<R: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut SqliteConnection) -> QueryResult<R> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let mut conn = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Connect(e.to_string()))?;
+        Ok(conn.spawn_blocking(work).await?)
+    }
+}
+
+fn url_of(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// `confab migrate` and startup: create the folder, switch to WAL, apply migrations.
+pub fn migrate_blocking(path: &Path) -> Result<(), StoreError> {
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Connect(format!("{}: {e}", dir.display())))?;
+        }
+    }
+    let mut conn = SqliteConnection::establish(&url_of(path))
+        .map_err(|e| StoreError::Connect(e.to_string()))?;
+    conn.batch_execute("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000;")?;
+    conn.run_pending_migrations(MIGRATIONS)
+        .map_err(|e| StoreError::Migrate(e.to_string()))?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn insert_batch(&self, batch: Vec<Arc<ChatMessage>>) -> Result<(), StoreError> {
+        self.with_conn(move |c| {
+            let rows: Vec<MessageRow> =
+                batch.iter().map(|m| MessageRow::from(m.as_ref())).collect();
+            let heads = room_heads(&batch);
+            c.immediate_transaction(|c| {
+                for chunk in rows.chunks(ROWS_PER_INSERT) {
+                    diesel::insert_into(messages::table)
+                        .values(chunk)
+                        .execute(c)?;
+                }
+                for (room, last_seq, created_at_ms) in heads {
+                    diesel::insert_into(rooms::table)
+                        .values((
+                            rooms::name.eq(room),
+                            rooms::last_seq.eq(last_seq),
+                            rooms::created_at_ms.eq(created_at_ms),
+                        ))
+                        .on_conflict(rooms::name)
+                        .do_update()
+                        .set(rooms::last_seq.eq(last_seq))
+                        .execute(c)?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn last_seq(&self, room: &str) -> Result<u64, StoreError> {
+        let room = room.to_string();
+        self.with_conn(move |c| {
+            let head: Option<i64> = rooms::table
+                .filter(rooms::name.eq(&room))
+                .select(rooms::last_seq)
+                .first(c)
+                .optional()?;
+            let newest: Option<i64> = messages::table
+                .filter(messages::room.eq(&room))
+                .select(diesel::dsl::max(messages::seq))
+                .first(c)?;
+            Ok(head.unwrap_or(0).max(newest.unwrap_or(0)).max(0) as u64)
+        })
+        .await
+    }
+
+    async fn range(
+        &self,
+        room: &str,
+        after: u64,
+        upto: u64,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        let room = room.to_string();
+        self.with_conn(move |c| {
+            let rows: Vec<MessageRow> = messages::table
+                .filter(messages::room.eq(&room))
+                .filter(messages::seq.gt(after as i64))
+                .filter(messages::seq.le(upto as i64))
+                .order(messages::seq.asc())
+                .select(MessageRow::as_select())
+                .load(c)?;
+            Ok(rows.into_iter().map(ChatMessage::from).collect())
+        })
+        .await
+    }
+
+    async fn page(
+        &self,
+        room: &str,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        let room = room.to_string();
+        self.with_conn(move |c| {
+            let mut query = messages::table
+                .filter(messages::room.eq(&room))
+                .order(messages::seq.desc())
+                .limit(i64::from(limit))
+                .select(MessageRow::as_select())
+                .into_boxed();
+            if let Some(before) = before {
+                query = query.filter(messages::seq.lt(before.min(i64::MAX as u64) as i64));
+            }
+            let mut rows: Vec<MessageRow> = query.load(c)?;
+            rows.reverse();
+            Ok(rows.into_iter().map(ChatMessage::from).collect())
+        })
+        .await
+    }
+
+    async fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError> {
+        self.with_conn(|c| {
+            let rows: Vec<(String, i64)> = rooms::table
+                .select((rooms::name, rooms::last_seq))
+                .order(rooms::name.asc())
+                .load(c)?;
+            Ok(rows
+                .into_iter()
+                .map(|(name, last_seq)| RoomSummary {
+                    name,
+                    last_seq: last_seq.max(0) as u64,
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn recent_refs(&self, since_ms: i64) -> Result<Vec<RecentRef>, StoreError> {
+        self.with_conn(move |c| {
+            let rows: Vec<MessageRow> = messages::table
+                .filter(messages::created_at_ms.ge(since_ms))
+                .filter(messages::client_ref.is_not_null())
+                .order(messages::created_at_ms.asc())
+                .select(MessageRow::as_select())
+                .load(c)?;
+            Ok(rows
+                .into_iter()
+                .map(|r| RecentRef { message: r.into() })
+                .collect())
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.with_conn(|c| c.batch_execute("SELECT 1")).await
+    }
+}
