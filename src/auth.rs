@@ -70,6 +70,8 @@ impl RoomAccess {
 pub struct Identity {
     pub user: Arc<UserInfo>,
     pub rooms: RoomAccess,
+    /// When the token stops being valid (Unix seconds); `None` for token-less guests.
+    pub expires_at: Option<u64>,
 }
 
 pub struct Auth {
@@ -129,6 +131,7 @@ impl Auth {
                 name,
             }),
             rooms: claims.rooms.map_or_else(RoomAccess::all, RoomAccess::only),
+            expires_at: Some(claims.exp),
         })
     }
 }

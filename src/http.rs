@@ -98,12 +98,45 @@ fn guest_identity(name: String) -> Identity {
             name,
         }),
         rooms: crate::auth::RoomAccess::all(),
+        expires_at: None,
+    }
+}
+
+/// Browsers send `Origin`: it must match the `Host` the request came to, or be
+/// listed in `server.allowed_origins`. Clients that send no Origin pass.
+fn check_origin(req: &HttpRequest, deps: &AppDeps) -> Result<(), Rejection> {
+    let Some(origin) = req.headers().get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or_default().trim_end_matches('/');
+    let host_of_origin = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let listed = deps
+        .config
+        .server
+        .allowed_origins
+        .iter()
+        .any(|allowed| allowed.trim_end_matches('/').eq_ignore_ascii_case(origin));
+    if listed || (!host.is_empty() && host_of_origin.eq_ignore_ascii_case(host)) {
+        Ok(())
+    } else {
+        Err(Rejection::new(
+            ErrorCode::Forbidden,
+            "this Origin may not open WebSockets here",
+        ))
     }
 }
 
 // ----------------------------------------------------------------- websocket
 
 async fn ws_v1(req: HttpRequest, stream: web::Payload, deps: web::Data<AppDeps>) -> HttpResponse {
+    if let Err(e) = check_origin(&req, &deps) {
+        return error_response(&e);
+    }
     let identity = match identify(&req, &deps, false) {
         Ok(Some(identity)) => identity,
         Ok(None) => {
@@ -126,6 +159,9 @@ async fn ws_seed(req: HttpRequest, stream: web::Payload, deps: web::Data<AppDeps
     let room = req.match_info().get("room").unwrap_or_default().to_string();
     if let Err(e) = protocol::check_room(&room) {
         return error_response(&e.in_room(Some(&room)));
+    }
+    if let Err(e) = check_origin(&req, &deps) {
+        return error_response(&e);
     }
     let query = query_params(&req);
     let identity = match identify(&req, &deps, true) {

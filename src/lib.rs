@@ -15,6 +15,7 @@ pub mod session;
 pub mod store;
 
 use actix::Addr;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 /// Everything actors and handlers share, cheap to clone.
@@ -27,4 +28,8 @@ pub struct AppDeps {
     pub persist: Addr<persist::Persist>,
     pub registry: Addr<registry::Registry>,
     pub refs: Arc<dedupe::RefCache>,
+    /// Flips to true when a graceful shutdown begins; sessions close with 1001.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Live WebSocket sessions, so shutdown can wait for their close frames.
+    pub sessions: Arc<AtomicUsize>,
 }

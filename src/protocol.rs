@@ -330,10 +330,7 @@ fn room_field(obj: &Map<String, Value>) -> Result<String, Rejection> {
             check_room(room)?;
             Ok(room.clone())
         }
-        Some(_) => Err(Rejection::new(
-            ErrorCode::InvalidRoom,
-            "\"room\" must be a string",
-        )),
+        Some(_) => Err(frame_error("\"room\" must be a string")),
         None => Err(frame_error("missing \"room\"")),
     }
 }

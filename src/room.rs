@@ -63,6 +63,9 @@ pub struct Join {
     /// Replay the newest N (already clamped to 0..=100), when `since` is absent.
     pub history: u32,
     pub since: Option<u64>,
+    /// The session got the room's address from the registry for this join (a
+    /// lease); rejoins through a kept address take none.
+    pub leased: bool,
 }
 
 #[derive(Message)]
@@ -448,7 +451,9 @@ impl Handler<Join> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, join: Join, ctx: &mut Self::Context) {
-        self.joins_seen += 1;
+        if join.leased {
+            self.joins_seen += 1;
+        }
         if self.phase != Phase::Ready {
             self.reject(
                 &join.to,

@@ -10,6 +10,7 @@ use crate::store::{self, StoreError};
 use crate::{http, AppDeps};
 use actix::Actor;
 use actix_web::{web, App, HttpServer};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,6 +71,8 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     )
     .start();
     let registry = Registry::new().start();
+    let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
+    let sessions = Arc::new(AtomicUsize::new(0));
     let deps = AppDeps {
         config: config.clone(),
         auth,
@@ -78,6 +81,8 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         persist: persist.clone(),
         registry: registry.clone(),
         refs,
+        shutdown,
+        sessions: sessions.clone(),
     };
     registry.do_send(Init(deps.clone()));
 
@@ -88,6 +93,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             .configure(http::routes)
     })
     .shutdown_timeout(config.server.shutdown_grace_secs)
+    .disable_signals()
     .bind(&config.server.bind)
     .map_err(|source| StartError::Bind {
         bind: config.server.bind.clone(),
@@ -96,10 +102,61 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     for addr in server.addrs() {
         tracing::info!(mode = "embedded", "listening on {addr}");
     }
-    server.run().await?;
+    let server = server.run();
+    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    actix_web::rt::spawn(graceful_shutdown(
+        server.handle(),
+        shutdown_tx,
+        sessions,
+        grace,
+    ));
+    server.await?;
 
     tracing::info!("stopping: writing buffered messages");
     let _ = persist.send(Drain).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGTERM or SIGINT: stop accepting, tell every session to close with 1001,
+/// give their close frames a moment (bounded by the grace period), then stop
+/// HTTP. `serve` drains Persist after that, so nothing acked is lost.
+async fn graceful_shutdown(
+    server: actix_web::dev::ServerHandle,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    sessions: Arc<AtomicUsize>,
+    grace: Duration,
+) {
+    wait_for_signal().await;
+    tracing::info!("shutting down: closing connections");
+    server.pause().await;
+    let _ = shutdown.send(true);
+    let deadline = tokio::time::Instant::now() + grace;
+    while sessions.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.stop(true).await;
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops gracefully");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

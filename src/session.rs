@@ -12,8 +12,9 @@ use actix::prelude::*;
 use actix_web_actors::ws;
 use bytestring::ByteString;
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 /// Which wire format a member reads.
@@ -95,8 +96,8 @@ impl Session {
 
     fn heartbeat(&self, ctx: &mut ws::WebsocketContext<Self>) {
         let hb = &self.deps.config.heartbeat;
-        let interval = std::time::Duration::from_secs(hb.interval_secs);
-        let timeout = std::time::Duration::from_secs(hb.timeout_secs);
+        let interval = Duration::from_secs(hb.interval_secs);
+        let timeout = Duration::from_secs(hb.timeout_secs);
         ctx.run_interval(interval, move |act, ctx| {
             if act.last_heard.elapsed() > timeout {
                 act.close(ctx, ws::CloseCode::Normal, "heartbeat timeout");
@@ -114,16 +115,18 @@ impl Session {
         history: u32,
         since: Option<u64>,
     ) {
-        let make_join = move |act: &Self, ctx: &mut ws::WebsocketContext<Self>| room::Join {
-            session: act.id,
-            user: act.user.clone(),
-            to: ctx.address().recipient(),
-            format: act.format,
-            history,
-            since,
-        };
+        let make_join =
+            move |act: &Self, ctx: &mut ws::WebsocketContext<Self>, leased| room::Join {
+                session: act.id,
+                user: act.user.clone(),
+                to: ctx.address().recipient(),
+                format: act.format,
+                history,
+                since,
+                leased,
+            };
         if let Some(addr) = self.rooms.get(&room) {
-            addr.do_send(make_join(self, ctx));
+            addr.do_send(make_join(self, ctx, false));
             return;
         }
         let ask = self.deps.registry.send(GetRoom(room.clone()));
@@ -131,7 +134,7 @@ impl Session {
             ask.into_actor(self)
                 .map(move |answer, act, ctx| match answer {
                     Ok(Some(addr)) => {
-                        addr.do_send(make_join(act, ctx));
+                        addr.do_send(make_join(act, ctx, true));
                         act.rooms.insert(room, addr);
                     }
                     _ => {
@@ -299,6 +302,23 @@ impl Session {
         }
     }
 
+    fn close_on_shutdown(&self, ctx: &mut ws::WebsocketContext<Self>) {
+        let mut shutdown = self.deps.shutdown.clone();
+        let signalled = async move {
+            while !*shutdown.borrow_and_update() {
+                if shutdown.changed().await.is_err() {
+                    return false;
+                }
+            }
+            true
+        };
+        ctx.spawn(signalled.into_actor(self).map(|signalled, act, ctx| {
+            if signalled {
+                act.close(ctx, ws::CloseCode::Away, "server shutting down");
+            }
+        }));
+    }
+
     fn binary(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
         let e = Rejection::new(
             ErrorCode::InvalidFrame,
@@ -313,7 +333,15 @@ impl Actor for Session {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.deps.config.limits.session_queue);
+        self.deps.sessions.fetch_add(1, Ordering::SeqCst);
         self.heartbeat(ctx);
+        self.close_on_shutdown(ctx);
+        if let Some(exp) = self.identity.expires_at {
+            let left = Duration::from_secs(exp.saturating_sub(crate::auth::unix_now()));
+            ctx.run_later(left, |act, ctx| {
+                act.close(ctx, ws::CloseCode::Policy, "token expired")
+            });
+        }
         match self.seed.clone() {
             None => ctx.text(protocol::welcome_json(&self.id.to_string(), &self.user)),
             Some((room, history)) => self.join(ctx, room, history, None),
@@ -322,6 +350,7 @@ impl Actor for Session {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        self.deps.sessions.fetch_sub(1, Ordering::SeqCst);
         for addr in self.rooms.values() {
             addr.do_send(room::Leave {
                 session: self.id,

@@ -1,0 +1,204 @@
+//! Durability: every acked message survives SIGKILL; seq continues after a
+//! restart.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// Check that REST history of `room` after a restart contains every acked
+/// message with the same seq, id, timestamp and content, that seqs are
+/// exactly 1..=M, and return M.
+async fn verify_acked(
+    s: &Server,
+    room: &str,
+    acks: &[Value],
+    content_of: &HashMap<String, String>,
+) -> i64 {
+    let hist = s.history_all(room, &token("auditor", "auditor")).await;
+    let hs = seqs(&hist);
+    let m = hs.len() as i64;
+    assert_eq!(
+        hs,
+        (1..=m).collect::<Vec<_>>(),
+        "{room}: seqs 1..M without gaps or duplicates"
+    );
+    assert!(
+        m >= acks.len() as i64,
+        "{room}: {} acked but only {m} in history",
+        acks.len()
+    );
+    for a in acks {
+        let seq = a["seq"].as_i64().unwrap();
+        let h = &hist[seq as usize - 1];
+        assert_eq!(h["id"], a["id"], "{room}: acked {a} vs stored {h}");
+        assert_eq!(
+            h["timestamp"], a["timestamp"],
+            "{room}: acked {a} vs stored {h}"
+        );
+        let r = a["ref"].as_str().unwrap();
+        assert_eq!(
+            h["content"],
+            content_of[r].as_str(),
+            "{room}: content of {r}"
+        );
+    }
+    // Every stored message is one that was sent (no phantom content).
+    let sent: std::collections::HashSet<&str> = content_of.values().map(|s| s.as_str()).collect();
+    for h in &hist {
+        assert!(sent.contains(h["content"].as_str().unwrap()), "phantom {h}");
+    }
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_right_after_n_acks_loses_nothing_acked() {
+    const N: usize = 150;
+    let mut s = Server::start();
+    let rooms = ["dur-a", "dur-b", "dur-c"];
+    let mut c = s.ws(&token(&uid("w"), "writer")).await;
+    for r in rooms {
+        c.join_with(json!({"type":"join","room":r,"history":0}))
+            .await;
+    }
+    let mut content_of: HashMap<String, String> = HashMap::new();
+    for i in 0..N {
+        let room = rooms[i % 3];
+        let r = format!("k{i}");
+        let content = format!("durable message {i} in {room}");
+        content_of.insert(r.clone(), content.clone());
+        c.send_json(json!({"type":"send","room":room,"content":content,"ref":r}))
+            .await;
+    }
+    let mut acks: Vec<Value> = Vec::new();
+    while acks.len() < N {
+        let v = c.recv_main().await;
+        match v["type"].as_str() {
+            Some("ack") => acks.push(v),
+            Some("message") => {}
+            _ => panic!("unexpected {v}"),
+        }
+    }
+    // The moment the N-th ack is in: SIGKILL.
+    s.kill();
+    drop(c);
+
+    s.restart();
+    for room in rooms {
+        let room_acks: Vec<Value> = acks.iter().filter(|a| a["room"] == room).cloned().collect();
+        assert_eq!(room_acks.len(), N / 3);
+        let m = verify_acked(&s, room, &room_acks, &content_of).await;
+        assert_eq!(m, (N / 3) as i64);
+    }
+
+    // seq continues after the restart; no reuse.
+    let mut c = s.ws(&token(&uid("w"), "writer")).await;
+    let j = c
+        .join_with(json!({"type":"join","room":"dur-a","history":0}))
+        .await;
+    assert_eq!(j["last_seq"], (N / 3) as i64, "{j}");
+    let (ack, _) = c.send_and_echo("dur-a", "after restart", "after").await;
+    assert_eq!(ack["seq"], (N / 3) as i64 + 1);
+    let ids: std::collections::HashSet<_> = acks.iter().map(|a| a["id"].clone()).collect();
+    assert!(!ids.contains(&ack["id"]), "ids are unique across restarts");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_stream_keeps_every_acked_message() {
+    const SENT: usize = 400;
+    const KILL_AFTER: usize = 120;
+    let mut s = Server::start();
+    let mut c = s.ws(&token(&uid("w"), "writer")).await;
+    c.join_with(json!({"type":"join","room":"mid","history":0}))
+        .await;
+    let mut content_of: HashMap<String, String> = HashMap::new();
+    for i in 0..SENT {
+        let r = format!("m{i}");
+        let content = format!("mid-stream {i}");
+        content_of.insert(r.clone(), content.clone());
+        c.send_json(json!({"type":"send","room":"mid","content":content,"ref":r}))
+            .await;
+    }
+    let mut acks: Vec<Value> = Vec::new();
+    while acks.len() < KILL_AFTER {
+        let v = c.recv_main().await;
+        if v["type"] == "ack" {
+            acks.push(v);
+        } else {
+            assert_eq!(v["type"], "message", "{v}");
+        }
+    }
+    s.kill(); // more sends are still in flight
+              // Acks that were already on the wire before the kill are acks too.
+    while let Some(Frame::Json(v)) = c.next_frame(std::time::Duration::from_millis(500)).await {
+        if v["type"] == "ack" {
+            acks.push(v);
+        }
+    }
+    drop(c);
+    s.restart();
+    let m = verify_acked(&s, "mid", &acks, &content_of).await;
+    assert!(m <= SENT as i64);
+
+    // Resending an acked ref after the restart must not store it twice.
+    let mut c = s.ws(&token(&uid("w2"), "writer2")).await;
+    let j = c
+        .join_with(json!({"type":"join","room":"mid","history":0}))
+        .await;
+    assert_eq!(j["last_seq"], m);
+}
+
+#[tokio::test]
+async fn restart_keeps_history_and_recovery_with_since() {
+    let mut s = Server::start();
+    let sent = populate(&s, "keep", 12, "m").await;
+    s.kill();
+    s.restart();
+    let mut c = s.ws(&token(&uid("u"), "u")).await;
+    let j = c
+        .join_with(json!({"type":"join","room":"keep","since":8}))
+        .await;
+    assert_eq!(j["recovered"], true, "{j}");
+    assert_eq!(j["last_seq"], 12);
+    let got = c.recv_messages(4).await;
+    assert_eq!(
+        got,
+        sent[8..].to_vec(),
+        "replayed frames equal the originals"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_sockets_1001_exits_0_and_keeps_acked() {
+    let mut s = Server::builder()
+        .set("server", "shutdown_grace_secs", "5")
+        .start();
+    let mut c = s.ws(&token(&uid("w"), "writer")).await;
+    c.join("term").await;
+    let mut acks = Vec::new();
+    let mut content_of: HashMap<String, String> = HashMap::new();
+    for i in 0..20 {
+        let r = format!("t{i}");
+        let content = format!("before sigterm {i}");
+        content_of.insert(r.clone(), content.clone());
+        acks.push(c.send_msg("term", &content, &r).await);
+    }
+    let pending_close =
+        tokio::spawn(async move { c.recv_close(std::time::Duration::from_secs(10)).await });
+    let status = tokio::task::block_in_place(|| s.terminate(std::time::Duration::from_secs(15)));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "graceful shutdown exits 0: {status}"
+    );
+    let closed = pending_close.await.unwrap();
+    assert_eq!(
+        closed.code(),
+        Some(1001),
+        "server shutting down: {closed:?}"
+    );
+    s.restart();
+    verify_acked(&s, "term", &acks, &content_of).await;
+}
