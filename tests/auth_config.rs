@@ -442,3 +442,34 @@ async fn refused_upgrade_body_is_json_unauthorized() {
     assert_eq!(r.status, 401, "{r:?}");
     assert_eq!(r.error_code(), "unauthorized");
 }
+
+#[test]
+fn migrate_creates_the_schema_idempotently() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("fresh-data");
+    let mut c = base_config(dir.path());
+    c.set("storage", "data_dir", &toml_str(data.to_str().unwrap()));
+    let path = write(dir.path(), "m.toml", &c.render());
+    for run in 0..2 {
+        let out = run_cli(&["migrate", "--config", &path], &[], dir.path());
+        assert_eq!(out.code(), Some(0), "run {run}: {out:?}");
+    }
+    let db = data.join("confab.db");
+    let bytes = std::fs::read(&db).expect("migrate created the database file");
+    assert!(bytes.starts_with(b"SQLite format 3"), "not a SQLite file");
+    let schema = String::from_utf8_lossy(&bytes);
+    assert!(
+        schema.contains("CREATE TABLE messages"),
+        "messages table missing"
+    );
+    assert!(schema.contains("CREATE TABLE rooms"), "rooms table missing");
+}
+
+#[test]
+fn version_flag_prints_the_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_cli(&["--version"], &[], dir.path());
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(out.stdout.starts_with("confab "), "{out:?}");
+    assert!(out.stdout.contains(env!("CARGO_PKG_VERSION")), "{out:?}");
+}

@@ -226,49 +226,15 @@ impl Server {
         let mut child = cmd.spawn().expect("spawn confab serve");
         let (tx, rx) = mpsc::channel::<u16>();
         let gen = self.generation;
-        {
-            let stderr = child.stderr.take().unwrap();
-            let logs = self.logs.clone();
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stderr);
-                let mut buf = Vec::new();
-                loop {
-                    buf.clear();
-                    match reader.read_until(b'\n', &mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {
-                            let line = String::from_utf8_lossy(&buf).trim_end().to_string();
-                            if let Some(port) = parse_listening_port(&line) {
-                                let _ = tx.send(port);
-                            }
-                            logs.lock().unwrap().push(format!("[{gen} stderr] {line}"));
-                        }
-                    }
-                }
-            });
-        }
-        {
-            let stdout = child.stdout.take().unwrap();
-            let logs = self.logs.clone();
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stdout);
-                let mut buf = Vec::new();
-                loop {
-                    buf.clear();
-                    match reader.read_until(b'\n', &mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {
-                            let line = String::from_utf8_lossy(&buf).trim_end().to_string();
-                            if let Some(port) = parse_listening_port(&line) {
-                                let _ = tx.send(port);
-                            }
-                            logs.lock().unwrap().push(format!("[{gen} stdout] {line}"));
-                        }
-                    }
-                }
-            });
-        }
+        let stderr = child.stderr.take().expect("piped stderr");
+        let stdout = child.stdout.take().expect("piped stdout");
+        spawn_log_reader(
+            stderr,
+            format!("{gen} stderr"),
+            self.logs.clone(),
+            tx.clone(),
+        );
+        spawn_log_reader(stdout, format!("{gen} stdout"), self.logs.clone(), tx);
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
@@ -1171,4 +1137,31 @@ pub fn strip_type(v: &Value) -> Value {
 
 pub async fn sleep_ms(ms: u64) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+/// Drains one of the child's pipes into the shared log (so it never fills) and
+/// reports the port from the `listening on` line.
+fn spawn_log_reader(
+    pipe: impl std::io::Read + Send + 'static,
+    label: String,
+    logs: Arc<Mutex<Vec<String>>>,
+    port_tx: mpsc::Sender<u16>,
+) {
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(pipe);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match reader.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let line = String::from_utf8_lossy(&buf).trim_end().to_string();
+                    if let Some(port) = parse_listening_port(&line) {
+                        let _ = port_tx.send(port);
+                    }
+                    logs.lock().unwrap().push(format!("[{label}] {line}"));
+                }
+            }
+        }
+    });
 }
