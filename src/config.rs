@@ -352,8 +352,61 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let c = self;
-        if c.server.bind.parse::<std::net::SocketAddr>().is_err() && !c.server.bind.contains(':') {
+        let bind_ok = c.server.bind.parse::<std::net::SocketAddr>().is_ok()
+            || c.server
+                .bind
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !bind_ok {
             return Err(invalid("server.bind", "expected HOST:PORT"));
+        }
+        // Upper bounds keep arithmetic and allocations sane; all are far above real use.
+        let bounds: [(&str, u64, u64); 12] = [
+            (
+                "server.shutdown_grace_secs",
+                c.server.shutdown_grace_secs,
+                3600,
+            ),
+            (
+                "auth.token_ttl_secs",
+                c.auth.token_ttl_secs,
+                10 * 365 * 86_400,
+            ),
+            ("storage.pool_size", c.storage.pool_size as u64, 1024),
+            ("storage.batch_max", c.storage.batch_max as u64, 100_000),
+            (
+                "storage.flush_interval_ms",
+                c.storage.flush_interval_ms,
+                60_000,
+            ),
+            ("rooms.recovery_max", c.rooms.recovery_max, 100_000),
+            (
+                "limits.max_frame_bytes",
+                c.limits.max_frame_bytes as u64,
+                64 << 20,
+            ),
+            (
+                "limits.max_message_chars",
+                c.limits.max_message_chars as u64,
+                1_000_000,
+            ),
+            (
+                "limits.history_page_max",
+                u64::from(c.limits.history_page_max),
+                1000,
+            ),
+            (
+                "limits.session_queue",
+                c.limits.session_queue as u64,
+                1 << 20,
+            ),
+            ("heartbeat.interval_secs", c.heartbeat.interval_secs, 86_400),
+            ("heartbeat.timeout_secs", c.heartbeat.timeout_secs, 86_400),
+        ];
+        for (key, value, max) in bounds {
+            if value > max {
+                return Err(invalid(key, format!("must be at most {max}")));
+            }
         }
         let tls = &c.server.tls;
         if tls.cert.is_empty() != tls.key.is_empty() {
@@ -551,6 +604,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("rooms.join_history"), "{e}");
+    }
+
+    #[test]
+    fn upper_bounds_and_bind_are_checked() {
+        let e = parse("[limits]\nhistory_page_max = 4294967295\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limits.history_page_max"), "{e}");
+        let e = parse("[server]\nbind = \"foo:bar\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("server.bind"), "{e}");
+        assert!(parse("[server]\nbind = \"localhost:8080\"\n", &[]).is_ok());
     }
 
     #[test]

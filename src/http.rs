@@ -75,15 +75,12 @@ fn query_params(req: &HttpRequest) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-/// A presented token must be valid; none at all is fine only where guests may read.
-fn identify(
-    req: &HttpRequest,
-    deps: &AppDeps,
-    optional: bool,
-) -> Result<Option<Identity>, Rejection> {
+/// For REST reads: a presented token must be valid; without one, guests may
+/// read when guest login is on.
+fn reader_identity(req: &HttpRequest, deps: &AppDeps) -> Result<Option<Identity>, Rejection> {
     match presented_token(req) {
         Some(token) => deps.auth.verify(&token).map(Some),
-        None if optional && deps.config.auth.guest => Ok(None),
+        None if deps.config.auth.guest => Ok(None),
         None => Err(Rejection::new(
             ErrorCode::Unauthorized,
             "a token is required",
@@ -137,15 +134,16 @@ async fn ws_v1(req: HttpRequest, stream: web::Payload, deps: web::Data<AppDeps>)
     if let Err(e) = check_origin(&req, &deps) {
         return error_response(&e);
     }
-    let identity = match identify(&req, &deps, false) {
-        Ok(Some(identity)) => identity,
-        Ok(None) => {
+    // `/ws` always needs a token, guest login or not (guests get one from /api/login).
+    let identity = match presented_token(&req).map(|token| deps.auth.verify(&token)) {
+        Some(Ok(identity)) => identity,
+        Some(Err(e)) => return error_response(&e),
+        None => {
             return error_response(&Rejection::new(
                 ErrorCode::Unauthorized,
                 "a token is required",
             ))
         }
-        Err(e) => return error_response(&e),
     };
     upgrade(
         Session::v1(identity, deps.get_ref().clone()),
@@ -164,7 +162,7 @@ async fn ws_seed(req: HttpRequest, stream: web::Payload, deps: web::Data<AppDeps
         return error_response(&e);
     }
     let query = query_params(&req);
-    let identity = match identify(&req, &deps, true) {
+    let identity = match reader_identity(&req, &deps) {
         Ok(Some(identity)) => identity,
         Ok(None) => {
             let name = match query.get("name") {
@@ -260,7 +258,7 @@ async fn login(body: web::Bytes, deps: web::Data<AppDeps>) -> HttpResponse {
 }
 
 async fn list_rooms(req: HttpRequest, deps: web::Data<AppDeps>) -> HttpResponse {
-    let identity = match identify(&req, &deps, true) {
+    let identity = match reader_identity(&req, &deps) {
         Ok(identity) => identity,
         Err(e) => return error_response(&e),
     };
@@ -297,7 +295,7 @@ async fn room_messages(req: HttpRequest, deps: web::Data<AppDeps>) -> HttpRespon
     if let Err(e) = protocol::check_room(&room) {
         return error_response(&e);
     }
-    let identity = match identify(&req, &deps, true) {
+    let identity = match reader_identity(&req, &deps) {
         Ok(identity) => identity,
         Err(e) => return error_response(&e),
     };

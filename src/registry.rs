@@ -1,14 +1,15 @@
-//! The RoomRegistry actor: finds or starts a room's actor, and lets an idle room
-//! stop only when no session still holds an address it was handed for a join.
+//! The RoomRegistry actor: starts a room's actor on its first join and forwards
+//! every first join itself, counting them, so an idle room may stop only once it
+//! has received every join the registry sent it.
 
-use crate::room::RoomActor;
+use crate::room::{Join, RoomActor};
 use crate::AppDeps;
 use actix::prelude::*;
 use std::collections::HashMap;
 
 struct Entry {
     addr: Addr<RoomActor>,
-    /// Addresses handed out for joins; the room counts the joins it received.
+    /// Joins forwarded to the room; the room counts the ones it received.
     leases: u64,
     online: usize,
     last_seq: u64,
@@ -42,16 +43,17 @@ impl Handler<Init> for Registry {
     }
 }
 
-/// The room's actor, started if needed, for a session about to send `Join`.
+/// Forwards a join to the room's actor (started if needed) and returns its address.
 #[derive(Message)]
 #[rtype(result = "Option<Addr<RoomActor>>")]
-pub struct GetRoom(pub String);
+pub struct JoinRoom(pub Join);
 
-impl Handler<GetRoom> for Registry {
+impl Handler<JoinRoom> for Registry {
     type Result = Option<Addr<RoomActor>>;
 
-    fn handle(&mut self, GetRoom(name): GetRoom, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, JoinRoom(join): JoinRoom, _: &mut Self::Context) -> Self::Result {
         let deps = self.deps.clone()?;
+        let name = join.room.clone();
         let entry = self.rooms.entry(name.clone()).or_insert_with(|| Entry {
             addr: RoomActor::new(name, deps).start(),
             leases: 0,
@@ -59,6 +61,7 @@ impl Handler<GetRoom> for Registry {
             last_seq: 0,
         });
         entry.leases += 1;
+        entry.addr.do_send(join);
         Some(entry.addr.clone())
     }
 }

@@ -4,7 +4,7 @@
 //! already-serialized frame.
 
 use crate::dedupe::Claim;
-use crate::persist::{Enqueue, PersistItem, PersistOutcome};
+use crate::persist::{Enqueue, Outcome, PersistItem, PersistOutcome};
 use crate::protocol::{self, ChatMessage, ErrorCode, Rejection, UserInfo};
 use crate::registry::{Occupancy, RoomIdle};
 use crate::session::{Format, ToSession};
@@ -12,6 +12,7 @@ use crate::AppDeps;
 use actix::prelude::*;
 use bytestring::ByteString;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -22,6 +23,16 @@ const RECENT_CAPACITY: usize = 128;
 const IDLE_LINGER: Duration = Duration::from_secs(10);
 /// Typing relays: at most one per user per room in this window.
 const TYPING_WINDOW: Duration = Duration::from_secs(2);
+/// How often a room drops members whose session is gone without a `Leave`.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Sequencing generations are unique in the process, so a poisoned generation
+/// left in Persist by a stopped room can never match a newer room's sends.
+static GENERATIONS: AtomicU64 = AtomicU64::new(1);
+
+fn next_generation() -> u64 {
+    GENERATIONS.fetch_add(1, Ordering::Relaxed)
+}
 
 /// A committed message with its frames, serialized once and shared by every member.
 struct Delivered {
@@ -56,6 +67,7 @@ impl Delivered {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Join {
+    pub room: String,
     pub session: Uuid,
     pub user: Arc<UserInfo>,
     pub to: Recipient<ToSession>,
@@ -63,8 +75,8 @@ pub struct Join {
     /// Replay the newest N (already clamped to 0..=100), when `since` is absent.
     pub history: u32,
     pub since: Option<u64>,
-    /// The session got the room's address from the registry for this join (a
-    /// lease); rejoins through a kept address take none.
+    /// Forwarded by the registry (which counts it); rejoins through a kept
+    /// address are not.
     pub leased: bool,
 }
 
@@ -80,6 +92,8 @@ pub struct Leave {
 #[rtype(result = "()")]
 pub struct Send {
     pub session: Uuid,
+    /// To answer a session the room no longer knows (it was just dropped).
+    pub to: Recipient<ToSession>,
     pub content: String,
     pub client_ref: Option<String>,
 }
@@ -153,7 +167,7 @@ impl RoomActor {
             phase: Phase::Loading,
             next_seq: 1,
             committed: 0,
-            generation: 0,
+            generation: next_generation(),
             in_flight: BTreeMap::new(),
             members: HashMap::new(),
             presence: HashMap::new(),
@@ -172,7 +186,16 @@ impl RoomActor {
     /// Queues a frame for a member; a member whose queue is full is a slow
     /// consumer and gets disconnected (1013) instead of slowing the room.
     fn push(to: &Recipient<ToSession>, frame: ByteString) -> bool {
-        match to.try_send(ToSession::Frame(frame)) {
+        Self::deliver(to, ToSession::Frame(frame))
+    }
+
+    /// A join's replay goes as one mailbox item, so it counts as one queued frame.
+    fn push_many(to: &Recipient<ToSession>, frames: Vec<ByteString>) -> bool {
+        frames.is_empty() || Self::deliver(to, ToSession::Frames(frames))
+    }
+
+    fn deliver(to: &Recipient<ToSession>, item: ToSession) -> bool {
+        match to.try_send(item) {
             Ok(()) => true,
             Err(SendError::Full(_)) => {
                 to.do_send(ToSession::SlowConsumer);
@@ -271,14 +294,8 @@ impl RoomActor {
         }
     }
 
-    /// Sends committed messages from the in-memory ring, if it covers `after+1..=upto`.
-    fn replay_from_recent(
-        &self,
-        to: &Recipient<ToSession>,
-        format: Format,
-        after: u64,
-        upto: u64,
-    ) -> Option<bool> {
+    /// Frames of committed messages `after+1..=upto` from the in-memory ring, if it covers them.
+    fn replay_from_recent(&self, format: Format, after: u64, upto: u64) -> Option<Vec<ByteString>> {
         let oldest = self
             .recent
             .front()
@@ -286,47 +303,64 @@ impl RoomActor {
         if after + 1 < oldest {
             return None;
         }
-        for d in self
+        let frames = self
             .recent
             .iter()
             .filter(|d| d.msg.seq > after && d.msg.seq <= upto)
-        {
-            if !Self::push(to, d.frame(format)) {
-                return Some(false);
-            }
-        }
-        Some(true)
+            .map(|d| d.frame(format))
+            .collect();
+        Some(frames)
     }
 
-    fn deliver_committed(&mut self, msg: Arc<ChatMessage>, generation: u64) {
-        let flight = self.in_flight.remove(&(generation, msg.seq));
-        self.committed = msg.seq;
-        self.deps.refs.complete(&msg);
-        let delivered = Arc::new(Delivered::new(msg));
-        if self.recent.len() == RECENT_CAPACITY {
-            self.recent.pop_front();
-        }
-        self.recent.push_back(delivered.clone());
+    /// Acks and fans out one committed batch. Each member gets the batch's frames
+    /// as one mailbox item: the message frames are shared bytes, serialized once.
+    fn deliver_committed(&mut self, items: Vec<Outcome>) {
+        let mut outbox: HashMap<Uuid, Vec<ByteString>> = HashMap::new();
+        let mut gone = Vec::new();
+        let replay_cap = self.deps.config.limits.session_queue;
+        for (msg, generation) in items {
+            let flight = self.in_flight.remove(&(generation, msg.seq));
+            self.committed = msg.seq;
+            self.deps.refs.complete(&msg);
+            let delivered = Arc::new(Delivered::new(msg));
+            if self.recent.len() == RECENT_CAPACITY {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(delivered.clone());
 
-        if let Some(flight) = flight {
-            let ack: ByteString = delivered.msg.ack_json(flight.client_ref.as_deref()).into();
-            for session in std::iter::once(flight.sender).chain(flight.waiters) {
-                if let Some(m) = self.members.get(&session) {
-                    if m.format == Format::V1 {
-                        let _ = m.to.try_send(ToSession::Frame(ack.clone()));
+            if let Some(flight) = flight {
+                let ack: ByteString = delivered.msg.ack_json(flight.client_ref.as_deref()).into();
+                for session in std::iter::once(flight.sender).chain(flight.waiters) {
+                    if self
+                        .members
+                        .get(&session)
+                        .is_some_and(|m| m.format == Format::V1)
+                    {
+                        outbox.entry(session).or_default().push(ack.clone());
                     }
                 }
             }
-        }
-
-        let mut gone = Vec::new();
-        for (id, m) in self.members.iter_mut() {
-            match &mut m.replay {
-                Some(replay) => replay.buffer.push(delivered.clone()),
-                None => {
-                    if !Self::push(&m.to, delivered.frame(m.format)) {
-                        gone.push(*id);
+            for (id, m) in self.members.iter_mut() {
+                match &mut m.replay {
+                    // Frames waiting behind a replay count against the session's queue too.
+                    Some(replay) if replay.buffer.len() >= replay_cap => {
+                        if !gone.contains(id) {
+                            m.to.do_send(ToSession::SlowConsumer);
+                            gone.push(*id);
+                        }
                     }
+                    Some(replay) => replay.buffer.push(delivered.clone()),
+                    None => outbox
+                        .entry(*id)
+                        .or_default()
+                        .push(delivered.frame(m.format)),
+                }
+            }
+        }
+        for (id, frames) in outbox {
+            if let Some(m) = self.members.get(&id) {
+                if !Self::push_many(&m.to, frames) {
+                    gone.push(id);
                 }
             }
         }
@@ -339,7 +373,7 @@ impl RoomActor {
         if generation == self.generation {
             // Everything after `committed` of this generation fails with it (persist.rs):
             // continue from the last committed seq, in a new generation.
-            self.generation += 1;
+            self.generation = next_generation();
             self.next_seq = self.committed + 1;
         }
         let Some(flight) = self.in_flight.remove(&(generation, msg.seq)) else {
@@ -378,7 +412,7 @@ impl RoomActor {
         ctx.spawn(
             async move { store.range(&room, after, upto).await }
                 .into_actor(self)
-                .map(move |result, act, _ctx| {
+                .map(move |result, act, ctx| {
                     let Some(m) = act.members.get_mut(&session) else {
                         return;
                     };
@@ -389,18 +423,17 @@ impl RoomActor {
                     let (to, format) = (m.to.clone(), m.format);
                     match result {
                         Ok(messages) => {
-                            let mut ok = true;
-                            for msg in &messages {
-                                let frame = match format {
-                                    Format::V1 => msg.frame_json(),
-                                    Format::Seed => msg.seed_frame_json(),
-                                };
-                                ok = ok && Self::push(&to, frame.into());
-                            }
-                            for d in buffered.iter().filter(|d| d.msg.seq > upto) {
-                                ok = ok && Self::push(&to, d.frame(format));
-                            }
-                            if !ok {
+                            let frames = messages
+                                .into_iter()
+                                .map(|msg| Delivered::new(Arc::new(msg)).frame(format))
+                                .chain(
+                                    buffered
+                                        .iter()
+                                        .filter(|d| d.msg.seq > upto)
+                                        .map(|d| d.frame(format)),
+                                )
+                                .collect();
+                            if !Self::push_many(&to, frames) {
                                 act.remove_member(session, false);
                             }
                         }
@@ -414,6 +447,8 @@ impl RoomActor {
                                 ),
                             );
                             act.remove_member(session, true);
+                            to.do_send(ToSession::Detached(act.name.clone()));
+                            act.maybe_idle(ctx);
                         }
                     }
                 }),
@@ -425,6 +460,18 @@ impl Actor for RoomActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(SWEEP_INTERVAL, |act, ctx| {
+            let gone: Vec<Uuid> = act
+                .members
+                .iter()
+                .filter(|(_, m)| !m.to.connected())
+                .map(|(id, _)| *id)
+                .collect();
+            for id in gone {
+                act.remove_member(id, false);
+            }
+            act.maybe_idle(ctx);
+        });
         let store = self.deps.store.clone();
         let room = self.name.clone();
         // Nothing else is handled until the room knows its seq.
@@ -459,6 +506,7 @@ impl Handler<Join> for RoomActor {
                 &join.to,
                 Rejection::new(ErrorCode::Unavailable, "the room is unavailable right now"),
             );
+            join.to.do_send(ToSession::Detached(self.name.clone()));
             self.maybe_idle(ctx);
             return;
         }
@@ -517,19 +565,26 @@ impl Handler<Join> for RoomActor {
         let Some((after, upto)) = range.filter(|(a, u)| a < u) else {
             return;
         };
-        match self.replay_from_recent(&join.to, join.format, after, upto) {
-            Some(true) => {
-                // A rejoin mid-replay keeps its buffer: flush what is newer than `upto`.
-                if let Some(m) = self.members.get_mut(&join.session) {
-                    if let Some(replay) = m.replay.take() {
-                        let (to, format) = (m.to.clone(), m.format);
-                        for d in replay.buffer.iter().filter(|d| d.msg.seq > upto) {
-                            Self::push(&to, d.frame(format));
-                        }
-                    }
+        match self.replay_from_recent(join.format, after, upto) {
+            Some(mut frames) => {
+                // A rejoin mid-replay keeps its buffer: send what is newer than `upto` after.
+                if let Some(replay) = self
+                    .members
+                    .get_mut(&join.session)
+                    .and_then(|m| m.replay.take())
+                {
+                    frames.extend(
+                        replay
+                            .buffer
+                            .iter()
+                            .filter(|d| d.msg.seq > upto)
+                            .map(|d| d.frame(join.format)),
+                    );
+                }
+                if !Self::push_many(&join.to, frames) {
+                    self.remove_member(join.session, false);
                 }
             }
-            Some(false) => self.remove_member(join.session, false),
             None => self.start_store_replay(ctx, join.session, after, upto),
         }
     }
@@ -549,7 +604,12 @@ impl Handler<Send> for RoomActor {
 
     fn handle(&mut self, send: Send, ctx: &mut Self::Context) {
         let Some(member) = self.members.get(&send.session) else {
-            return; // the session left meanwhile; it answers not_joined itself
+            let rejection = Rejection::new(
+                ErrorCode::NotJoined,
+                "this connection has not joined the room",
+            );
+            self.reject(&send.to, rejection.with_ref(send.client_ref.as_deref()));
+            return;
         };
         let to = member.to.clone();
         let user = member.user.clone();
@@ -656,9 +716,7 @@ impl Handler<PersistOutcome> for RoomActor {
     fn handle(&mut self, outcome: PersistOutcome, ctx: &mut Self::Context) {
         match outcome {
             PersistOutcome::Committed(items) => {
-                for (msg, generation) in items {
-                    self.deliver_committed(msg, generation);
-                }
+                self.deliver_committed(items);
                 self.report_occupancy();
             }
             PersistOutcome::Failed(items) => {

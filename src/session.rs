@@ -5,7 +5,7 @@
 
 use crate::auth::Identity;
 use crate::protocol::{self, ClientFrame, ErrorCode, Rejection, UserInfo};
-use crate::registry::GetRoom;
+use crate::registry::JoinRoom;
 use crate::room::{self, RoomActor};
 use crate::AppDeps;
 use actix::prelude::*;
@@ -30,6 +30,10 @@ pub enum Format {
 pub enum ToSession {
     /// A ready-to-write text frame (shared bytes; the session adds nothing).
     Frame(ByteString),
+    /// Several frames that count as one queued item (a join's replay).
+    Frames(Vec<ByteString>),
+    /// The room dropped this session (a failed join or replay): forget it.
+    Detached(String),
     /// An error, rendered in the session's own format.
     Reject(Rejection),
     /// The session's queue overflowed: close with 1013.
@@ -115,8 +119,10 @@ impl Session {
         history: u32,
         since: Option<u64>,
     ) {
+        let room_name = room.clone();
         let make_join =
             move |act: &Self, ctx: &mut ws::WebsocketContext<Self>, leased| room::Join {
+                room: room_name.clone(),
                 session: act.id,
                 user: act.user.clone(),
                 to: ctx.address().recipient(),
@@ -125,16 +131,20 @@ impl Session {
                 since,
                 leased,
             };
-        if let Some(addr) = self.rooms.get(&room) {
+        if let Some(addr) = self.rooms.get(&room).filter(|a| a.connected()) {
             addr.do_send(make_join(self, ctx, false));
             return;
         }
-        let ask = self.deps.registry.send(GetRoom(room.clone()));
+        // The registry forwards the join itself, so a lease can't be lost if this
+        // session dies while waiting; the room sweeps such members later.
+        let ask = self
+            .deps
+            .registry
+            .send(JoinRoom(make_join(self, ctx, true)));
         ctx.wait(
             ask.into_actor(self)
                 .map(move |answer, act, ctx| match answer {
                     Ok(Some(addr)) => {
-                        addr.do_send(make_join(act, ctx, true));
                         act.rooms.insert(room, addr);
                     }
                     _ => {
@@ -174,6 +184,7 @@ impl Session {
         };
         addr.do_send(room::Send {
             session: self.id,
+            to: ctx.address().recipient(),
             content,
             client_ref,
         });
@@ -194,13 +205,14 @@ impl Session {
         let fut = async move {
             crate::history::page(&store, &room, before, limit, page_max)
                 .await
-                .map(|p| (room, p))
+                .map(|p| (room.clone(), p))
+                .map_err(|e| (room, e))
         };
         ctx.spawn(fut.into_actor(self).map(|result, act, ctx| match result {
             Ok((room, (messages, next))) => {
                 ctx.text(protocol::history_json(&room, &messages, next, true))
             }
-            Err(e) => act.send_rejection(ctx, &e),
+            Err((room, e)) => act.send_rejection(ctx, &e.in_room(Some(&room))),
         }));
     }
 
@@ -399,6 +411,13 @@ impl Handler<ToSession> for Session {
     fn handle(&mut self, msg: ToSession, ctx: &mut Self::Context) {
         match msg {
             ToSession::Frame(frame) => ctx.text(frame),
+            ToSession::Frames(frames) => frames.into_iter().for_each(|frame| ctx.text(frame)),
+            ToSession::Detached(room) => {
+                self.rooms.remove(&room);
+                if self.format == Format::Seed {
+                    self.close(ctx, ws::CloseCode::Error, "the room is unavailable");
+                }
+            }
             ToSession::Reject(rejection) => self.send_rejection(ctx, &rejection),
             ToSession::SlowConsumer => {
                 tracing::info!(session = %self.id, user = %self.user.id, "slow consumer disconnected");

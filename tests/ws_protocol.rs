@@ -1218,3 +1218,31 @@ async fn heartbeat_pings_keep_alive_and_silent_client_is_closed() {
         "heartbeat timeout closes with 1000"
     );
 }
+
+/// PROTOCOL.md: "a join's replay counts as one" frame of `limits.session_queue`.
+/// A recovery far larger than the queue must not close the connection with 1013.
+#[tokio::test]
+async fn join_replay_counts_as_one_queued_frame() {
+    let s = Server::builder()
+        .set("limits", "session_queue", "64")
+        .set("rooms", "join_history", "100")
+        .start();
+    let sent = populate(&s, "big-replay", 300, "r").await;
+    for since in [0u64, 250] {
+        let mut c = s.ws(&token(&uid("u"), "u")).await;
+        let j = c
+            .join_with(json!({"type":"join","room":"big-replay","since":since}))
+            .await;
+        assert_eq!(j["recovered"], true, "{j}");
+        let n = (300 - since) as usize;
+        let got = c.recv_messages(n).await;
+        assert_eq!(got, sent[since as usize..].to_vec());
+        c.expect_silence(200).await;
+    }
+    // The newest-N replay from memory behaves the same.
+    let mut c = s.ws(&token(&uid("u"), "u")).await;
+    c.join_with(json!({"type":"join","room":"big-replay"}))
+        .await;
+    let got = c.recv_messages(100).await;
+    assert_eq!(got, sent[200..].to_vec());
+}
