@@ -116,10 +116,10 @@ impl Auth {
                 Rejection::new(ErrorCode::Unauthorized, why)
             })?;
         let claims = data.claims;
-        if claims.sub.is_empty() {
+        if claims.sub.is_empty() || claims.sub.contains('\0') {
             return Err(Rejection::new(
                 ErrorCode::Unauthorized,
-                "the token has an empty sub",
+                "the token's sub is empty or contains NUL",
             ));
         }
         let name = check_display_name(&claims.name).map_err(|_| {

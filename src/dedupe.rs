@@ -14,11 +14,7 @@ type Key = (String, String);
 
 #[derive(Debug, Clone)]
 enum Entry {
-    InFlight {
-        room: String,
-        seq: u64,
-        generation: u64,
-    },
+    InFlight { room: String },
     Done(Arc<ChatMessage>),
 }
 
@@ -29,12 +25,8 @@ pub enum Claim {
     New,
     /// Already accepted: answer with this message's ack.
     Done(Arc<ChatMessage>),
-    /// Being written right now.
-    InFlight {
-        room: String,
-        seq: u64,
-        generation: u64,
-    },
+    /// Being written right now, as a send to `room`.
+    InFlight { room: String },
 }
 
 pub struct RefCache {
@@ -82,15 +74,8 @@ impl RefCache {
         }
     }
 
-    /// Reserves the ref for a send about to get `seq`, or reports what it already names.
-    pub fn claim(
-        &self,
-        user_id: &str,
-        client_ref: &str,
-        room: &str,
-        seq: u64,
-        generation: u64,
-    ) -> Claim {
+    /// Reserves the ref for a send to `room`, or reports what it already names.
+    pub fn claim(&self, user_id: &str, client_ref: &str, room: &str) -> Claim {
         let now = Instant::now();
         let key = (user_id.to_string(), client_ref.to_string());
         let mut inner = self.lock();
@@ -98,31 +83,40 @@ impl RefCache {
         if let Some((_, entry)) = inner.entries.get(&key) {
             return match entry {
                 Entry::Done(m) => Claim::Done(m.clone()),
-                Entry::InFlight {
-                    room,
-                    seq,
-                    generation,
-                } => Claim::InFlight {
-                    room: room.clone(),
-                    seq: *seq,
-                    generation: *generation,
-                },
+                Entry::InFlight { room } => Claim::InFlight { room: room.clone() },
             };
         }
         let entry = Entry::InFlight {
             room: room.to_string(),
-            seq,
-            generation,
         };
+        self.insert(&mut inner, key, now, entry);
+        Claim::New
+    }
+
+    /// Records an accepted send learned elsewhere (cluster mode: another
+    /// instance's, via Redis), so resends here are answered without a round trip.
+    pub fn remember(&self, msg: &Arc<ChatMessage>) {
+        let Some(client_ref) = &msg.client_ref else {
+            return;
+        };
+        let now = Instant::now();
+        let key = (msg.user_id.clone(), client_ref.clone());
+        let mut inner = self.lock();
+        self.expire(&mut inner, now);
+        if !inner.entries.contains_key(&key) {
+            self.insert(&mut inner, key, now, Entry::Done(msg.clone()));
+        }
+    }
+
+    fn insert(&self, inner: &mut Inner, key: Key, now: Instant, entry: Entry) {
         inner.entries.insert(key.clone(), (now, entry));
         inner.order.push_back((now, key));
         while inner.entries.len() > self.cap {
             let Some((at, old)) = inner.order.pop_front() else {
                 break;
             };
-            Self::remove_if_at(&mut inner, &old, at);
+            Self::remove_if_at(inner, &old, at);
         }
-        Claim::New
     }
 
     /// The send committed: resends now get its ack.
@@ -212,31 +206,31 @@ mod tests {
     #[test]
     fn claim_complete_and_replay() {
         let cache = RefCache::default();
-        assert_eq!(cache.claim("u", "r1", "g", 1, 0), Claim::New);
-        assert!(matches!(
-            cache.claim("u", "r1", "g", 2, 0),
-            Claim::InFlight { seq: 1, .. }
-        ));
+        assert_eq!(cache.claim("u", "r1", "g"), Claim::New);
         assert_eq!(
-            cache.claim("v", "r1", "g", 2, 0),
+            cache.claim("u", "r1", "h"),
+            Claim::InFlight { room: "g".into() }
+        );
+        assert_eq!(
+            cache.claim("v", "r1", "g"),
             Claim::New,
             "refs are per user"
         );
         cache.complete(&msg("u", "r1", 1));
         assert_eq!(cache.done("u", "r1").unwrap().seq, 1);
         cache.forget("v", "r1");
-        assert_eq!(cache.claim("v", "r1", "g", 3, 0), Claim::New);
+        assert_eq!(cache.claim("v", "r1", "g"), Claim::New);
     }
 
     #[test]
     fn window_and_cap_bound_memory() {
         let cache = RefCache::new(Duration::from_millis(50), 3);
         for i in 0..10 {
-            cache.claim("u", &format!("r{i}"), "g", i, 0);
+            cache.claim("u", &format!("r{i}"), "g");
         }
         assert_eq!(cache.len(), 3);
         std::thread::sleep(Duration::from_millis(60));
-        cache.claim("u", "fresh", "g", 99, 0);
+        cache.claim("u", "fresh", "g");
         assert_eq!(cache.len(), 1);
     }
 

@@ -282,6 +282,15 @@ async fn list_rooms(req: HttpRequest, deps: web::Data<AppDeps>) -> HttpResponse 
         entry.0 = entry.0.max(room.last_seq);
         entry.1 = room.online;
     }
+    // In cluster mode users online through other instances count too.
+    let names: Vec<String> = rooms.keys().cloned().collect();
+    if let Some(online) = deps.broker.online(&names).await {
+        for (name, count) in online {
+            if let Some(entry) = rooms.get_mut(&name) {
+                entry.1 = entry.1.max(count);
+            }
+        }
+    }
     let visible = rooms
         .into_iter()
         .filter(|(name, _)| identity.as_ref().is_none_or(|i| i.rooms.allows(name)))

@@ -1,41 +1,28 @@
-//! The Persist actor: group commit. Rooms hand it sequenced messages; it writes
-//! them in batches (at `batch_max` messages, or `flush_interval_ms` after the first
-//! one waited) in one transaction each, one batch at a time so commit order is seq
-//! order, and tells each room what committed or failed through the room's mailbox.
-//!
-//! A failed batch "poisons" its rooms at that generation: later items of the same
-//! generation fail too, until the room rewinds its seq and sends a newer generation.
-//! That is what keeps seqs gap-free when the store hiccups.
+//! The Persist actor: group commit. It gathers sequenced messages (from rooms in
+//! embedded mode, from the Redis persist stream in cluster mode) and writes them
+//! in batches (at `batch_max` messages, or `flush_interval_ms` after the first
+//! one waited) in one transaction each, one batch at a time, then answers every
+//! contributor. Nothing is acknowledged to a client before its batch committed.
 
 use crate::protocol::ChatMessage;
 use crate::store::SharedStore;
 use actix::prelude::*;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::oneshot;
 
-/// One sequenced message on its way to the store.
-#[derive(Clone)]
-pub struct PersistItem {
-    pub msg: Arc<ChatMessage>,
-    /// The room's sequencing generation when the seq was assigned.
-    pub generation: u64,
-    pub reply: Recipient<PersistOutcome>,
-}
+/// Why a batch was not written (already logged by Persist).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the store failed: {0}")]
+pub struct PersistFailed(pub String);
 
+/// Messages to write; `done` hears the outcome of the transaction they were in.
+/// Messages of one room must be handed over in seq order.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Enqueue(pub PersistItem);
-
-/// A message and the generation it was sequenced in.
-pub type Outcome = (Arc<ChatMessage>, u64);
-
-/// Sent back to the room, in commit order.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub enum PersistOutcome {
-    Committed(Vec<Outcome>),
-    Failed(Vec<Outcome>),
+pub struct Enqueue {
+    pub rows: Vec<Arc<ChatMessage>>,
+    pub done: oneshot::Sender<Result<(), PersistFailed>>,
 }
 
 /// Ask Persist to write everything it holds (shutdown); resolves when done.
@@ -47,11 +34,11 @@ pub struct Persist {
     store: SharedStore,
     batch_max: usize,
     flush_interval: Duration,
-    buffer: Vec<PersistItem>,
+    buffer: Vec<Enqueue>,
+    buffered_rows: usize,
     flushing: bool,
     timer: Option<SpawnHandle>,
-    poisoned: HashMap<String, u64>,
-    drain_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
+    drain_waiters: Vec<oneshot::Sender<()>>,
 }
 
 impl Persist {
@@ -61,18 +48,33 @@ impl Persist {
             batch_max,
             flush_interval,
             buffer: Vec::new(),
+            buffered_rows: 0,
             flushing: false,
             timer: None,
-            poisoned: HashMap::new(),
             drain_waiters: Vec::new(),
         }
+    }
+
+    /// Writes `rows` through Persist and waits for the commit.
+    pub async fn write(
+        persist: &Addr<Persist>,
+        rows: Vec<Arc<ChatMessage>>,
+    ) -> Result<(), PersistFailed> {
+        let (done, outcome) = oneshot::channel();
+        persist
+            .send(Enqueue { rows, done })
+            .await
+            .map_err(|e| PersistFailed(format!("persist actor gone: {e}")))?;
+        outcome
+            .await
+            .map_err(|_| PersistFailed("persist actor dropped the batch".into()))?
     }
 
     fn schedule(&mut self, ctx: &mut Context<Self>) {
         if self.flushing || self.buffer.is_empty() {
             return;
         }
-        if self.buffer.len() >= self.batch_max {
+        if self.buffered_rows >= self.batch_max {
             self.flush(ctx);
         } else if self.timer.is_none() {
             self.timer = Some(ctx.run_later(self.flush_interval, |act, ctx| {
@@ -90,9 +92,22 @@ impl Persist {
         if let Some(timer) = self.timer.take() {
             ctx.cancel_future(timer);
         }
-        let take = self.buffer.len().min(self.batch_max);
-        let batch: Vec<PersistItem> = self.buffer.drain(..take).collect();
-        let rows: Vec<Arc<ChatMessage>> = batch.iter().map(|i| i.msg.clone()).collect();
+        // Whole contributions only, so each one commits or fails as a unit.
+        let mut take = 0;
+        let mut rows_taken = 0;
+        for item in &self.buffer {
+            if take > 0 && rows_taken + item.rows.len() > self.batch_max {
+                break;
+            }
+            take += 1;
+            rows_taken += item.rows.len();
+        }
+        let batch: Vec<Enqueue> = self.buffer.drain(..take).collect();
+        self.buffered_rows -= rows_taken;
+        let rows: Vec<Arc<ChatMessage>> = batch
+            .iter()
+            .flat_map(|i| i.rows.iter().cloned())
+            .collect();
         self.flushing = true;
         let store = self.store.clone();
         let started = std::time::Instant::now();
@@ -101,15 +116,22 @@ impl Persist {
                 .into_actor(self)
                 .map(move |result, act, ctx| {
                     act.flushing = false;
-                    match result {
+                    let outcome = match result {
                         Ok(()) => {
-                            tracing::trace!(rows = batch.len(), elapsed_us = started.elapsed().as_micros() as u64, "batch committed");
-                            reply_grouped(batch, PersistOutcome::Committed);
+                            tracing::trace!(
+                                rows = rows_taken,
+                                elapsed_us = started.elapsed().as_micros() as u64,
+                                "batch committed"
+                            );
+                            Ok(())
                         }
                         Err(error) => {
-                            tracing::error!(%error, rows = batch.len(), "batch failed; its senders get `unavailable`");
-                            act.fail_batch(batch);
+                            tracing::error!(%error, rows = rows_taken, "batch failed; nothing in it is acknowledged");
+                            Err(PersistFailed(error.to_string()))
                         }
+                    };
+                    for item in batch {
+                        let _ = item.done.send(outcome.clone());
                     }
                     // Whatever queued during the write has waited long enough.
                     if act.buffer.is_empty() {
@@ -121,52 +143,12 @@ impl Persist {
         );
     }
 
-    fn fail_batch(&mut self, batch: Vec<PersistItem>) {
-        for item in &batch {
-            let g = self.poisoned.entry(item.msg.room.clone()).or_insert(0);
-            *g = (*g).max(item.generation);
-        }
-        // Buffered items of a poisoned generation would leave a gap: fail them too.
-        let (stale, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.buffer)
-            .into_iter()
-            .partition(|i| self.is_poisoned(i));
-        self.buffer = keep;
-        reply_grouped(batch, PersistOutcome::Failed);
-        reply_grouped(stale, PersistOutcome::Failed);
-    }
-
-    fn is_poisoned(&self, item: &PersistItem) -> bool {
-        self.poisoned
-            .get(&item.msg.room)
-            .is_some_and(|g| item.generation <= *g)
-    }
-
     fn release_drain_waiters(&mut self) {
         if self.buffer.is_empty() && !self.flushing {
             for waiter in self.drain_waiters.drain(..) {
                 let _ = waiter.send(());
             }
         }
-    }
-}
-
-/// Sends each room one outcome with its items, keeping seq order.
-fn reply_grouped(
-    items: Vec<PersistItem>,
-    make: fn(Vec<(Arc<ChatMessage>, u64)>) -> PersistOutcome,
-) {
-    let mut groups: Vec<(Recipient<PersistOutcome>, Vec<Outcome>)> = Vec::new();
-    let mut index: HashMap<String, usize> = HashMap::new();
-    for item in items {
-        let slot = *index.entry(item.msg.room.clone()).or_insert_with(|| {
-            groups.push((item.reply.clone(), Vec::new()));
-            groups.len() - 1
-        });
-        groups[slot].1.push((item.msg, item.generation));
-    }
-    for (reply, items) in groups {
-        // The room's mailbox is unbounded for outcomes: an ack must never be dropped.
-        reply.do_send(make(items));
     }
 }
 
@@ -177,12 +159,12 @@ impl Actor for Persist {
 impl Handler<Enqueue> for Persist {
     type Result = ();
 
-    fn handle(&mut self, Enqueue(item): Enqueue, ctx: &mut Self::Context) {
-        if self.is_poisoned(&item) {
-            reply_grouped(vec![item], PersistOutcome::Failed);
+    fn handle(&mut self, item: Enqueue, ctx: &mut Self::Context) {
+        if item.rows.is_empty() {
+            let _ = item.done.send(Ok(()));
             return;
         }
-        self.poisoned.remove(&item.msg.room);
+        self.buffered_rows += item.rows.len();
         self.buffer.push(item);
         self.schedule(ctx);
     }
@@ -192,7 +174,7 @@ impl Handler<Drain> for Persist {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, _: Drain, ctx: &mut Self::Context) -> Self::Result {
-        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (tx, rx) = oneshot::channel();
         self.drain_waiters.push(tx);
         if self.flushing {
             // The running flush continues with the rest of the buffer.

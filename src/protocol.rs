@@ -191,8 +191,15 @@ pub fn check_display_name(name: &str) -> Result<String, Rejection> {
     Ok(trimmed.to_string())
 }
 
-/// Message content: some non-whitespace, at most `max_chars` code points.
+/// Message content: some non-whitespace, at most `max_chars` code points, and
+/// no U+0000 (Postgres text can't hold it, and both backends must agree).
 pub fn check_content(content: &str, max_chars: usize) -> Result<(), Rejection> {
+    if content.contains('\0') {
+        return Err(Rejection::new(
+            ErrorCode::InvalidFrame,
+            "\"content\" must not contain the NUL character (U+0000)",
+        ));
+    }
     if !content.chars().any(|c| !c.is_whitespace()) {
         return Err(Rejection::new(
             ErrorCode::EmptyMessage,
@@ -288,8 +295,8 @@ fn parse_object(obj: &Map<String, Value>) -> Result<ClientFrame, Rejection> {
                 None | Some(Value::Null) => None,
                 Some(Value::String(r)) => {
                     let n = r.chars().count();
-                    if n == 0 || n > MAX_REF_CHARS {
-                        return Err(frame_error("\"ref\" is a string of 1-64 characters"));
+                    if n == 0 || n > MAX_REF_CHARS || r.contains('\0') {
+                        return Err(frame_error("\"ref\" is a string of 1-64 characters (no NUL)"));
                     }
                     Some(r.clone())
                 }
@@ -374,7 +381,7 @@ pub fn parse_cursor_param(key: &str, raw: &str) -> Result<u64, Rejection> {
 // ------------------------------------------------------------ server frames
 
 /// A user as the protocol shows it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq, Hash)]
 pub struct UserInfo {
     pub id: String,
     pub name: String,

@@ -1,18 +1,18 @@
-//! The RoomActor: one per active room. It owns the room's members and presence,
-//! is the room's sequencer in embedded mode (seq restored from the store when it
-//! starts), and fans every committed message out to its members as one shared,
-//! already-serialized frame.
+//! The RoomActor: one per active room on this instance. It owns the room's local
+//! members and presence, hands their sends to the broker in batches (one batch
+//! in flight, so each sender's messages keep their order), and delivers the
+//! room's messages to its members in seq order, each serialized once and shared.
+//! The same code runs in both modes; the broker seam decides where seqs come
+//! from and whether other instances contribute messages, presence and typing.
 
-use crate::dedupe::Claim;
-use crate::persist::{Enqueue, Outcome, PersistItem, PersistOutcome};
+use crate::broker::{Accepted, Announce, Draft, Inbound, RemotePresence};
 use crate::protocol::{self, ChatMessage, ErrorCode, Rejection, UserInfo};
 use crate::registry::{Occupancy, RoomIdle};
 use crate::session::{Format, ToSession};
 use crate::AppDeps;
 use actix::prelude::*;
 use bytestring::ByteString;
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -25,16 +25,20 @@ const IDLE_LINGER: Duration = Duration::from_secs(10);
 const TYPING_WINDOW: Duration = Duration::from_secs(2);
 /// How often a room drops members whose session is gone without a `Leave`.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+/// How often presence is refreshed with other instances (their entries expire
+/// when not refreshed, so a crashed instance's users disappear).
+const PRESENCE_REFRESH: Duration = Duration::from_secs(5);
+/// A seq missing from the relay usually arrives within this; then it is fetched.
+const GAP_WAIT: Duration = Duration::from_millis(150);
+/// After the broker failed a batch, look for messages it may have accepted anyway.
+const RESYNC_AFTER_FAILURE: Duration = Duration::from_secs(1);
+/// Most sends in one broker call.
+const SEND_BATCH_MAX: usize = 512;
 
-/// Sequencing generations are unique in the process, so a poisoned generation
-/// left in Persist by a stopped room can never match a newer room's sends.
-static GENERATIONS: AtomicU64 = AtomicU64::new(1);
+/// Tells room actors of the same name apart (one may stop as the next starts).
+static ROOM_ACTOR_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-fn next_generation() -> u64 {
-    GENERATIONS.fetch_add(1, Ordering::Relaxed)
-}
-
-/// A committed message with its frames, serialized once and shared by every member.
+/// A message with its frames, serialized once and shared by every member.
 struct Delivered {
     msg: Arc<ChatMessage>,
     v1: ByteString,
@@ -110,7 +114,7 @@ struct Member {
     user: Arc<UserInfo>,
     to: Recipient<ToSession>,
     format: Format,
-    /// While a join's replay is read from the store, live frames wait here.
+    /// While a join's replay is fetched, live frames wait here.
     replay: Option<Replay>,
 }
 
@@ -119,17 +123,30 @@ struct Replay {
     buffer: Vec<Arc<Delivered>>,
 }
 
+/// A user's connections to this room on this instance.
 struct Presence {
     user: Arc<UserInfo>,
     connections: usize,
 }
 
-/// A send between sequencing and commit.
-struct InFlight {
-    sender: Uuid,
+/// A user present through other instances.
+struct RemoteUser {
+    user: Arc<UserInfo>,
+    instances: HashSet<Arc<str>>,
+}
+
+/// A send waiting for the batch in flight to finish.
+struct Queued {
+    sender: Sender,
+    draft: Draft,
+}
+
+/// Who gets the answer to one send.
+struct Sender {
+    session: Uuid,
+    to: Recipient<ToSession>,
+    format: Format,
     client_ref: Option<String>,
-    /// Resends of the same ref that arrived meanwhile; they get the ack too.
-    waiters: Vec<Uuid>,
 }
 
 #[derive(PartialEq, Eq)]
@@ -141,17 +158,22 @@ enum Phase {
 
 pub struct RoomActor {
     name: String,
+    id: u64,
     deps: AppDeps,
     phase: Phase,
-    /// Next seq to assign; `committed + 1` unless sends are in flight.
-    next_seq: u64,
-    /// Newest committed (and delivered) seq.
+    /// Newest seq delivered here; every seq up to it was delivered in order.
     committed: u64,
-    /// Bumped when a failed flush rewinds `next_seq`; see persist.rs.
-    generation: u64,
-    in_flight: BTreeMap<(u64, u64), InFlight>,
+    /// Messages that arrived ahead of a missing seq, or whose ack must go first.
+    pending: BTreeMap<u64, Arc<ChatMessage>>,
+    gap_timer: Option<SpawnHandle>,
+    filling: bool,
+    queue: VecDeque<Queued>,
+    /// Ids of the batch the broker is accepting right now.
+    in_flight: Option<HashSet<String>>,
     members: HashMap<Uuid, Member>,
     presence: HashMap<String, Presence>,
+    remote: HashMap<String, RemoteUser>,
+    refreshing: bool,
     recent: VecDeque<Arc<Delivered>>,
     typing: HashMap<String, Instant>,
     joins_seen: u64,
@@ -159,18 +181,26 @@ pub struct RoomActor {
     idle_timer: Option<SpawnHandle>,
 }
 
+/// Frames per session, sent as one mailbox item each.
+type Outbox = HashMap<Uuid, Vec<ByteString>>;
+
 impl RoomActor {
     pub fn new(name: String, deps: AppDeps) -> Self {
         Self {
             name,
+            id: ROOM_ACTOR_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             deps,
             phase: Phase::Loading,
-            next_seq: 1,
             committed: 0,
-            generation: next_generation(),
-            in_flight: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            gap_timer: None,
+            filling: false,
+            queue: VecDeque::new(),
+            in_flight: None,
             members: HashMap::new(),
             presence: HashMap::new(),
+            remote: HashMap::new(),
+            refreshing: false,
             recent: VecDeque::with_capacity(RECENT_CAPACITY),
             typing: HashMap::new(),
             joins_seen: 0,
@@ -189,7 +219,7 @@ impl RoomActor {
         Self::deliver(to, ToSession::Frame(frame))
     }
 
-    /// A join's replay goes as one mailbox item, so it counts as one queued frame.
+    /// Several frames go as one mailbox item, so they count as one queued frame.
     fn push_many(to: &Recipient<ToSession>, frames: Vec<ByteString>) -> bool {
         frames.is_empty() || Self::deliver(to, ToSession::Frames(frames))
     }
@@ -205,8 +235,19 @@ impl RoomActor {
         }
     }
 
-    fn members_json(&self) -> Vec<&UserInfo> {
+    /// Present in the room: connected here or through another instance.
+    fn visible(&self, user_id: &str) -> bool {
+        self.presence.contains_key(user_id) || self.remote.contains_key(user_id)
+    }
+
+    fn visible_users(&self) -> Vec<&UserInfo> {
         let mut users: Vec<&UserInfo> = self.presence.values().map(|p| p.user.as_ref()).collect();
+        users.extend(
+            self.remote
+                .iter()
+                .filter(|(id, _)| !self.presence.contains_key(*id))
+                .map(|(_, r)| r.user.as_ref()),
+        );
         users.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
         users
     }
@@ -228,10 +269,26 @@ impl RoomActor {
         }
     }
 
+    fn broadcast_presence(&mut self, user: &UserInfo, joined: bool) {
+        let frame = if joined {
+            protocol::presence_json(&self.name, &[user], &[])
+        } else {
+            protocol::presence_json(&self.name, &[], &[user])
+        };
+        self.broadcast_except(frame.into(), Some(user.id.as_str()).filter(|_| joined));
+        self.report_occupancy();
+    }
+
     fn report_occupancy(&self) {
+        let online = self.presence.len()
+            + self
+                .remote
+                .keys()
+                .filter(|id| !self.presence.contains_key(*id))
+                .count();
         self.deps.registry.do_send(Occupancy {
             room: self.name.clone(),
-            online: self.presence.len(),
+            online,
             last_seq: self.committed,
         });
     }
@@ -255,16 +312,24 @@ impl RoomActor {
         };
         if last_connection {
             if let Some(p) = self.presence.remove(&user_id) {
-                self.typing.remove(&user_id);
-                let frame = protocol::presence_json(&self.name, &[], &[p.user.as_ref()]);
-                self.broadcast_except(frame.into(), None);
+                self.deps
+                    .broker
+                    .announce(&self.name, Announce::Left(p.user.clone()));
+                if !self.remote.contains_key(&user_id) {
+                    self.typing.remove(&user_id);
+                    self.broadcast_presence(&p.user, false);
+                }
             }
             self.report_occupancy();
         }
     }
 
     fn maybe_idle(&mut self, ctx: &mut Context<Self>) {
-        if !self.members.is_empty() || !self.in_flight.is_empty() || self.idle_timer.is_some() {
+        if !self.members.is_empty()
+            || self.in_flight.is_some()
+            || !self.queue.is_empty()
+            || self.idle_timer.is_some()
+        {
             return;
         }
         let linger = if self.phase == Phase::Failed {
@@ -274,7 +339,7 @@ impl RoomActor {
         };
         self.idle_timer = Some(ctx.run_later(linger, |act, ctx| {
             act.idle_timer = None;
-            if !act.members.is_empty() || !act.in_flight.is_empty() {
+            if !act.members.is_empty() || act.in_flight.is_some() || !act.queue.is_empty() {
                 return;
             }
             let ask = act.deps.registry.send(RoomIdle {
@@ -294,7 +359,7 @@ impl RoomActor {
         }
     }
 
-    /// Frames of committed messages `after+1..=upto` from the in-memory ring, if it covers them.
+    /// Frames of messages `after+1..=upto` from the in-memory ring, if it covers them.
     fn replay_from_recent(&self, format: Format, after: u64, upto: u64) -> Option<Vec<ByteString>> {
         let oldest = self
             .recent
@@ -312,51 +377,98 @@ impl RoomActor {
         Some(frames)
     }
 
-    /// Acks and fans out one committed batch. Each member gets the batch's frames
-    /// as one mailbox item: the message frames are shared bytes, serialized once.
-    fn deliver_committed(&mut self, items: Vec<Outcome>) {
-        let mut outbox: HashMap<Uuid, Vec<ByteString>> = HashMap::new();
-        let mut gone = Vec::new();
-        let replay_cap = self.deps.config.limits.session_queue;
-        for (msg, generation) in items {
-            let flight = self.in_flight.remove(&(generation, msg.seq));
-            self.committed = msg.seq;
-            self.deps.refs.complete(&msg);
-            let delivered = Arc::new(Delivered::new(msg));
-            if self.recent.len() == RECENT_CAPACITY {
-                self.recent.pop_front();
-            }
-            self.recent.push_back(delivered.clone());
+    // ------------------------------------------------------------- sending
 
-            if let Some(flight) = flight {
-                let ack: ByteString = delivered.msg.ack_json(flight.client_ref.as_deref()).into();
-                for session in std::iter::once(flight.sender).chain(flight.waiters) {
-                    if self
-                        .members
-                        .get(&session)
-                        .is_some_and(|m| m.format == Format::V1)
-                    {
-                        outbox.entry(session).or_default().push(ack.clone());
+    /// Hands the queued sends to the broker, unless a batch is in flight.
+    fn start_batch(&mut self, ctx: &mut Context<Self>) {
+        if self.in_flight.is_some() || self.queue.is_empty() {
+            return;
+        }
+        let take = self.queue.len().min(SEND_BATCH_MAX);
+        let mut senders = Vec::with_capacity(take);
+        let mut drafts = Vec::with_capacity(take);
+        let mut ids = HashSet::with_capacity(take);
+        for queued in self.queue.drain(..take) {
+            ids.insert(queued.draft.id.clone());
+            senders.push(queued.sender);
+            drafts.push(queued.draft);
+        }
+        self.in_flight = Some(ids);
+        let broker = self.deps.broker.clone();
+        let room = self.name.clone();
+        let committed = self.committed;
+        ctx.spawn(
+            async move { broker.accept(&room, committed, drafts).await }
+                .into_actor(self)
+                .map(move |result, act, ctx| {
+                    act.in_flight = None;
+                    act.finish_batch(ctx, senders, result);
+                    act.start_batch(ctx);
+                    act.maybe_idle(ctx);
+                }),
+        );
+    }
+
+    /// Acks (or refuses) each send of a finished batch, then delivers what it
+    /// added, so a sender always sees its ack before its message.
+    fn finish_batch(
+        &mut self,
+        ctx: &mut Context<Self>,
+        senders: Vec<Sender>,
+        result: Result<Vec<Accepted>, crate::broker::BrokerError>,
+    ) {
+        let mut outbox = Outbox::new();
+        match result {
+            Ok(results) => {
+                for (sender, accepted) in senders.into_iter().zip(results) {
+                    match accepted {
+                        Accepted::New(msg) => {
+                            self.ack(&mut outbox, &sender, &msg);
+                            if msg.seq > self.committed {
+                                self.pending.insert(msg.seq, msg);
+                            }
+                        }
+                        Accepted::Duplicate(original) => self.ack(&mut outbox, &sender, &original),
+                        Accepted::Rejected(rejection) => self.reject(
+                            &sender.to,
+                            rejection.with_ref(sender.client_ref.as_deref()),
+                        ),
                     }
                 }
             }
-            for (id, m) in self.members.iter_mut() {
-                match &mut m.replay {
-                    // Frames waiting behind a replay count against the session's queue too.
-                    Some(replay) if replay.buffer.len() >= replay_cap => {
-                        if !gone.contains(id) {
-                            m.to.do_send(ToSession::SlowConsumer);
-                            gone.push(*id);
-                        }
-                    }
-                    Some(replay) => replay.buffer.push(delivered.clone()),
-                    None => outbox
-                        .entry(*id)
-                        .or_default()
-                        .push(delivered.frame(m.format)),
+            Err(error) => {
+                tracing::warn!(room = %self.name, %error, "sends refused: the broker failed");
+                for sender in senders {
+                    let rejection = Rejection::new(
+                        ErrorCode::Unavailable,
+                        "the message could not be stored; it was not accepted, send it again",
+                    )
+                    .with_ref(sender.client_ref.as_deref());
+                    self.reject(&sender.to, rejection);
                 }
+                // A broker that failed late may have accepted some of them anyway.
+                ctx.run_later(RESYNC_AFTER_FAILURE, |act, ctx| act.resync(ctx));
             }
         }
+        self.flush_pending(ctx, &mut outbox);
+        self.send_outbox(outbox);
+    }
+
+    fn ack(&self, outbox: &mut Outbox, sender: &Sender, msg: &ChatMessage) {
+        if sender.format != Format::V1 {
+            return;
+        }
+        let ack = ByteString::from(msg.ack_json(sender.client_ref.as_deref()));
+        if self.members.contains_key(&sender.session) {
+            outbox.entry(sender.session).or_default().push(ack);
+        } else {
+            // It left the room meanwhile; the answer to its send still belongs to it.
+            let _ = sender.to.try_send(ToSession::Frame(ack));
+        }
+    }
+
+    fn send_outbox(&mut self, outbox: Outbox) {
+        let mut gone = Vec::new();
         for (id, frames) in outbox {
             if let Some(m) = self.members.get(&id) {
                 if !Self::push_many(&m.to, frames) {
@@ -369,48 +481,153 @@ impl RoomActor {
         }
     }
 
-    fn fail_in_flight(&mut self, msg: &ChatMessage, generation: u64) {
-        if generation == self.generation {
-            // Everything after `committed` of this generation fails with it (persist.rs):
-            // continue from the last committed seq, in a new generation.
-            self.generation = next_generation();
-            self.next_seq = self.committed + 1;
-        }
-        let Some(flight) = self.in_flight.remove(&(generation, msg.seq)) else {
-            return;
-        };
-        if let Some(r) = &flight.client_ref {
-            self.deps.refs.forget(&msg.user_id, r);
-        }
-        for session in std::iter::once(flight.sender).chain(flight.waiters) {
-            if let Some(m) = self.members.get(&session) {
-                let rejection = Rejection::new(
-                    ErrorCode::Unavailable,
-                    "the message could not be stored; it was not accepted, send it again",
-                )
-                .with_ref(flight.client_ref.as_deref());
-                self.reject(&m.to, rejection);
+    // ------------------------------------------------------------ delivery
+
+    /// Delivers pending messages while they continue `committed` without a gap.
+    fn flush_pending(&mut self, ctx: &mut Context<Self>, outbox: &mut Outbox) {
+        let mut delivered_any = false;
+        while let Some((&seq, msg)) = self.pending.first_key_value() {
+            if seq <= self.committed {
+                self.pending.pop_first();
+                continue;
             }
+            if seq > self.committed + 1 {
+                self.schedule_gap_fill(ctx);
+                break;
+            }
+            if self
+                .in_flight
+                .as_ref()
+                .is_some_and(|ids| ids.contains(&msg.id))
+            {
+                break; // relayed before its ack: the ack goes first
+            }
+            if let Some((_, msg)) = self.pending.pop_first() {
+                self.deliver_one(msg, outbox);
+                delivered_any = true;
+            }
+        }
+        if delivered_any {
+            self.report_occupancy();
         }
     }
 
-    fn start_store_replay(
-        &mut self,
-        ctx: &mut Context<Self>,
-        session: Uuid,
-        after: u64,
-        upto: u64,
-    ) {
+    fn deliver_one(&mut self, msg: Arc<ChatMessage>, outbox: &mut Outbox) {
+        self.committed = msg.seq;
+        self.deps.refs.remember(&msg);
+        let delivered = Arc::new(Delivered::new(msg));
+        if self.recent.len() == RECENT_CAPACITY {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(delivered.clone());
+        let replay_cap = self.deps.config.limits.session_queue;
+        let mut overflowed = Vec::new();
+        for (id, m) in self.members.iter_mut() {
+            match &mut m.replay {
+                // Frames waiting behind a replay count against the session's queue too.
+                Some(replay) if replay.buffer.len() >= replay_cap => {
+                    m.to.do_send(ToSession::SlowConsumer);
+                    overflowed.push(*id);
+                }
+                Some(replay) => replay.buffer.push(delivered.clone()),
+                None => outbox
+                    .entry(*id)
+                    .or_default()
+                    .push(delivered.frame(m.format)),
+            }
+        }
+        for id in overflowed {
+            outbox.remove(&id);
+            self.remove_member(id, false);
+        }
+    }
+
+    fn schedule_gap_fill(&mut self, ctx: &mut Context<Self>) {
+        if self.gap_timer.is_some() || self.filling {
+            return;
+        }
+        self.gap_timer = Some(ctx.run_later(GAP_WAIT, |act, ctx| {
+            act.gap_timer = None;
+            let target = match act.pending.first_key_value() {
+                Some((&seq, _)) if seq > act.committed + 1 => seq - 1,
+                _ => return,
+            };
+            act.fill_to(ctx, target);
+        }));
+    }
+
+    /// Fetches the messages after `committed` up to `target` that never arrived.
+    fn fill_to(&mut self, ctx: &mut Context<Self>, target: u64) {
+        if target <= self.committed || self.filling {
+            return;
+        }
+        self.filling = true;
+        let (broker, store, room) = (
+            self.deps.broker.clone(),
+            self.deps.store.clone(),
+            self.name.clone(),
+        );
+        let after = self.committed;
+        ctx.spawn(
+            async move { fetch_range(&broker, &store, &room, after, target).await }
+                .into_actor(self)
+                .map(move |result, act, ctx| {
+                    act.filling = false;
+                    match result {
+                        Ok(messages) => {
+                            for m in messages {
+                                if m.seq > act.committed {
+                                    act.pending.insert(m.seq, Arc::new(m));
+                                }
+                            }
+                            let mut outbox = Outbox::new();
+                            act.flush_pending(ctx, &mut outbox);
+                            act.send_outbox(outbox);
+                        }
+                        Err(error) => {
+                            tracing::warn!(room = %act.name, %error, "cannot fetch missed messages; retrying");
+                            ctx.run_later(RESYNC_AFTER_FAILURE, move |act, ctx| {
+                                act.fill_to(ctx, target)
+                            });
+                        }
+                    }
+                }),
+        );
+    }
+
+    /// Catches up with the room's head (after the relay was interrupted).
+    fn resync(&mut self, ctx: &mut Context<Self>) {
+        if self.phase != Phase::Ready {
+            return;
+        }
+        let (broker, room) = (self.deps.broker.clone(), self.name.clone());
+        ctx.spawn(
+            async move { broker.head(&room).await }
+                .into_actor(self)
+                .map(|result, act, ctx| match result {
+                    Ok(head) => act.fill_to(ctx, head),
+                    Err(error) => {
+                        tracing::warn!(room = %act.name, %error, "resync failed; retrying");
+                        ctx.run_later(RESYNC_AFTER_FAILURE, |act, ctx| act.resync(ctx));
+                    }
+                }),
+        );
+    }
+
+    fn start_fetch_replay(&mut self, ctx: &mut Context<Self>, session: Uuid, after: u64, upto: u64) {
         self.replay_tokens += 1;
         let token = self.replay_tokens;
         if let Some(m) = self.members.get_mut(&session) {
             let buffer = m.replay.take().map(|r| r.buffer).unwrap_or_default();
             m.replay = Some(Replay { token, buffer });
         }
-        let store = self.deps.store.clone();
-        let room = self.name.clone();
+        let (broker, store, room) = (
+            self.deps.broker.clone(),
+            self.deps.store.clone(),
+            self.name.clone(),
+        );
         ctx.spawn(
-            async move { store.range(&room, after, upto).await }
+            async move { fetch_range(&broker, &store, &room, after, upto).await }
                 .into_actor(self)
                 .map(move |result, act, ctx| {
                     let Some(m) = act.members.get_mut(&session) else {
@@ -454,6 +671,106 @@ impl RoomActor {
                 }),
         );
     }
+
+    // ------------------------------------------------------------ presence
+
+    /// Replaces the view of other instances' users and tells members what changed.
+    fn reconcile_remote(&mut self, entries: Vec<RemotePresence>) {
+        let mut fresh: HashMap<String, RemoteUser> = HashMap::new();
+        for e in entries {
+            fresh
+                .entry(e.user.id.clone())
+                .or_insert_with(|| RemoteUser {
+                    user: e.user.clone(),
+                    instances: HashSet::new(),
+                })
+                .instances
+                .insert(e.instance);
+        }
+        let old = std::mem::replace(&mut self.remote, fresh);
+        let mut changes: Vec<(Arc<UserInfo>, bool)> = Vec::new();
+        for (id, r) in &old {
+            if !self.visible(id) {
+                changes.push((r.user.clone(), false));
+            }
+        }
+        for (id, r) in &self.remote {
+            if !old.contains_key(id) && !self.presence.contains_key(id) {
+                changes.push((r.user.clone(), true));
+            }
+        }
+        for (user, joined) in changes {
+            self.broadcast_presence(&user, joined);
+        }
+    }
+
+    fn refresh_presence(&mut self, ctx: &mut Context<Self>) {
+        if self.phase != Phase::Ready || self.refreshing {
+            return;
+        }
+        self.refreshing = true;
+        let local: Vec<Arc<UserInfo>> = self.presence.values().map(|p| p.user.clone()).collect();
+        let (broker, room) = (self.deps.broker.clone(), self.name.clone());
+        ctx.spawn(
+            async move { broker.refresh_presence(&room, local).await }
+                .into_actor(self)
+                .map(|result, act, _| {
+                    act.refreshing = false;
+                    match result {
+                        Ok(Some(entries)) => act.reconcile_remote(entries),
+                        Ok(None) => {}
+                        Err(error) => {
+                            tracing::debug!(room = %act.name, %error, "presence refresh failed")
+                        }
+                    }
+                }),
+        );
+    }
+
+    /// Relays a typing notice unless this user already typed within the window.
+    fn relay_typing(&mut self, user: &UserInfo) -> bool {
+        let now = Instant::now();
+        if self
+            .typing
+            .get(&user.id)
+            .is_some_and(|at| now.duration_since(*at) < TYPING_WINDOW)
+        {
+            return false;
+        }
+        self.typing.insert(user.id.clone(), now);
+        let frame = protocol::typing_json(&self.name, user);
+        self.broadcast_except(frame.into(), Some(&user.id));
+        true
+    }
+}
+
+/// The room's messages `after < seq <= upto`: the broker's recent part (the
+/// room's stream in cluster mode), the store for what it no longer holds.
+async fn fetch_range(
+    broker: &crate::broker::SharedBroker,
+    store: &crate::store::SharedStore,
+    room: &str,
+    after: u64,
+    upto: u64,
+) -> Result<Vec<ChatMessage>, String> {
+    let mut tail = match broker.recent(room, after, upto).await {
+        Ok(tail) => tail,
+        Err(error) => {
+            tracing::debug!(%room, %error, "recent messages unavailable from the broker; reading the store");
+            Vec::new()
+        }
+    };
+    tail.retain(|m| m.seq > after && m.seq <= upto);
+    let covered_from = tail.first().map_or(upto + 1, |m| m.seq);
+    if covered_from <= after + 1 {
+        return Ok(tail);
+    }
+    let mut head = store
+        .range(room, after, covered_from - 1)
+        .await
+        .map_err(|e| e.to_string())?;
+    head.extend(tail);
+    Ok(head)
 }
 
 impl Actor for RoomActor {
@@ -472,25 +789,38 @@ impl Actor for RoomActor {
             }
             act.maybe_idle(ctx);
         });
-        let store = self.deps.store.clone();
-        let room = self.name.clone();
-        // Nothing else is handled until the room knows its seq.
+        ctx.run_interval(PRESENCE_REFRESH, |act, ctx| act.refresh_presence(ctx));
+        let (broker, room, id) = (self.deps.broker.clone(), self.name.clone(), self.id);
+        let inbound = ctx.address().recipient();
+        // Nothing else is handled until the room knows its seq: relay first, so
+        // nothing published after the head was read can be missed.
         ctx.wait(
-            async move { store.last_seq(&room).await }
-                .into_actor(self)
-                .map(|result, act, ctx| match result {
-                    Ok(last) => {
-                        act.committed = last;
-                        act.next_seq = last + 1;
-                        act.phase = Phase::Ready;
+            async move {
+                broker.attach(&room, id, inbound).await?;
+                let head = broker.head(&room).await?;
+                let remote = broker.refresh_presence(&room, Vec::new()).await?;
+                Ok::<_, crate::broker::BrokerError>((head, remote))
+            }
+            .into_actor(self)
+            .map(|result, act, ctx| match result {
+                Ok((head, remote)) => {
+                    act.committed = head;
+                    act.phase = Phase::Ready;
+                    if let Some(remote) = remote {
+                        act.reconcile_remote(remote);
                     }
-                    Err(error) => {
-                        tracing::error!(room = %act.name, %error, "cannot load the room's seq");
-                        act.phase = Phase::Failed;
-                        act.maybe_idle(ctx);
-                    }
-                }),
+                }
+                Err(error) => {
+                    tracing::error!(room = %act.name, %error, "cannot open the room");
+                    act.phase = Phase::Failed;
+                    act.maybe_idle(ctx);
+                }
+            }),
         );
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.deps.broker.detach(&self.name, self.id);
     }
 }
 
@@ -513,26 +843,30 @@ impl Handler<Join> for RoomActor {
         self.cancel_idle(ctx);
         let rejoin = self.members.contains_key(&join.session);
         if !rejoin {
-            let first = match self.presence.get_mut(&join.user.id) {
+            let first_here = match self.presence.get_mut(&join.user.id) {
                 Some(p) => {
                     p.connections += 1;
                     false
                 }
-                None => {
-                    self.presence.insert(
-                        join.user.id.clone(),
-                        Presence {
-                            user: join.user.clone(),
-                            connections: 1,
-                        },
-                    );
-                    true
-                }
+                None => true,
             };
-            if first {
-                let frame = protocol::presence_json(&self.name, &[join.user.as_ref()], &[]);
-                self.broadcast_except(frame.into(), Some(&join.user.id));
-                self.report_occupancy();
+            if first_here {
+                let newly_visible = !self.visible(&join.user.id);
+                self.presence.insert(
+                    join.user.id.clone(),
+                    Presence {
+                        user: join.user.clone(),
+                        connections: 1,
+                    },
+                );
+                self.deps
+                    .broker
+                    .announce(&self.name, Announce::Joined(join.user.clone()));
+                if newly_visible {
+                    self.broadcast_presence(&join.user, true);
+                } else {
+                    self.report_occupancy();
+                }
             }
             self.members.insert(
                 join.session,
@@ -556,7 +890,7 @@ impl Handler<Join> for RoomActor {
             }
         };
         if join.format == Format::V1 {
-            let frame = protocol::joined_json(&self.name, last, recovered, &self.members_json());
+            let frame = protocol::joined_json(&self.name, last, recovered, &self.visible_users());
             if !Self::push(&join.to, frame.into()) {
                 self.remove_member(join.session, false);
                 return;
@@ -585,7 +919,7 @@ impl Handler<Join> for RoomActor {
                     self.remove_member(join.session, false);
                 }
             }
-            None => self.start_store_replay(ctx, join.session, after, upto),
+            None => self.start_fetch_replay(ctx, join.session, after, upto),
         }
     }
 }
@@ -611,80 +945,21 @@ impl Handler<Send> for RoomActor {
             self.reject(&send.to, rejection.with_ref(send.client_ref.as_deref()));
             return;
         };
-        let to = member.to.clone();
-        let user = member.user.clone();
-        let fail = |rejection: Rejection| rejection.with_ref(send.client_ref.as_deref());
         if self.phase != Phase::Ready {
-            self.reject(
-                &to,
-                fail(Rejection::new(
-                    ErrorCode::Unavailable,
-                    "the room is unavailable right now",
-                )),
-            );
+            let rejection =
+                Rejection::new(ErrorCode::Unavailable, "the room is unavailable right now");
+            self.reject(&member.to, rejection.with_ref(send.client_ref.as_deref()));
             return;
         }
-        let seq = self.next_seq;
-        if let Some(client_ref) = &send.client_ref {
-            match self
-                .deps
-                .refs
-                .claim(&user.id, client_ref, &self.name, seq, self.generation)
-            {
-                Claim::New => {}
-                Claim::Done(original) => {
-                    let _ =
-                        to.try_send(ToSession::Frame(original.ack_json(Some(client_ref)).into()));
-                    return;
-                }
-                Claim::InFlight {
-                    room,
-                    seq,
-                    generation,
-                } if room == self.name => {
-                    if let Some(flight) = self.in_flight.get_mut(&(generation, seq)) {
-                        flight.waiters.push(send.session);
-                    }
-                    return;
-                }
-                Claim::InFlight { room, .. } => {
-                    self.reject(
-                        &to,
-                        fail(Rejection::new(
-                            ErrorCode::InvalidFrame,
-                            format!(
-                                "this ref names a send to room {room} that is still being stored"
-                            ),
-                        )),
-                    );
-                    return;
-                }
-            }
-        }
-        self.next_seq += 1;
-        let msg = Arc::new(ChatMessage {
-            room: self.name.clone(),
-            seq,
-            id: Uuid::now_v7().to_string(),
-            user_id: user.id.clone(),
-            user_name: user.name.clone(),
-            content: send.content,
-            timestamp_ms: protocol::now_ms(),
+        let sender = Sender {
+            session: send.session,
+            to: member.to.clone(),
+            format: member.format,
             client_ref: send.client_ref.clone(),
-        });
-        self.in_flight.insert(
-            (self.generation, seq),
-            InFlight {
-                sender: send.session,
-                client_ref: send.client_ref,
-                waiters: Vec::new(),
-            },
-        );
-        self.deps.persist.do_send(Enqueue(PersistItem {
-            msg,
-            generation: self.generation,
-            reply: ctx.address().recipient(),
-        }));
+        };
+        let draft = Draft::new(member.user.clone(), send.content, send.client_ref);
+        self.queue.push_back(Queued { sender, draft });
+        self.start_batch(ctx);
     }
 }
 
@@ -696,35 +971,69 @@ impl Handler<Typing> for RoomActor {
             return;
         };
         let user = member.user.clone();
-        let now = Instant::now();
-        if self
-            .typing
-            .get(&user.id)
-            .is_some_and(|at| now.duration_since(*at) < TYPING_WINDOW)
-        {
-            return;
+        if self.relay_typing(&user) {
+            self.deps.broker.announce(&self.name, Announce::Typing(user));
         }
-        self.typing.insert(user.id.clone(), now);
-        let frame = protocol::typing_json(&self.name, &user);
-        self.broadcast_except(frame.into(), Some(&user.id));
     }
 }
 
-impl Handler<PersistOutcome> for RoomActor {
+impl Handler<Inbound> for RoomActor {
     type Result = ();
 
-    fn handle(&mut self, outcome: PersistOutcome, ctx: &mut Self::Context) {
-        match outcome {
-            PersistOutcome::Committed(items) => {
-                self.deliver_committed(items);
-                self.report_occupancy();
+    fn handle(&mut self, inbound: Inbound, ctx: &mut Self::Context) {
+        if self.phase != Phase::Ready {
+            return;
+        }
+        match inbound {
+            Inbound::Messages(messages) => {
+                for m in messages {
+                    if m.seq > self.committed {
+                        self.pending.insert(m.seq, m);
+                    }
+                }
+                let mut outbox = Outbox::new();
+                self.flush_pending(ctx, &mut outbox);
+                self.send_outbox(outbox);
             }
-            PersistOutcome::Failed(items) => {
-                for (msg, generation) in items {
-                    self.fail_in_flight(&msg, generation);
+            Inbound::Presence {
+                instance,
+                user,
+                joined: true,
+            } => {
+                let newly_visible = !self.visible(&user.id);
+                self.remote
+                    .entry(user.id.clone())
+                    .or_insert_with(|| RemoteUser {
+                        user: user.clone(),
+                        instances: HashSet::new(),
+                    })
+                    .instances
+                    .insert(instance);
+                if newly_visible {
+                    self.broadcast_presence(&user, true);
                 }
             }
+            Inbound::Presence {
+                instance,
+                user,
+                joined: false,
+            } => {
+                let was_visible = self.visible(&user.id);
+                if let Some(r) = self.remote.get_mut(&user.id) {
+                    r.instances.remove(&instance);
+                    if r.instances.is_empty() {
+                        self.remote.remove(&user.id);
+                    }
+                }
+                if was_visible && !self.visible(&user.id) {
+                    self.typing.remove(&user.id);
+                    self.broadcast_presence(&user, false);
+                }
+            }
+            Inbound::Typing { user, .. } => {
+                self.relay_typing(&user);
+            }
+            Inbound::Resync => self.resync(ctx),
         }
-        self.maybe_idle(ctx);
     }
 }

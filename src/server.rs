@@ -2,6 +2,8 @@
 
 use crate::auth::{load_or_create_secret, Auth, SecretError};
 use crate::broker::local::LocalBroker;
+use crate::broker::redis::RedisBroker;
+use crate::broker::SharedBroker;
 use crate::config::Config;
 use crate::dedupe::{RefCache, REF_WINDOW};
 use crate::persist::{Drain, Persist};
@@ -30,8 +32,8 @@ pub enum StartError {
         bind: String,
         source: std::io::Error,
     },
-    #[error("cluster mode (broker.redis_url) is not available in this build yet")]
-    ClusterUnsupported,
+    #[error("cannot set up the broker: {0}")]
+    Broker(#[from] crate::broker::BrokerError),
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -47,9 +49,6 @@ pub fn auth_for(config: &Config) -> Result<Auth, StartError> {
 }
 
 pub async fn serve(config: Config) -> Result<(), StartError> {
-    if config.cluster_mode() {
-        return Err(StartError::ClusterUnsupported);
-    }
     let config = Arc::new(config);
     let auth = Arc::new(auth_for(&config)?);
     let store = store::open(&config).await?;
@@ -73,11 +72,25 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     let registry = Registry::new().start();
     let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
     let sessions = Arc::new(AtomicUsize::new(0));
+    let broker: SharedBroker = if config.cluster_mode() {
+        let instance: Arc<str> = uuid::Uuid::now_v7().to_string().into();
+        tracing::info!(%instance, "cluster mode: sequencing and relaying through Redis");
+        Arc::new(RedisBroker::start(
+            &config,
+            store.clone(),
+            persist.clone(),
+            instance,
+            shutdown.clone(),
+        )?)
+    } else {
+        Arc::new(LocalBroker::new(store.clone(), persist.clone(), refs.clone()))
+    };
+    let mode = if config.cluster_mode() { "cluster" } else { "embedded" };
     let deps = AppDeps {
         config: config.clone(),
         auth,
         store,
-        broker: Arc::new(LocalBroker),
+        broker,
         persist: persist.clone(),
         registry: registry.clone(),
         refs,
@@ -100,7 +113,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         source,
     })?;
     for addr in server.addrs() {
-        tracing::info!(mode = "embedded", "listening on {addr}");
+        tracing::info!(mode, "listening on {addr}");
     }
     let server = server.run();
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);

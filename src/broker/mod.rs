@@ -1,9 +1,19 @@
-//! The broker seam: how rooms reach other instances. Embedded mode has one
-//! instance, so [`local::LocalBroker`] has nothing to relay; cluster mode's
-//! RedisBridge implements the same trait.
+//! The broker seam: how a room's sends are sequenced and made durable, and how
+//! its traffic reaches other instances. Rooms only see [`Broker`]:
+//! - embedded mode ([`local::LocalBroker`]): seqs come from the room's own count,
+//!   durability is a group commit through the Persist actor, and there is nobody
+//!   to relay to;
+//! - cluster mode ([`redis::RedisBroker`]): one Lua script per batch sequences,
+//!   dedupes and appends to Redis streams; the [`bridge::RedisBridge`] actor
+//!   relays other instances' messages, presence and typing to local rooms.
 
+pub mod bridge;
+mod feed;
 pub mod local;
+pub mod redis;
 
+use crate::protocol::{ChatMessage, Rejection, UserInfo};
+use actix::prelude::*;
 use async_trait::async_trait;
 use std::sync::Arc;
 
@@ -13,12 +23,135 @@ pub enum BrokerError {
     Unavailable(String),
 }
 
+/// A validated send waiting for its seq. Its id and timestamp are fixed here,
+/// so every copy of the message (ack, live frames, history) carries the same ones.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    pub user: Arc<UserInfo>,
+    pub content: String,
+    pub client_ref: Option<String>,
+    pub id: String,
+    pub timestamp_ms: i64,
+}
+
+impl Draft {
+    pub fn new(user: Arc<UserInfo>, content: String, client_ref: Option<String>) -> Self {
+        Self {
+            user,
+            content,
+            client_ref,
+            id: uuid::Uuid::now_v7().to_string(),
+            timestamp_ms: crate::protocol::now_ms(),
+        }
+    }
+
+    pub fn into_message(self, room: &str, seq: u64) -> ChatMessage {
+        ChatMessage {
+            room: room.to_string(),
+            seq,
+            id: self.id,
+            user_id: self.user.id.clone(),
+            user_name: self.user.name.clone(),
+            content: self.content,
+            timestamp_ms: self.timestamp_ms,
+            client_ref: self.client_ref,
+        }
+    }
+}
+
+/// What became of one draft of an accepted batch.
+#[derive(Debug, Clone)]
+pub enum Accepted {
+    /// Sequenced and durable.
+    New(Arc<ChatMessage>),
+    /// The (user, ref) already named a send: answer with its ack. Only the ack
+    /// fields (room, seq, id, timestamp) are guaranteed to be filled in.
+    Duplicate(Arc<ChatMessage>),
+    /// This draft alone is refused.
+    Rejected(Rejection),
+}
+
+/// Traffic for a local room that another instance produced (or a hint that
+/// some may have been missed).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum Inbound {
+    /// Messages in seq order, as the sequencer published them.
+    Messages(Vec<Arc<ChatMessage>>),
+    /// A user's first connection on `instance` joined, or its last one left.
+    Presence {
+        instance: Arc<str>,
+        user: Arc<UserInfo>,
+        joined: bool,
+    },
+    Typing {
+        instance: Arc<str>,
+        user: Arc<UserInfo>,
+    },
+    /// The relay was interrupted: fetch whatever was published meanwhile.
+    Resync,
+}
+
+/// Local events other instances should hear about.
+#[derive(Debug, Clone)]
+pub enum Announce {
+    Joined(Arc<UserInfo>),
+    Left(Arc<UserInfo>),
+    Typing(Arc<UserInfo>),
+}
+
+/// A user present in a room through another instance.
+#[derive(Debug, Clone)]
+pub struct RemotePresence {
+    pub instance: Arc<str>,
+    pub user: Arc<UserInfo>,
+}
+
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
     /// A short name for logs and `/readyz` ("local", "redis").
     fn kind(&self) -> &'static str;
     /// Whether the broker answers; `/readyz` reports it.
     async fn ready(&self) -> Result<(), BrokerError>;
+    /// Starts relaying other instances' traffic for `room` to `to`; resolves once
+    /// the relay is live, so nothing published after it can be missed.
+    /// `id` tells this room actor apart from an earlier or later one of the same room.
+    async fn attach(&self, room: &str, id: u64, to: Recipient<Inbound>)
+        -> Result<(), BrokerError>;
+    /// The room actor stopped: stop relaying to it.
+    fn detach(&self, room: &str, id: u64);
+    /// The room's newest seq.
+    async fn head(&self, room: &str) -> Result<u64, BrokerError>;
+    /// Sequences a batch of one room's sends, in order, and makes them durable.
+    /// A room has at most one call in flight, so the order of its sends is the
+    /// order of their seqs. `committed` is the newest seq the room has seen.
+    async fn accept(
+        &self,
+        room: &str,
+        committed: u64,
+        drafts: Vec<Draft>,
+    ) -> Result<Vec<Accepted>, BrokerError>;
+    /// The room's messages with `after < seq <= upto` that the broker still
+    /// holds (cluster: the room's stream), oldest first; may start later than
+    /// `after + 1` or be empty, and the store has the rest.
+    async fn recent(
+        &self,
+        room: &str,
+        after: u64,
+        upto: u64,
+    ) -> Result<Vec<ChatMessage>, BrokerError>;
+    /// Tells other instances about a local presence change or typing.
+    fn announce(&self, room: &str, event: Announce);
+    /// Refreshes this instance's presence entries for `room` and returns who is
+    /// present through other instances (`None`: there are no other instances).
+    async fn refresh_presence(
+        &self,
+        room: &str,
+        local: Vec<Arc<UserInfo>>,
+    ) -> Result<Option<Vec<RemotePresence>>, BrokerError>;
+    /// Users online per room across all instances (`None`: only this instance
+    /// knows, ask the rooms).
+    async fn online(&self, rooms: &[String]) -> Option<std::collections::HashMap<String, usize>>;
 }
 
 pub type SharedBroker = Arc<dyn Broker>;

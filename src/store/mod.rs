@@ -1,6 +1,7 @@
 //! The store seam: where accepted messages are kept. Embedded mode uses SQLite,
 //! cluster mode Postgres; actors only see [`Store`].
 
+pub mod postgres;
 mod schema;
 pub mod sqlite;
 
@@ -129,13 +130,22 @@ pub async fn open(config: &crate::config::Config) -> Result<SharedStore, StoreEr
             let store = sqlite::SqliteStore::open(&path, config.storage.pool_size).await?;
             Ok(Arc::new(store))
         }
-        StoreLocation::Postgres(_) => Err(StoreError::Connect(
-            "postgres:// storage arrives with cluster mode; use sqlite:// for now".into(),
-        )),
+        StoreLocation::Postgres(url) => {
+            let store = postgres::PgStore::open(&url, config.storage.pool_size).await?;
+            Ok(Arc::new(store))
+        }
     }
 }
 
 /// `confab migrate`: apply pending migrations and return.
 pub async fn migrate(config: &crate::config::Config) -> Result<(), StoreError> {
-    open(config).await.map(|_| ())
+    use crate::config::StoreLocation;
+    match config
+        .storage
+        .location()
+        .map_err(|e| StoreError::Connect(e.to_string()))?
+    {
+        StoreLocation::Postgres(url) => postgres::migrate(&url).await,
+        StoreLocation::Sqlite(_) => open(config).await.map(|_| ()),
+    }
 }

@@ -1,0 +1,229 @@
+//! The RedisBridge actor: this process's ONE pub/sub connection. It subscribes
+//! to a room's channel while the room has a local actor, relays what other
+//! instances publish to that actor, and on a lost connection reconnects with
+//! backoff, resubscribes, and asks every room to resync what it missed.
+
+use super::redis::{decode_body, parse_presence_member};
+use super::{BrokerError, Inbound};
+use crate::protocol::ChatMessage;
+use actix::prelude::*;
+use deadpool_redis::redis::{self, aio::PubSubSink, Msg};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+pub struct RedisBridge {
+    client: redis::Client,
+    prefix: String,
+    instance: Arc<str>,
+    /// Set while subscribed and reading; `/readyz` and sends look at it.
+    up: Arc<AtomicBool>,
+    sink: Option<PubSubSink>,
+    rooms: HashMap<String, (u64, Recipient<Inbound>)>,
+    backoff: Duration,
+    /// Tells the stream of the current connection from a dead one's.
+    connection: u64,
+}
+
+impl RedisBridge {
+    pub fn new(
+        client: redis::Client,
+        prefix: String,
+        instance: Arc<str>,
+        up: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            client,
+            prefix,
+            instance,
+            up,
+            sink: None,
+            rooms: HashMap::new(),
+            backoff: BACKOFF_MIN,
+            connection: 0,
+        }
+    }
+
+    fn connect(&mut self, ctx: &mut Context<Self>) {
+        let client = self.client.clone();
+        let channels: Vec<String> = self
+            .rooms
+            .keys()
+            .map(|room| format!("{}{room}", self.prefix))
+            .collect();
+        ctx.wait(
+            async move {
+                let pubsub = client.get_async_pubsub().await?;
+                let (mut sink, stream) = pubsub.split();
+                if !channels.is_empty() {
+                    sink.subscribe(&channels).await?;
+                }
+                Ok::<_, redis::RedisError>((sink, stream))
+            }
+            .into_actor(self)
+            .map(|result, act, ctx| match result {
+                Ok((sink, stream)) => {
+                    act.connection += 1;
+                    let connection = act.connection;
+                    act.sink = Some(sink);
+                    act.backoff = BACKOFF_MIN;
+                    ctx.add_stream(stream.map(move |msg| (connection, msg)));
+                    act.up.store(true, Ordering::SeqCst);
+                    tracing::info!(rooms = act.rooms.len(), "redis relay connected");
+                    // Whatever was published while we were away is in the streams.
+                    for (_, to) in act.rooms.values() {
+                        to.do_send(Inbound::Resync);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, retry_in_ms = act.backoff.as_millis() as u64, "redis relay cannot connect");
+                    act.retry_later(ctx);
+                }
+            }),
+        );
+    }
+
+    fn retry_later(&mut self, ctx: &mut Context<Self>) {
+        let wait = self.backoff;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        ctx.run_later(wait, |act, ctx| act.connect(ctx));
+    }
+
+    fn relay(&self, msg: &Msg) {
+        let Some(room) = msg.get_channel_name().strip_prefix(&self.prefix) else {
+            return;
+        };
+        let Some((_, to)) = self.rooms.get(room) else {
+            return;
+        };
+        let Ok(payload) = std::str::from_utf8(msg.get_payload_bytes()) else {
+            return;
+        };
+        let (head, rest) = payload.split_once('\n').unwrap_or((payload, ""));
+        let Some((tag, instance)) = head.split_once(' ') else {
+            return;
+        };
+        if instance == &*self.instance {
+            return; // this instance's own rooms already have it
+        }
+        let inbound = match tag {
+            "M" => {
+                let messages: Vec<Arc<ChatMessage>> = rest
+                    .split('\n')
+                    .filter_map(|line| {
+                        let (seq, body) = line.split_once(' ')?;
+                        decode_body(room, seq.parse().ok()?, body).map(Arc::new)
+                    })
+                    .collect();
+                Inbound::Messages(messages)
+            }
+            "P+" | "P-" | "T" => {
+                let Some((instance, user)) = parse_presence_member(&format!("{instance}\n{rest}"))
+                else {
+                    return;
+                };
+                match tag {
+                    "T" => Inbound::Typing { instance, user },
+                    _ => Inbound::Presence {
+                        instance,
+                        user,
+                        joined: tag == "P+",
+                    },
+                }
+            }
+            _ => return,
+        };
+        to.do_send(inbound);
+    }
+}
+
+use futures_util::StreamExt;
+
+impl Actor for RedisBridge {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.connect(ctx);
+    }
+}
+
+impl StreamHandler<(u64, Msg)> for RedisBridge {
+    fn handle(&mut self, (connection, msg): (u64, Msg), _: &mut Self::Context) {
+        if connection == self.connection {
+            self.relay(&msg);
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        // The connection is gone (Redis restarted, network): reconnect.
+        self.up.store(false, Ordering::SeqCst);
+        self.sink = None;
+        tracing::warn!("redis relay lost its connection; reconnecting");
+        self.retry_later(ctx);
+    }
+}
+
+/// Relay a room's channel to this room actor; resolves once subscribed.
+#[derive(Message)]
+#[rtype(result = "Result<(), BrokerError>")]
+pub struct Attach {
+    pub room: String,
+    pub id: u64,
+    pub to: Recipient<Inbound>,
+}
+
+impl Handler<Attach> for RedisBridge {
+    type Result = ResponseFuture<Result<(), BrokerError>>;
+
+    fn handle(&mut self, attach: Attach, _: &mut Self::Context) -> Self::Result {
+        let channel = format!("{}{}", self.prefix, attach.room);
+        let already = self.rooms.contains_key(&attach.room);
+        self.rooms
+            .insert(attach.room, (attach.id, attach.to));
+        let sink = self.sink.clone();
+        Box::pin(async move {
+            let Some(mut sink) = sink else {
+                return Err(BrokerError::Unavailable(
+                    "the redis relay is reconnecting".into(),
+                ));
+            };
+            if !already {
+                sink.subscribe(&channel)
+                    .await
+                    .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+            }
+            Ok(())
+        })
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Detach {
+    pub room: String,
+    pub id: u64,
+}
+
+impl Handler<Detach> for RedisBridge {
+    type Result = ();
+
+    fn handle(&mut self, detach: Detach, ctx: &mut Self::Context) {
+        if self.rooms.get(&detach.room).map(|(id, _)| *id) != Some(detach.id) {
+            return; // a newer actor of this room took over
+        }
+        self.rooms.remove(&detach.room);
+        if let Some(mut sink) = self.sink.clone() {
+            let channel = format!("{}{}", self.prefix, detach.room);
+            ctx.spawn(
+                async move {
+                    let _ = sink.unsubscribe(&channel).await;
+                }
+                .into_actor(self),
+            );
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! Cluster mode's store: Postgres through diesel-async's `AsyncPgConnection`
+//! (pure Rust, no libpq) and a deadpool pool.
+//!
+//! Only `diesel_async::RunQueryDsl` is imported here; importing
+//! `diesel::prelude::*` next to it makes `.execute` ambiguous.
+
+use super::schema::{messages, rooms};
+use super::{room_heads, MessageRow, RecentRef, RoomSummary, Store, StoreError};
+use crate::protocol::ChatMessage;
+use async_trait::async_trait;
+use diesel::connection::SimpleConnection;
+use diesel::{ExpressionMethods, OptionalExtension, QueryDsl, SelectableHelper};
+use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+use diesel_async::pooled_connection::deadpool::{Object, Pool, PoolError};
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use std::sync::Arc;
+use std::time::Duration;
+
+const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+
+/// Postgres allows 65535 bind parameters a statement; 8 columns a row → 8191 rows.
+const ROWS_PER_INSERT: usize = 8000;
+
+/// How long a query waits for a pooled connection (including opening one) before
+/// it fails, so a database that is down or unreachable gives an error, not a hang.
+const POOL_WAIT: Duration = Duration::from_secs(5);
+
+/// Connect timeout added to the URL when it names none (tokio-postgres'
+/// `connect_timeout`, seconds), for the migration connection on a silent host.
+const CONNECT_TIMEOUT_SECS: u64 = 5;
+
+/// Session advisory lock held while migrating, so instances starting together on
+/// an empty database apply the migrations once ("confabmg" in ASCII).
+const MIGRATION_LOCK_KEY: i64 = 0x636f_6e66_6162_6d67;
+
+pub struct PgStore {
+    pool: Pool<AsyncPgConnection>,
+    pool_size: usize,
+    /// The URL without its password, for error messages.
+    target: String,
+}
+
+impl PgStore {
+    /// Startup: runs pending migrations (under the advisory lock), then opens the pool.
+    pub async fn open(url: &str, pool_size: usize) -> Result<Self, StoreError> {
+        migrate(url).await?;
+        let store = Self::connect(url, pool_size)?;
+        // Fail at startup, not on the first message, when the pool cannot connect.
+        store.ping().await?;
+        Ok(store)
+    }
+
+    /// Builds the pool without touching the database (connections open lazily).
+    pub fn connect(url: &str, pool_size: usize) -> Result<Self, StoreError> {
+        let pool_size = pool_size.max(1);
+        let mut config = ManagerConfig::default();
+        // `Fast` skips a round trip per checkout; a connection that saw a fatal
+        // error is still detected as broken and dropped.
+        config.recycling_method = RecyclingMethod::Fast;
+        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
+            with_connect_timeout(url),
+            config,
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size)
+            .build()
+            .map_err(|e| StoreError::Connect(format!("{}: {e}", redact(url))))?;
+        Ok(Self {
+            pool,
+            pool_size,
+            target: redact(url),
+        })
+    }
+
+    async fn conn(&self) -> Result<Object<AsyncPgConnection>, StoreError> {
+        match tokio::time::timeout(POOL_WAIT, self.pool.get()).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(pool_error(&self.target, e)),
+            Err(_) => Err(StoreError::Connect(format!(
+                "{}: no connection within {}s (pool of {}); the database is down, unreachable or overloaded",
+                self.target,
+                POOL_WAIT.as_secs(),
+                self.pool_size
+            ))),
+        }
+    }
+}
+
+fn pool_error(target: &str, e: PoolError) -> StoreError {
+    use diesel_async::pooled_connection::deadpool::PoolError as P;
+    use diesel_async::pooled_connection::PoolError as Backend;
+    match e {
+        P::Backend(Backend::ConnectionError(e)) => {
+            StoreError::Connect(format!("{target}: {}", one_line(&e.to_string())))
+        }
+        P::Backend(Backend::QueryError(e)) => StoreError::Query(e),
+        other => StoreError::Connect(format!("{target}: {}", one_line(&other.to_string()))),
+    }
+}
+
+/// `confab migrate` and startup: apply pending migrations once, even when several
+/// instances start together. Runs on the blocking pool with a sync connection
+/// (`AsyncMigrationHarness` panics on actix's single-threaded runtime).
+pub async fn migrate(url: &str) -> Result<(), StoreError> {
+    // Connect here, where a timeout can cancel it: a host that accepts the TCP
+    // connection but never answers would otherwise hold startup forever.
+    let conn = match tokio::time::timeout(
+        POOL_WAIT,
+        AsyncPgConnection::establish(&with_connect_timeout(url)),
+    )
+    .await
+    {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            return Err(StoreError::Connect(format!(
+                "{}: {}",
+                redact(url),
+                one_line(&e.to_string())
+            )))
+        }
+        Err(_) => {
+            return Err(StoreError::Connect(format!(
+                "{}: no answer within {}s",
+                redact(url),
+                POOL_WAIT.as_secs()
+            )))
+        }
+    };
+    tokio::task::spawn_blocking(move || migrate_blocking(conn))
+        .await
+        .map_err(|e| StoreError::Migrate(e.to_string()))?
+}
+
+fn migrate_blocking(conn: AsyncPgConnection) -> Result<(), StoreError> {
+    // A sync `diesel::Connection` over the async one, driven by the runtime's handle.
+    let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::from(conn);
+    SimpleConnection::batch_execute(
+        &mut conn,
+        &format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"),
+    )?;
+    let applied = conn
+        .run_pending_migrations(MIGRATIONS)
+        .map(|_| ())
+        .map_err(|e| StoreError::Migrate(one_line(&e.to_string())));
+    // Closing the session would release the lock too; unlock explicitly anyway.
+    let unlocked = SimpleConnection::batch_execute(
+        &mut conn,
+        &format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"),
+    );
+    applied?;
+    unlocked?;
+    Ok(())
+}
+
+/// Adds `connect_timeout` to a URL that has none, so connecting to a host that
+/// never answers fails instead of waiting for the kernel's TCP timeout.
+fn with_connect_timeout(url: &str) -> String {
+    if url.contains("connect_timeout=") {
+        return url.to_string();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}connect_timeout={CONNECT_TIMEOUT_SECS}")
+}
+
+/// The URL with its password replaced, for error messages and logs.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    // The userinfo ends at the last '@' before the query, even when an
+    // unencoded password holds '/' or '@'.
+    let query_start = rest.find('?').unwrap_or(rest.len());
+    let Some(at) = rest[..query_start].rfind('@') else {
+        return url.to_string();
+    };
+    match rest[..at].split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:<redacted>{}", &rest[at..]),
+        None => url.to_string(),
+    }
+}
+
+fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn insert_batch(&self, batch: Vec<Arc<ChatMessage>>) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut rows: Vec<MessageRow> =
+            batch.iter().map(|m| MessageRow::from(m.as_ref())).collect();
+        // One lock order for every writer, so two instances replaying overlapping
+        // batches cannot deadlock.
+        rows.sort_unstable_by(|a, b| (&a.room, a.seq).cmp(&(&b.room, b.seq)));
+        let mut heads = room_heads(&batch);
+        heads.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut conn = self.conn().await?;
+        conn.transaction::<_, diesel::result::Error, _>(async |c| {
+            for chunk in rows.chunks(ROWS_PER_INSERT) {
+                // A re-delivered entry (cluster mode after a crash) is a no-op.
+                diesel::insert_into(messages::table)
+                    .values(chunk)
+                    .on_conflict((messages::room, messages::seq))
+                    .do_nothing()
+                    .execute(c)
+                    .await?;
+            }
+            let head_rows: Vec<_> = heads
+                .iter()
+                .map(|(room, last_seq, created_at_ms)| {
+                    (
+                        rooms::name.eq(room.as_str()),
+                        rooms::last_seq.eq(*last_seq),
+                        rooms::created_at_ms.eq(*created_at_ms),
+                    )
+                })
+                .collect();
+            // A replayed older batch never moves a room's head backwards.
+            diesel::insert_into(rooms::table)
+                .values(head_rows)
+                .on_conflict(rooms::name)
+                .do_update()
+                .set(
+                    rooms::last_seq.eq(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+                        "GREATEST(rooms.last_seq, excluded.last_seq)",
+                    )),
+                )
+                .execute(c)
+                .await?;
+            Ok(())
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn last_seq(&self, room: &str) -> Result<u64, StoreError> {
+        let mut conn = self.conn().await?;
+        let head: Option<i64> = rooms::table
+            .filter(rooms::name.eq(room))
+            .select(rooms::last_seq)
+            .first(&mut conn)
+            .await
+            .optional()?;
+        let newest: Option<i64> = messages::table
+            .filter(messages::room.eq(room))
+            .select(diesel::dsl::max(messages::seq))
+            .first(&mut conn)
+            .await?;
+        Ok(head.unwrap_or(0).max(newest.unwrap_or(0)).max(0) as u64)
+    }
+
+    async fn range(
+        &self,
+        room: &str,
+        after: u64,
+        upto: u64,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        let mut conn = self.conn().await?;
+        let rows: Vec<MessageRow> = messages::table
+            .filter(messages::room.eq(room))
+            .filter(messages::seq.gt(after.min(i64::MAX as u64) as i64))
+            .filter(messages::seq.le(upto.min(i64::MAX as u64) as i64))
+            .order(messages::seq.asc())
+            .select(MessageRow::as_select())
+            .load(&mut conn)
+            .await?;
+        Ok(rows.into_iter().map(ChatMessage::from).collect())
+    }
+
+    async fn page(
+        &self,
+        room: &str,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        let mut conn = self.conn().await?;
+        let mut query = messages::table
+            .filter(messages::room.eq(room))
+            .order(messages::seq.desc())
+            .limit(i64::from(limit))
+            .select(MessageRow::as_select())
+            .into_boxed();
+        if let Some(before) = before {
+            query = query.filter(messages::seq.lt(before.min(i64::MAX as u64) as i64));
+        }
+        let mut rows: Vec<MessageRow> = query.load(&mut conn).await?;
+        rows.reverse();
+        Ok(rows.into_iter().map(ChatMessage::from).collect())
+    }
+
+    async fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError> {
+        let mut conn = self.conn().await?;
+        let rows: Vec<(String, i64)> = rooms::table
+            .select((rooms::name, rooms::last_seq))
+            .order(rooms::name.asc())
+            .load(&mut conn)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(name, last_seq)| RoomSummary {
+                name,
+                last_seq: last_seq.max(0) as u64,
+            })
+            .collect())
+    }
+
+    async fn recent_refs(&self, since_ms: i64) -> Result<Vec<RecentRef>, StoreError> {
+        let mut conn = self.conn().await?;
+        let rows: Vec<MessageRow> = messages::table
+            .filter(messages::created_at_ms.ge(since_ms))
+            .filter(messages::client_ref.is_not_null())
+            .order(messages::created_at_ms.asc())
+            .select(MessageRow::as_select())
+            .load(&mut conn)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| RecentRef { message: r.into() })
+            .collect())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        SimpleAsyncConnection::batch_execute(&mut *conn, "SELECT 1").await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{redact, with_connect_timeout};
+
+    #[test]
+    fn redacts_the_password_only() {
+        assert_eq!(
+            redact("postgres://app:s3cr%40t@db:5432/confab?sslmode=disable"),
+            "postgres://app:<redacted>@db:5432/confab?sslmode=disable"
+        );
+        assert_eq!(
+            redact("postgres://app@db/confab"),
+            "postgres://app@db/confab"
+        );
+        assert_eq!(redact("postgres://db/confab"), "postgres://db/confab");
+        assert_eq!(
+            redact("postgresql://u:p@a/b@db/x"),
+            "postgresql://u:<redacted>@db/x"
+        );
+    }
+
+    #[test]
+    fn adds_a_connect_timeout_when_missing() {
+        assert_eq!(
+            with_connect_timeout("postgres://u@h/d"),
+            "postgres://u@h/d?connect_timeout=5"
+        );
+        assert_eq!(
+            with_connect_timeout("postgres://u@h/d?sslmode=disable"),
+            "postgres://u@h/d?sslmode=disable&connect_timeout=5"
+        );
+        assert_eq!(
+            with_connect_timeout("postgres://u@h/d?connect_timeout=1"),
+            "postgres://u@h/d?connect_timeout=1"
+        );
+    }
+}
