@@ -211,11 +211,7 @@ mod tests {
             cache.claim("u", "r1", "h"),
             Claim::InFlight { room: "g".into() }
         );
-        assert_eq!(
-            cache.claim("v", "r1", "g"),
-            Claim::New,
-            "refs are per user"
-        );
+        assert_eq!(cache.claim("v", "r1", "g"), Claim::New, "refs are per user");
         cache.complete(&msg("u", "r1", 1));
         assert_eq!(cache.done("u", "r1").unwrap().seq, 1);
         cache.forget("v", "r1");

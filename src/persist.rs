@@ -104,10 +104,8 @@ impl Persist {
         }
         let batch: Vec<Enqueue> = self.buffer.drain(..take).collect();
         self.buffered_rows -= rows_taken;
-        let rows: Vec<Arc<ChatMessage>> = batch
-            .iter()
-            .flat_map(|i| i.rows.iter().cloned())
-            .collect();
+        let rows: Vec<Arc<ChatMessage>> =
+            batch.iter().flat_map(|i| i.rows.iter().cloned()).collect();
         self.flushing = true;
         let store = self.store.clone();
         let started = std::time::Instant::now();

@@ -296,7 +296,9 @@ fn parse_object(obj: &Map<String, Value>) -> Result<ClientFrame, Rejection> {
                 Some(Value::String(r)) => {
                     let n = r.chars().count();
                     if n == 0 || n > MAX_REF_CHARS || r.contains('\0') {
-                        return Err(frame_error("\"ref\" is a string of 1-64 characters (no NUL)"));
+                        return Err(frame_error(
+                            "\"ref\" is a string of 1-64 characters (no NUL)",
+                        ));
                     }
                     Some(r.clone())
                 }

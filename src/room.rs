@@ -429,10 +429,8 @@ impl RoomActor {
                             }
                         }
                         Accepted::Duplicate(original) => self.ack(&mut outbox, &sender, &original),
-                        Accepted::Rejected(rejection) => self.reject(
-                            &sender.to,
-                            rejection.with_ref(sender.client_ref.as_deref()),
-                        ),
+                        Accepted::Rejected(rejection) => self
+                            .reject(&sender.to, rejection.with_ref(sender.client_ref.as_deref())),
                     }
                 }
             }
@@ -614,7 +612,13 @@ impl RoomActor {
         );
     }
 
-    fn start_fetch_replay(&mut self, ctx: &mut Context<Self>, session: Uuid, after: u64, upto: u64) {
+    fn start_fetch_replay(
+        &mut self,
+        ctx: &mut Context<Self>,
+        session: Uuid,
+        after: u64,
+        upto: u64,
+    ) {
         self.replay_tokens += 1;
         let token = self.replay_tokens;
         if let Some(m) = self.members.get_mut(&session) {
@@ -972,7 +976,9 @@ impl Handler<Typing> for RoomActor {
         };
         let user = member.user.clone();
         if self.relay_typing(&user) {
-            self.deps.broker.announce(&self.name, Announce::Typing(user));
+            self.deps
+                .broker
+                .announce(&self.name, Announce::Typing(user));
         }
     }
 }

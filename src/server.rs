@@ -83,9 +83,17 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             shutdown.clone(),
         )?)
     } else {
-        Arc::new(LocalBroker::new(store.clone(), persist.clone(), refs.clone()))
+        Arc::new(LocalBroker::new(
+            store.clone(),
+            persist.clone(),
+            refs.clone(),
+        ))
     };
-    let mode = if config.cluster_mode() { "cluster" } else { "embedded" };
+    let mode = if config.cluster_mode() {
+        "cluster"
+    } else {
+        "embedded"
+    };
     let deps = AppDeps {
         config: config.clone(),
         auth,

@@ -182,8 +182,7 @@ impl Handler<Attach> for RedisBridge {
     fn handle(&mut self, attach: Attach, _: &mut Self::Context) -> Self::Result {
         let channel = format!("{}{}", self.prefix, attach.room);
         let already = self.rooms.contains_key(&attach.room);
-        self.rooms
-            .insert(attach.room, (attach.id, attach.to));
+        self.rooms.insert(attach.room, (attach.id, attach.to));
         let sink = self.sink.clone();
         Box::pin(async move {
             let Some(mut sink) = sink else {

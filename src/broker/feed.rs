@@ -197,9 +197,10 @@ async fn acknowledge(
     shutdown: watch::Receiver<bool>,
 ) {
     while let Some(batch) = handed.recv().await {
-        let mut outcome = batch.done.await.unwrap_or_else(|_| {
-            Err(PersistFailed("persist dropped the batch".into()))
-        });
+        let mut outcome = batch
+            .done
+            .await
+            .unwrap_or_else(|_| Err(PersistFailed("persist dropped the batch".into())));
         let mut backoff = Duration::from_millis(100);
         while let Err(error) = outcome {
             if *shutdown.borrow() {

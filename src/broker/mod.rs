@@ -116,8 +116,7 @@ pub trait Broker: Send + Sync + 'static {
     /// Starts relaying other instances' traffic for `room` to `to`; resolves once
     /// the relay is live, so nothing published after it can be missed.
     /// `id` tells this room actor apart from an earlier or later one of the same room.
-    async fn attach(&self, room: &str, id: u64, to: Recipient<Inbound>)
-        -> Result<(), BrokerError>;
+    async fn attach(&self, room: &str, id: u64, to: Recipient<Inbound>) -> Result<(), BrokerError>;
     /// The room actor stopped: stop relaying to it.
     fn detach(&self, room: &str, id: u64);
     /// The room's newest seq.

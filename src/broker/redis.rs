@@ -407,7 +407,9 @@ impl Broker for RedisBroker {
             }
         };
         if values.len() != drafts.len() {
-            return Err(unavailable("the sequencing script answered a different count"));
+            return Err(unavailable(
+                "the sequencing script answered a different count",
+            ));
         }
         let mut results = Vec::with_capacity(drafts.len());
         for (draft, value) in drafts.into_iter().zip(values) {
@@ -626,8 +628,7 @@ mod tests {
             id: "u\n1".into(),
             name: "bob".into(),
         };
-        let (instance, parsed) =
-            parse_presence_member(&presence_member("inst-1", &user)).unwrap();
+        let (instance, parsed) = parse_presence_member(&presence_member("inst-1", &user)).unwrap();
         assert_eq!((&*instance, parsed.as_ref()), ("inst-1", &user));
     }
 }

@@ -1,0 +1,781 @@
+//! `confab-bench`: load scenarios for confab, one subcommand each.
+//!
+//! `persist` measures sustained ingest into Postgres through the real Persist
+//! actor (group commit), with producers that behave like rooms: each hands over
+//! a few sequenced messages, waits for their commit, then hands over the next
+//! few. See docs/benchmarks.md for the commands and results.
+//!
+//! Every scenario is bounded in time (`--max-secs`, Ctrl-C) and prints either a
+//! table or, with `--json`, one JSON object on stdout. Exit status: 0 when the
+//! run completed and verified, 1 on an error or a failed check, 2 when the time
+//! bound (or Ctrl-C) stopped it early.
+
+use actix::prelude::*;
+use anyhow::{bail, Context as _};
+use async_trait::async_trait;
+use clap::{Args, Parser, Subcommand};
+use confab::persist::Persist;
+use confab::protocol::{now_ms, ChatMessage};
+use confab::store::postgres::{redact, PgStore};
+use confab::store::{RecentRef, RoomSummary, SharedStore, Store, StoreError};
+use diesel::sql_types::{BigInt, Text};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use hdrhistogram::Histogram;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(
+    name = "confab-bench",
+    version,
+    about = "Load scenarios for confab (one subcommand per scenario)"
+)]
+struct Cli {
+    /// Print one JSON object on stdout instead of the table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Sustained ingest into Postgres through the Persist actor (group commit).
+    Persist(PersistArgs),
+}
+
+#[derive(Args, Clone)]
+struct PersistArgs {
+    /// Postgres URL, e.g. postgres://postgres@127.0.0.1:5432/confab_bench.
+    #[arg(long, env = "CONFAB_BENCH_URL")]
+    url: String,
+    /// Create a fresh database named after the URL's (plus a run suffix), run
+    /// the migrations into it, and drop it at the end.
+    #[arg(long)]
+    create_db: bool,
+    /// Messages to write in total.
+    #[arg(long, default_value_t = 200_000)]
+    messages: u64,
+    /// Rooms (0: one per producer). Each room belongs to one producer, which
+    /// writes its rooms round-robin, so seqs increase per room.
+    #[arg(long, default_value_t = 0)]
+    rooms: usize,
+    /// Persist: flush at this many rows (`storage.batch_max`).
+    #[arg(long, default_value_t = 512)]
+    batch_max: usize,
+    /// Persist: flush this long after the first row waited (`storage.flush_interval_ms`).
+    #[arg(long, default_value_t = 5)]
+    flush_interval_ms: u64,
+    /// Concurrent producers, each with one write in flight (like a RoomActor).
+    #[arg(long, default_value_t = 64)]
+    producers: usize,
+    /// Mean messages per `Persist::write` (each draws 1..=2*N-1, capped at
+    /// --batch-max so `--batch-max 1` means one message per transaction).
+    #[arg(long, default_value_t = 4)]
+    rows_per_write: usize,
+    /// Bytes of content per message.
+    #[arg(long, default_value_t = 100)]
+    content_bytes: usize,
+    /// Connections in the store's pool (`storage.pool_size`).
+    #[arg(long, default_value_t = 8)]
+    pool_size: usize,
+    /// Stop handing over new writes after this many seconds (the run then
+    /// reports what committed and exits with status 2).
+    #[arg(long, default_value_t = 300)]
+    max_secs: u64,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let json = cli.json;
+    let outcome = actix::System::new().block_on(async move {
+        match cli.scenario {
+            Scenario::Persist(args) => persist_scenario(args, json).await,
+        }
+    });
+    match outcome {
+        Ok(Status::Complete) => {}
+        Ok(Status::Stopped) => std::process::exit(2),
+        Err(error) => {
+            eprintln!("confab-bench: {error:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+enum Status {
+    Complete,
+    Stopped,
+}
+
+// ------------------------------------------------------------------ persist
+
+async fn persist_scenario(mut args: PersistArgs, json: bool) -> anyhow::Result<Status> {
+    if args.producers == 0 || args.messages == 0 || args.batch_max == 0 {
+        bail!("--producers, --messages and --batch-max must be at least 1");
+    }
+    if args.rows_per_write == 0 || args.pool_size == 0 {
+        bail!("--rows-per-write and --pool-size must be at least 1");
+    }
+    if args.rooms == 0 {
+        args.rooms = args.producers;
+    }
+    if args.rooms < args.producers {
+        bail!("--rooms must be at least --producers (one sequencer per room)");
+    }
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+
+    let mut created = None;
+    let url = if args.create_db {
+        let (admin_url, db_url, name) = fresh_database(&args.url, &run_id)?;
+        create_database(&admin_url, &name).await?;
+        created = Some((admin_url, name));
+        db_url
+    } else {
+        args.url.clone()
+    };
+    let result = run_persist(&args, &url, &run_id, created.as_ref().map(|c| c.1.as_str())).await;
+    if let Some((admin_url, name)) = &created {
+        if let Err(error) = drop_database(admin_url, name).await {
+            eprintln!("confab-bench: could not drop database {name}: {error:#}");
+        }
+    }
+    let report = result?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report.json())?);
+    } else {
+        report.print();
+    }
+    if !report.verified() {
+        bail!(
+            "verification failed: {} rows and room heads summing to {} for {} committed messages",
+            report.rows_in_db,
+            report.head_sum,
+            report.committed
+        );
+    }
+    Ok(if report.committed == args.messages {
+        Status::Complete
+    } else {
+        Status::Stopped
+    })
+}
+
+async fn run_persist(
+    args: &PersistArgs,
+    url: &str,
+    run_id: &str,
+    database: Option<&str>,
+) -> anyhow::Result<PersistReport> {
+    let store = PgStore::open(url, args.pool_size)
+        .await
+        .with_context(|| format!("opening {}", redact(url)))?;
+    let metered = Arc::new(Metered::new(store));
+    let shared: SharedStore = metered.clone();
+    let persist = Persist::new(
+        shared,
+        args.batch_max,
+        Duration::from_millis(args.flush_interval_ms),
+    )
+    .start();
+
+    let stop = Rc::new(Cell::new(false));
+    {
+        let stop = stop.clone();
+        actix::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("confab-bench: interrupted; waiting for the writes in flight");
+                stop.set(true);
+            }
+        });
+    }
+
+    let shared_state = Rc::new(Shared {
+        remaining: Cell::new(args.messages),
+        committed: Cell::new(0),
+        writes: Cell::new(0),
+        latency: RefCell::new(histogram()),
+        error: RefCell::new(None),
+        stop: stop.clone(),
+    });
+    let write_draw_max = (2 * args.rows_per_write - 1).min(args.batch_max);
+
+    let cpu_before = Cpu::sample();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.max_secs);
+    let producers: Vec<_> = (0..args.producers)
+        .map(|index| {
+            let rooms: Vec<String> = (index..args.rooms)
+                .step_by(args.producers)
+                .map(|r| format!("bench-{run_id}-{r}"))
+                .collect();
+            actix::spawn(produce(Producer {
+                index,
+                rooms,
+                persist: persist.clone(),
+                shared: shared_state.clone(),
+                deadline,
+                write_draw_max,
+                content_bytes: args.content_bytes,
+            }))
+        })
+        .collect();
+    for producer in producers {
+        producer.await.context("a producer panicked")?;
+    }
+    let elapsed = started.elapsed();
+    let cpu_after = Cpu::sample();
+    if let Some(error) = shared_state.error.borrow_mut().take() {
+        bail!("a write failed: {error}");
+    }
+
+    let (rows_in_db, head_sum) = count_rows(url, run_id).await?;
+    let txns = metered.stats.lock().expect("stats lock").clone();
+    let latency = shared_state.latency.borrow().clone();
+    Ok(PersistReport {
+        args: args.clone(),
+        database: database.map(str::to_string),
+        write_max: write_draw_max,
+        requested: args.messages,
+        committed: shared_state.committed.get(),
+        writes: shared_state.writes.get(),
+        elapsed,
+        latency,
+        txns,
+        bench_cpu: cpu_after.bench.saturating_sub(cpu_before.bench),
+        postgres_cpu: cpu_after.postgres_since(&cpu_before),
+        cpus_allowed: cpus_allowed(),
+        rows_in_db,
+        head_sum,
+        stopped_early: stop.get() || shared_state.remaining.get() > 0,
+    })
+}
+
+/// State the producers share (all on the System's one thread).
+struct Shared {
+    remaining: Cell<u64>,
+    committed: Cell<u64>,
+    writes: Cell<u64>,
+    /// Handover to commit acknowledgement, per write, in microseconds.
+    latency: RefCell<Histogram<u64>>,
+    error: RefCell<Option<String>>,
+    stop: Rc<Cell<bool>>,
+}
+
+struct Producer {
+    index: usize,
+    rooms: Vec<String>,
+    persist: Addr<Persist>,
+    shared: Rc<Shared>,
+    deadline: Instant,
+    write_draw_max: usize,
+    content_bytes: usize,
+}
+
+/// One producer: like a RoomActor, it has one batch in flight and waits for its
+/// commit before handing over the next. It writes its rooms round-robin.
+async fn produce(p: Producer) {
+    let mut rng = StdRng::seed_from_u64(p.index as u64);
+    let mut seqs = vec![0u64; p.rooms.len()];
+    let user_id = format!("bench-user-{}", p.index);
+    let user_name = format!("Bench {}", p.index);
+    let mut turn = 0usize;
+    loop {
+        let shared = &p.shared;
+        if shared.stop.get() || shared.error.borrow().is_some() {
+            return;
+        }
+        if Instant::now() >= p.deadline {
+            shared.stop.set(true);
+            return;
+        }
+        let want = rng.random_range(1..=p.write_draw_max) as u64;
+        let take = want.min(shared.remaining.get());
+        if take == 0 {
+            return;
+        }
+        shared.remaining.set(shared.remaining.get() - take);
+        let slot = turn % p.rooms.len();
+        turn += 1;
+        let rows: Vec<Arc<ChatMessage>> = (0..take)
+            .map(|_| {
+                seqs[slot] += 1;
+                Arc::new(ChatMessage {
+                    room: p.rooms[slot].clone(),
+                    seq: seqs[slot],
+                    id: uuid::Uuid::now_v7().to_string(),
+                    user_id: user_id.clone(),
+                    user_name: user_name.clone(),
+                    content: content(&mut rng, p.content_bytes),
+                    timestamp_ms: now_ms(),
+                    client_ref: Some(format!("r{}", rng.random::<u32>())),
+                })
+            })
+            .collect();
+        let handed_over = Instant::now();
+        match Persist::write(&p.persist, rows).await {
+            Ok(()) => {
+                let micros = handed_over.elapsed().as_micros() as u64;
+                shared.latency.borrow_mut().saturating_record(micros.max(1));
+                shared.committed.set(shared.committed.get() + take);
+                shared.writes.set(shared.writes.get() + 1);
+            }
+            Err(error) => {
+                shared.error.borrow_mut().get_or_insert(error.to_string());
+                return;
+            }
+        }
+    }
+}
+
+const WORDS: &[&str] = &[
+    "the", "deploy", "is", "green", "again", "can", "someone", "review", "my", "pull", "request",
+    "lunch", "at", "noon", "?", "ok", "thanks", "looks", "good", "to", "me", "shipping", "it",
+    "now", "the", "build", "broke", "on", "main", "fixed", "in", "a", "minute", "standup", "moved",
+    "coffee", "anyone", "👍", "will", "check", "later",
+];
+
+/// About `bytes` bytes of chat-like text (whole characters, never more).
+fn content(rng: &mut StdRng, bytes: usize) -> String {
+    let mut out = String::with_capacity(bytes + 8);
+    while out.len() < bytes {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(WORDS[rng.random_range(0..WORDS.len())]);
+    }
+    while out.len() > bytes {
+        out.pop();
+    }
+    let trimmed = out.trim_end().len();
+    out.truncate(trimmed);
+    if out.is_empty() {
+        out.push('x');
+    }
+    out
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs to 10 min, 3 significant digits.
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
+}
+
+/// The Postgres store with a meter on `insert_batch`: one call is one Persist
+/// flush, i.e. one transaction.
+struct Metered {
+    inner: PgStore,
+    stats: Mutex<TxnStats>,
+}
+
+#[derive(Clone)]
+struct TxnStats {
+    transactions: u64,
+    rows: u64,
+    max_rows: u64,
+    /// Total time a transaction was in flight.
+    busy: Duration,
+    /// Duration of each `insert_batch` (pool checkout, INSERTs, COMMIT), µs.
+    duration: Histogram<u64>,
+}
+
+impl Metered {
+    fn new(inner: PgStore) -> Self {
+        Self {
+            inner,
+            stats: Mutex::new(TxnStats {
+                transactions: 0,
+                rows: 0,
+                max_rows: 0,
+                busy: Duration::ZERO,
+                duration: histogram(),
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for Metered {
+    async fn insert_batch(&self, batch: Vec<Arc<ChatMessage>>) -> Result<(), StoreError> {
+        let rows = batch.len() as u64;
+        let started = Instant::now();
+        let result = self.inner.insert_batch(batch).await;
+        let took = started.elapsed();
+        if result.is_ok() {
+            let mut stats = self.stats.lock().expect("stats lock");
+            stats.transactions += 1;
+            stats.rows += rows;
+            stats.max_rows = stats.max_rows.max(rows);
+            stats.busy += took;
+            stats
+                .duration
+                .saturating_record((took.as_micros() as u64).max(1));
+        }
+        result
+    }
+
+    async fn last_seq(&self, room: &str) -> Result<u64, StoreError> {
+        self.inner.last_seq(room).await
+    }
+
+    async fn range(
+        &self,
+        room: &str,
+        after: u64,
+        upto: u64,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        self.inner.range(room, after, upto).await
+    }
+
+    async fn page(
+        &self,
+        room: &str,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        self.inner.page(room, before, limit).await
+    }
+
+    async fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError> {
+        self.inner.rooms().await
+    }
+
+    async fn recent_refs(&self, since_ms: i64) -> Result<Vec<RecentRef>, StoreError> {
+        self.inner.recent_refs(since_ms).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+}
+
+// ----------------------------------------------------------------- database
+
+/// `(admin URL, URL of the fresh database, its name)`: the name is the URL's
+/// database plus `_<run id>`, so concurrent runs never share a database.
+fn fresh_database(url: &str, run_id: &str) -> anyhow::Result<(String, String, String)> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .context("--url must look like postgres://user@host:port/database")?;
+    let (before_query, query) = match rest.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (rest, None),
+    };
+    let (authority, base) = before_query.split_once('/').unwrap_or((before_query, ""));
+    let base = if base.is_empty() {
+        "confab_bench"
+    } else {
+        base
+    };
+    if !base
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        bail!("with --create-db the URL's database name must be [a-z0-9_]+, not {base:?}");
+    }
+    let base: String = base.chars().take(40).collect();
+    let name = format!("{base}_{run_id}");
+    let build = |db: &str| match query {
+        Some(q) => format!("{scheme}://{authority}/{db}?{q}"),
+        None => format!("{scheme}://{authority}/{db}"),
+    };
+    Ok((build("postgres"), build(&name), name))
+}
+
+async fn admin(admin_url: &str) -> anyhow::Result<AsyncPgConnection> {
+    AsyncPgConnection::establish(admin_url)
+        .await
+        .with_context(|| format!("connecting to {}", redact(admin_url)))
+}
+
+async fn create_database(admin_url: &str, name: &str) -> anyhow::Result<()> {
+    let mut conn = admin(admin_url).await?;
+    diesel::sql_query(format!("CREATE DATABASE \"{name}\""))
+        .execute(&mut conn)
+        .await
+        .with_context(|| format!("CREATE DATABASE {name}"))?;
+    Ok(())
+}
+
+async fn drop_database(admin_url: &str, name: &str) -> anyhow::Result<()> {
+    let mut conn = admin(admin_url).await?;
+    diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .execute(&mut conn)
+        .await
+        .with_context(|| format!("DROP DATABASE {name}"))?;
+    Ok(())
+}
+
+#[derive(diesel::QueryableByName)]
+struct Counts {
+    #[diesel(sql_type = BigInt)]
+    message_rows: i64,
+    #[diesel(sql_type = BigInt)]
+    head_sum: i64,
+}
+
+/// This run's rows in `messages`, and the sum of its rooms' `last_seq` (equal
+/// to the rows when every room's seqs 1..=last_seq all landed).
+async fn count_rows(url: &str, run_id: &str) -> anyhow::Result<(u64, u64)> {
+    let mut conn = AsyncPgConnection::establish(url)
+        .await
+        .with_context(|| format!("connecting to {}", redact(url)))?;
+    let counts: Counts = diesel::sql_query(
+        "SELECT (SELECT count(*) FROM messages WHERE room LIKE $1) AS message_rows, \
+         (SELECT coalesce(sum(last_seq), 0)::bigint FROM rooms WHERE name LIKE $1) AS head_sum",
+    )
+    .bind::<Text, _>(format!("bench-{run_id}-%"))
+    .get_result(&mut conn)
+    .await
+    .context("counting the committed rows")?;
+    Ok((
+        counts.message_rows.max(0) as u64,
+        counts.head_sum.max(0) as u64,
+    ))
+}
+
+// ---------------------------------------------------------------------- cpu
+
+/// CPU time (user + system) of this process and of every `postgres` process.
+struct Cpu {
+    bench: Duration,
+    postgres: Vec<(u32, Duration)>,
+}
+
+impl Cpu {
+    fn sample() -> Self {
+        let mut postgres = Vec::new();
+        if let Ok(dir) = std::fs::read_dir("/proc") {
+            for entry in dir.flatten() {
+                let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+                    continue;
+                };
+                if let Some((comm, time)) = proc_cpu(&format!("/proc/{pid}/stat")) {
+                    if comm == "postgres" {
+                        postgres.push((pid, time));
+                    }
+                }
+            }
+        }
+        Self {
+            bench: proc_cpu("/proc/self/stat").map_or(Duration::ZERO, |(_, t)| t),
+            postgres,
+        }
+    }
+
+    /// Postgres CPU between two samples (processes that started since count from zero).
+    fn postgres_since(&self, before: &Cpu) -> Option<Duration> {
+        if self.postgres.is_empty() {
+            return None;
+        }
+        let mut total = Duration::ZERO;
+        for (pid, time) in &self.postgres {
+            let earlier = before
+                .postgres
+                .iter()
+                .find(|(p, _)| p == pid)
+                .map_or(Duration::ZERO, |(_, t)| *t);
+            total += time.saturating_sub(earlier);
+        }
+        Some(total)
+    }
+}
+
+/// `(comm, utime + stime)` from a `/proc/<pid>/stat` file (clock ticks of 10 ms).
+fn proc_cpu(path: &str) -> Option<(String, Duration)> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat[open + 1..close].to_string();
+    let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+    // After the comm: state is field 3, utime 14, stime 15 (1-based in proc(5)).
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((comm, Duration::from_millis((utime + stime) * 10)))
+}
+
+fn cpus_allowed() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
+// ------------------------------------------------------------------- report
+
+struct PersistReport {
+    args: PersistArgs,
+    database: Option<String>,
+    write_max: usize,
+    requested: u64,
+    committed: u64,
+    writes: u64,
+    elapsed: Duration,
+    latency: Histogram<u64>,
+    txns: TxnStats,
+    bench_cpu: Duration,
+    postgres_cpu: Option<Duration>,
+    cpus_allowed: String,
+    rows_in_db: u64,
+    head_sum: u64,
+    stopped_early: bool,
+}
+
+fn ms(micros: u64) -> f64 {
+    micros as f64 / 1000.0
+}
+
+fn percent_of_core(cpu: Duration, wall: Duration) -> f64 {
+    100.0 * cpu.as_secs_f64() / wall.as_secs_f64().max(1e-9)
+}
+
+impl PersistReport {
+    fn verified(&self) -> bool {
+        self.rows_in_db == self.committed && self.head_sum == self.committed
+    }
+
+    fn msgs_per_sec(&self) -> f64 {
+        self.committed as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn rows_per_txn(&self) -> f64 {
+        self.txns.rows as f64 / self.txns.transactions.max(1) as f64
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let a = &self.args;
+        let lat = &self.latency;
+        let txn = &self.txns.duration;
+        json!({
+            "scenario": "persist",
+            "config": {
+                "batch_max": a.batch_max,
+                "flush_interval_ms": a.flush_interval_ms,
+                "producers": a.producers,
+                "rooms": a.rooms,
+                "rows_per_write_mean": a.rows_per_write,
+                "rows_per_write_max": self.write_max,
+                "content_bytes": a.content_bytes,
+                "pool_size": a.pool_size,
+                "max_secs": a.max_secs,
+                "database": self.database,
+                "cpus_allowed": self.cpus_allowed,
+            },
+            "messages_requested": self.requested,
+            "messages_committed": self.committed,
+            "complete": !self.stopped_early && self.committed == self.requested,
+            "elapsed_s": self.elapsed.as_secs_f64(),
+            "messages_per_s": self.msgs_per_sec(),
+            "writes": self.writes,
+            "transactions": self.txns.transactions,
+            "rows_per_transaction_mean": self.rows_per_txn(),
+            "rows_per_transaction_max": self.txns.max_rows,
+            "commit_latency_ms": {
+                "p50": ms(lat.value_at_quantile(0.50)),
+                "p90": ms(lat.value_at_quantile(0.90)),
+                "p99": ms(lat.value_at_quantile(0.99)),
+                "max": ms(lat.max()),
+                "mean": lat.mean() / 1000.0,
+            },
+            "transaction_ms": {
+                "p50": ms(txn.value_at_quantile(0.50)),
+                "p99": ms(txn.value_at_quantile(0.99)),
+                "max": ms(txn.max()),
+                "mean": txn.mean() / 1000.0,
+            },
+            "persist_busy_percent": percent_of_core(self.txns.busy, self.elapsed),
+            "bench_cpu_percent_of_core": percent_of_core(self.bench_cpu, self.elapsed),
+            "postgres_cpu_percent_of_core": self.postgres_cpu.map(|c| percent_of_core(c, self.elapsed)),
+            "verify": {
+                "rows_in_db": self.rows_in_db,
+                "room_head_sum": self.head_sum,
+                "ok": self.verified(),
+            },
+        })
+    }
+
+    fn print(&self) {
+        let a = &self.args;
+        let lat = &self.latency;
+        let txn = &self.txns.duration;
+        println!("confab-bench persist");
+        println!(
+            "  config      batch_max={} flush_interval={}ms producers={} rooms={} rows/write≈{} (max {}) content={}B pool={} cpus={}",
+            a.batch_max,
+            a.flush_interval_ms,
+            a.producers,
+            a.rooms,
+            a.rows_per_write,
+            self.write_max,
+            a.content_bytes,
+            a.pool_size,
+            self.cpus_allowed
+        );
+        if let Some(db) = &self.database {
+            println!("  database    {db} (created for this run, dropped)");
+        }
+        let status = if self.stopped_early {
+            " (stopped early)"
+        } else {
+            ""
+        };
+        println!(
+            "  messages    {} of {} in {:.2}s{}",
+            self.committed,
+            self.requested,
+            self.elapsed.as_secs_f64(),
+            status
+        );
+        println!("  throughput  {:.0} messages/s", self.msgs_per_sec());
+        println!(
+            "  batches     {} writes, {} transactions, {:.1} rows/transaction (max {})",
+            self.writes,
+            self.txns.transactions,
+            self.rows_per_txn(),
+            self.txns.max_rows
+        );
+        println!(
+            "  commit      p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms (handover to commit ack, per write)",
+            ms(lat.value_at_quantile(0.50)),
+            ms(lat.value_at_quantile(0.90)),
+            ms(lat.value_at_quantile(0.99)),
+            ms(lat.max())
+        );
+        println!(
+            "  transaction p50 {:.2} ms  p99 {:.2} ms  mean {:.2} ms; one in flight {:.0}% of the time",
+            ms(txn.value_at_quantile(0.50)),
+            ms(txn.value_at_quantile(0.99)),
+            txn.mean() / 1000.0,
+            percent_of_core(self.txns.busy, self.elapsed)
+        );
+        let postgres = self.postgres_cpu.map_or("n/a".to_string(), |c| {
+            format!("{:.0}%", percent_of_core(c, self.elapsed))
+        });
+        println!(
+            "  cpu         bench {:.0}% of a core, postgres {} of a core",
+            percent_of_core(self.bench_cpu, self.elapsed),
+            postgres
+        );
+        println!(
+            "  verify      {} rows in messages, room heads sum to {}: {}",
+            self.rows_in_db,
+            self.head_sum,
+            if self.verified() { "ok" } else { "MISMATCH" }
+        );
+    }
+}

@@ -1,0 +1,229 @@
+//! Cluster-mode fixtures: a fresh Postgres database and a Redis namespace per
+//! test (so runs never collide), and a private redis-server for fault tests.
+
+use super::{toml_str, uid, Server, ServerBuilder};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const PG: &str = "postgres://postgres@127.0.0.1:5432";
+pub const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
+
+/// A database `confab_t_<hex>`, dropped at the end (even after a failure).
+pub struct TestDb {
+    pub name: String,
+}
+
+impl TestDb {
+    pub fn create() -> TestDb {
+        let name = format!("confab_t_{}", uuid::Uuid::new_v4().simple());
+        psql("postgres", &format!("CREATE DATABASE {name}"));
+        TestDb { name }
+    }
+
+    pub fn url(&self) -> String {
+        format!("{PG}/{}", self.name)
+    }
+
+    /// One value (or rows, one per line) from a query in this database.
+    pub fn query(&self, sql: &str) -> String {
+        psql(&self.name, sql)
+    }
+
+    /// Simulates a database outage for this database only: new connections are
+    /// refused and existing ones are cut.
+    pub fn block(&self) {
+        psql(
+            "postgres",
+            &format!("ALTER DATABASE {} ALLOW_CONNECTIONS false", self.name),
+        );
+        psql(
+            "postgres",
+            &format!(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '{}'",
+                self.name
+            ),
+        );
+    }
+
+    pub fn unblock(&self) {
+        psql(
+            "postgres",
+            &format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", self.name),
+        );
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-qAtc",
+            ])
+            .arg(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+pub fn psql(db: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", db, "-qAtc", sql])
+        .output()
+        .expect("psql runs");
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Removes every key of a namespace from the shared Redis at the end.
+pub struct Namespace(pub String);
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = Command::new("redis-cli")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                "6379",
+                "--scan",
+                "--pattern",
+                &format!("{}:*", self.0),
+            ])
+            .output()
+            .map(|out| {
+                let keys: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .map(str::to_string)
+                    .collect();
+                for chunk in keys.chunks(500) {
+                    let _ = Command::new("redis-cli")
+                        .args(["-h", "127.0.0.1", "-p", "6379", "DEL"])
+                        .args(chunk)
+                        .stdout(Stdio::null())
+                        .status();
+                }
+            });
+    }
+}
+
+/// A database, a namespace and a Redis URL shared by every instance of one test.
+pub struct ClusterEnv {
+    pub db: TestDb,
+    pub ns: Namespace,
+    pub redis_url: String,
+}
+
+impl ClusterEnv {
+    pub fn new() -> ClusterEnv {
+        Self::with_redis(SHARED_REDIS)
+    }
+
+    pub fn with_redis(redis_url: &str) -> ClusterEnv {
+        ClusterEnv {
+            db: TestDb::create(),
+            ns: Namespace(uid("t")),
+            redis_url: redis_url.to_string(),
+        }
+    }
+
+    /// A builder for one instance of this cluster.
+    pub fn builder(&self) -> ServerBuilder {
+        Server::builder()
+            .set("storage", "url", &toml_str(&self.db.url()))
+            .set("broker", "redis_url", &toml_str(&self.redis_url))
+            .set("broker", "namespace", &toml_str(&self.ns.0))
+    }
+
+    pub fn instance(&self) -> Server {
+        self.builder().start()
+    }
+}
+
+/// A private redis-server on a free port that a test can stop and start.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let mut server = RedisServer { port, child: None };
+        server.spawn();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.ping() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn ping(&self) -> bool {
+        Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "PING"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"))
+            .unwrap_or(false)
+    }
+
+    /// Kills the server: everything it held is gone (it keeps nothing on disk).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port, empty.
+    pub fn start_again(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
