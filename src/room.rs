@@ -598,9 +598,9 @@ impl RoomActor {
         if self.phase != Phase::Ready {
             return;
         }
-        let (broker, room) = (self.deps.broker.clone(), self.name.clone());
+        let (broker, room, floor) = (self.deps.broker.clone(), self.name.clone(), self.committed);
         ctx.spawn(
-            async move { broker.head(&room).await }
+            async move { broker.head(&room, floor).await }
                 .into_actor(self)
                 .map(|result, act, ctx| match result {
                     Ok(head) => act.fill_to(ctx, head),
@@ -801,7 +801,7 @@ impl Actor for RoomActor {
         ctx.wait(
             async move {
                 broker.attach(&room, id, inbound).await?;
-                let head = broker.head(&room).await?;
+                let head = broker.head(&room, 0).await?;
                 let remote = broker.refresh_presence(&room, Vec::new()).await?;
                 Ok::<_, crate::broker::BrokerError>((head, remote))
             }

@@ -19,6 +19,8 @@ pub const GROUP: &str = "persist";
 /// Entries another consumer has held this long unacknowledged are taken over.
 const CLAIM_IDLE_MS: u64 = 15_000;
 const CLAIM_EVERY: Duration = Duration::from_secs(5);
+/// Consumers (past instances) idle this long with nothing pending are removed.
+const FORGET_CONSUMER_IDLE_MS: usize = 3_600_000;
 const READ_BLOCK_MS: u64 = 1_000;
 /// Batches handed to Persist but not yet acknowledged.
 const IN_FLIGHT: usize = 4;
@@ -123,6 +125,7 @@ async fn read_loop(
                 .arg(feed.batch_max)
                 .query_async(conn)
                 .await?;
+            forget_dead_consumers(feed, conn).await?;
             if !claimed.claimed.is_empty() {
                 tracing::info!(
                     entries = claimed.claimed.len(),
@@ -151,6 +154,31 @@ async fn read_loop(
             hand_over(feed, entries, &handed).await?;
         }
     }
+}
+
+/// Every restart leaves a consumer name behind; drop those that hold nothing.
+async fn forget_dead_consumers(feed: &Feed, conn: &mut MultiplexedConnection) -> RedisResult<()> {
+    let info: redis::streams::StreamInfoConsumersReply = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(&feed.stream)
+        .arg(GROUP)
+        .query_async(conn)
+        .await?;
+    for consumer in info.consumers {
+        if consumer.pending == 0
+            && consumer.idle > FORGET_CONSUMER_IDLE_MS
+            && consumer.name != feed.consumer
+        {
+            redis::cmd("XGROUP")
+                .arg("DELCONSUMER")
+                .arg(&feed.stream)
+                .arg(GROUP)
+                .arg(&consumer.name)
+                .query_async::<()>(conn)
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 fn decode_entry(entry: &StreamId) -> Option<ChatMessage> {

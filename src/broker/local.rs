@@ -57,7 +57,7 @@ impl Broker for LocalBroker {
 
     fn detach(&self, _room: &str, _id: u64) {}
 
-    async fn head(&self, room: &str) -> Result<u64, BrokerError> {
+    async fn head(&self, room: &str, _floor: u64) -> Result<u64, BrokerError> {
         self.store
             .last_seq(room)
             .await

@@ -119,8 +119,9 @@ pub trait Broker: Send + Sync + 'static {
     async fn attach(&self, room: &str, id: u64, to: Recipient<Inbound>) -> Result<(), BrokerError>;
     /// The room actor stopped: stop relaying to it.
     fn detach(&self, room: &str, id: u64);
-    /// The room's newest seq.
-    async fn head(&self, room: &str) -> Result<u64, BrokerError>;
+    /// The room's newest seq. When the broker lost it (Redis restarted empty) it
+    /// is re-seeded, never below `floor` (the newest seq the room has seen).
+    async fn head(&self, room: &str, floor: u64) -> Result<u64, BrokerError>;
     /// Sequences a batch of one room's sends, in order, and makes them durable.
     /// A room has at most one call in flight, so the order of its sends is the
     /// order of their seqs. `committed` is the newest seq the room has seen.

@@ -353,7 +353,7 @@ impl Broker for RedisBroker {
         });
     }
 
-    async fn head(&self, room: &str) -> Result<u64, BrokerError> {
+    async fn head(&self, room: &str, floor: u64) -> Result<u64, BrokerError> {
         let mut conn = self.conn().await?;
         let seq: Option<u64> = redis::cmd("GET")
             .arg(self.keys.seq(room))
@@ -362,7 +362,7 @@ impl Broker for RedisBroker {
             .map_err(unavailable)?;
         match seq {
             Some(seq) => Ok(seq),
-            None => self.seed_seq(&mut conn, room, 0).await,
+            None => self.seed_seq(&mut conn, room, floor).await,
         }
     }
 
