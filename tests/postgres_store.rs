@@ -1,6 +1,8 @@
 //! The Postgres store against a real server at 127.0.0.1:5432 (trust auth, user
 //! `postgres`). Every test gets its own database, dropped at the end.
 
+mod common;
+
 use confab::config::Config;
 use confab::protocol::ChatMessage;
 use confab::store::postgres::PgStore;
@@ -9,63 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const PG: &str = "postgres://postgres@127.0.0.1:5432";
-
-/// A fresh database `confab_t_<hex>`, dropped (even after a failed assertion).
-struct TestDb {
-    name: String,
-}
-
-impl TestDb {
-    fn create() -> TestDb {
-        let name = format!("confab_t_{}", uuid::Uuid::new_v4().simple());
-        psql("postgres", &format!("CREATE DATABASE {name}"));
-        TestDb { name }
-    }
-
-    fn url(&self) -> String {
-        format!("{PG}/{}", self.name)
-    }
-
-    /// One value from a query in this database.
-    fn scalar(&self, sql: &str) -> String {
-        psql(&self.name, sql)
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let _ = Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-qAtc",
-            ])
-            .arg(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ))
-            .stdout(Stdio::null())
-            .status();
-    }
-}
-
-fn psql(db: &str, sql: &str) -> String {
-    let out = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", db, "-qAtc", sql])
-        .output()
-        .expect("psql runs");
-    assert!(
-        out.status.success(),
-        "psql {sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
+use common::cluster::TestDb;
 
 fn msg(room: &str, seq: u64, content: &str, client_ref: Option<&str>) -> Arc<ChatMessage> {
     Arc::new(ChatMessage {
@@ -216,7 +162,7 @@ async fn a_batch_larger_than_one_statement_commits_whole() {
         .map(|seq| msg(if seq % 2 == 0 { "even" } else { "odd" }, seq, "bulk", None))
         .collect();
     store.insert_batch(batch).await.unwrap();
-    assert_eq!(db.scalar("SELECT count(*) FROM messages"), "20000");
+    assert_eq!(db.query("SELECT count(*) FROM messages"), "20000");
     assert_eq!(store.last_seq("even").await.unwrap(), 20_000);
     assert_eq!(store.last_seq("odd").await.unwrap(), 19_999);
 }
@@ -235,7 +181,7 @@ async fn replayed_batches_are_no_ops_and_heads_never_go_back() {
         .await
         .expect("the same batch again is not an error");
     assert_eq!(
-        db.scalar("SELECT count(*) FROM messages WHERE room = 'general'"),
+        db.query("SELECT count(*) FROM messages WHERE room = 'general'"),
         "10"
     );
 
@@ -248,7 +194,7 @@ async fn replayed_batches_are_no_ops_and_heads_never_go_back() {
     // An older batch re-delivered after a crash: nothing changes, the head stays.
     store.insert_batch(first.clone()).await.unwrap();
     assert_eq!(
-        db.scalar("SELECT last_seq FROM rooms WHERE name = 'general'"),
+        db.query("SELECT last_seq FROM rooms WHERE name = 'general'"),
         "20"
     );
     assert_eq!(store.last_seq("general").await.unwrap(), 20);
@@ -272,13 +218,13 @@ async fn replayed_batches_are_no_ops_and_heads_never_go_back() {
     assert_eq!(all[17].content, "m18");
     assert_eq!(store.last_seq("general").await.unwrap(), 25);
     assert_eq!(
-        db.scalar("SELECT last_seq FROM rooms WHERE name = 'general'"),
+        db.query("SELECT last_seq FROM rooms WHERE name = 'general'"),
         "25"
     );
 
     // The rooms row keeps its first created_at_ms.
     assert_eq!(
-        db.scalar("SELECT created_at_ms FROM rooms WHERE name = 'general'"),
+        db.query("SELECT created_at_ms FROM rooms WHERE name = 'general'"),
         (1_700_000_000_000i64 + 1).to_string()
     );
 }
@@ -309,7 +255,7 @@ async fn concurrent_writers_replaying_overlapping_batches_do_not_fail() {
     for t in tasks {
         t.await.unwrap().expect("no deadlock or conflict error");
     }
-    assert_eq!(db.scalar("SELECT count(*) FROM messages"), "200");
+    assert_eq!(db.query("SELECT count(*) FROM messages"), "200");
     for room in rooms {
         assert_eq!(store.last_seq(room).await.unwrap(), 50);
     }
@@ -332,7 +278,7 @@ async fn store_open_and_migrate_use_postgres_from_the_config() {
         .await
         .expect("migrate again is a no-op");
     assert_eq!(
-        db.scalar("SELECT count(*) FROM __diesel_schema_migrations"),
+        db.query("SELECT count(*) FROM __diesel_schema_migrations"),
         migration_count().to_string()
     );
     let store = confab::store::open(&config).await.expect("open");
@@ -373,11 +319,11 @@ async fn racing_migrate_processes_apply_the_schema_once() {
         );
     }
     assert_eq!(
-        db.scalar("SELECT count(*) FROM __diesel_schema_migrations"),
+        db.query("SELECT count(*) FROM __diesel_schema_migrations"),
         migration_count().to_string()
     );
     assert_eq!(
-        db.scalar(
+        db.query(
             "SELECT count(*) FROM information_schema.tables \
              WHERE table_schema = 'public' AND table_name IN ('messages', 'rooms')"
         ),
@@ -475,7 +421,7 @@ async fn connections_the_server_closed_are_replaced() {
         p.await.unwrap().unwrap();
     }
     // What a database restart or an idle-session kill does to pooled connections.
-    let killed = db.scalar(&format!(
+    let killed = db.query(&format!(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
          WHERE datname = '{}' AND pid <> pg_backend_pid()",
         db.name
