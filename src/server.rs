@@ -134,6 +134,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     server.await?;
 
     tracing::info!("stopping: writing buffered messages");
+    deps.broker.drain().await;
     let _ = persist.send(Drain).await;
     tracing::info!("stopped");
     Ok(())

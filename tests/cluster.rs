@@ -508,3 +508,21 @@ async fn one_pubsub_connection_per_process_subscribed_to_local_rooms_only() {
     }
     assert_eq!(subscribers("room-3"), "1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_instance_says_goodbye_for_its_users() {
+    let env = ClusterEnv::new();
+    let (a, mut b) = (env.instance(), env.instance());
+    let mut alice = a.ws_user(&uid("alice"), "alice").await;
+    alice.join("bye").await;
+    let bob_id = uid("bob");
+    let mut bob = b.ws_user(&bob_id, "bob").await;
+    bob.join("bye").await;
+    alice.recv_type("presence").await;
+
+    let status = b.terminate(Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+    // Far sooner than the presence expiry: the leave was published on the way out.
+    let p = alice.recv_type("presence").await;
+    assert_eq!(p["left"][0]["id"], bob_id.as_str(), "{p}");
+}

@@ -149,6 +149,8 @@ pub trait Broker: Send + Sync + 'static {
         room: &str,
         local: Vec<Arc<UserInfo>>,
     ) -> Result<Option<Vec<RemotePresence>>, BrokerError>;
+    /// Shutdown: deliver what was announced (the sessions' leaves) before exit.
+    async fn drain(&self) {}
     /// Users online per room across all instances (`None`: only this instance
     /// knows, ask the rooms).
     async fn online(&self, rooms: &[String]) -> Option<std::collections::HashMap<String, usize>>;

@@ -190,6 +190,8 @@ pub(crate) fn parse_presence_member(member: &str) -> Option<(Arc<str>, Arc<UserI
 enum Announcement {
     Event(String, Announce),
     Refresh(String, Vec<Arc<UserInfo>>),
+    /// Answered once everything queued before it was written.
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 fn unavailable(e: impl std::fmt::Display) -> BrokerError {
@@ -502,6 +504,13 @@ impl Broker for RedisBroker {
         Ok(Some(remote))
     }
 
+    async fn drain(&self) {
+        let (done, written) = tokio::sync::oneshot::channel();
+        if self.announcer.send(Announcement::Flush(done)).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), written).await;
+        }
+    }
+
     async fn online(&self, rooms: &[String]) -> Option<HashMap<String, usize>> {
         let mut conn = self.conn().await.ok()?;
         let now = crate::protocol::now_ms();
@@ -543,8 +552,10 @@ async fn run_announcer(
         let now = crate::protocol::now_ms();
         let expires = now + PRESENCE_TTL_MS;
         let mut pipe = redis::pipe();
+        let mut flushed = Vec::new();
         for item in batch.drain(..) {
             match item {
+                Announcement::Flush(done) => flushed.push(done),
                 Announcement::Event(room, event) => {
                     let (tag, user, entry) = match &event {
                         Announce::Joined(u) => ("P+", u, Some(true)),
@@ -585,12 +596,16 @@ async fn run_announcer(
             }
         }
         let result = match pool.get().await {
+            _ if pipe.cmd_iter().next().is_none() => Ok(()),
             Ok(mut conn) => pipe.query_async::<()>(&mut conn).await.map_err(unavailable),
             Err(e) => Err(unavailable(e)),
         };
         if let Err(error) = result {
             // Lost announcements heal with the next refresh (every 5 s).
             tracing::debug!(%error, "presence announcement not delivered");
+        }
+        for done in flushed {
+            let _ = done.send(());
         }
     }
 }
