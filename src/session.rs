@@ -176,11 +176,11 @@ impl Session {
         let context = |e: Rejection| e.with_ref(client_ref.as_deref()).in_room(Some(&room));
         if let Err(e) = protocol::check_content(&content, self.deps.config.limits.max_message_chars)
         {
-            return self.send_rejection(ctx, &context(e));
+            return self.refuse_send(ctx, context(e), client_ref);
         }
         let Some(addr) = self.rooms.get(&room) else {
             let e = Rejection::new(ErrorCode::NotJoined, "join the room first");
-            return self.send_rejection(ctx, &context(e));
+            return self.refuse_send(ctx, context(e), client_ref);
         };
         addr.do_send(room::Send {
             session: self.id,
@@ -188,6 +188,35 @@ impl Session {
             content,
             client_ref,
         });
+    }
+
+    /// Refuses a send, unless its ref names a send the cluster already accepted
+    /// through another instance: that one is answered with its original ack
+    /// (PROTOCOL: a known ref is answered before any other check). Frames
+    /// after this one wait, so answers keep their order.
+    fn refuse_send(
+        &mut self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        rejection: Rejection,
+        client_ref: Option<String>,
+    ) {
+        let Some(client_ref) = client_ref else {
+            return self.send_rejection(ctx, &rejection);
+        };
+        let (broker, user_id) = (self.deps.broker.clone(), self.user.id.clone());
+        ctx.wait(
+            async move {
+                broker
+                    .known_ref(&user_id, &client_ref)
+                    .await
+                    .map(|m| (m, client_ref))
+            }
+            .into_actor(self)
+            .map(move |known, act, ctx| match known {
+                Some((original, client_ref)) => ctx.text(original.ack_json(Some(&client_ref))),
+                None => act.send_rejection(ctx, &rejection),
+            }),
+        );
     }
 
     fn history(

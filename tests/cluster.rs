@@ -348,6 +348,18 @@ async fn a_ref_is_idempotent_across_instances() {
 
     // The same send again through the other instance (even with other content).
     let mut on_b = b.ws_user(&alice_id, "alice").await;
+    // Known refs are answered before any other check: not joined there yet,
+    // and even with content that would be refused.
+    for content in ["not joined here", " "] {
+        on_b.send_json(json!({"type":"send","room":"idem","content":content,"ref":"once"}))
+            .await;
+        let early = on_b.recv_main().await;
+        assert_eq!(
+            (&early["type"], &early["seq"], &early["id"]),
+            (&json!("ack"), &ack["seq"], &ack["id"]),
+            "{early}"
+        );
+    }
     on_b.join_with(json!({"type":"join","room":"idem","history":0}))
         .await;
     let again = on_b.send_msg("idem", "second", "once").await;

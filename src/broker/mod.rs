@@ -149,6 +149,11 @@ pub trait Broker: Send + Sync + 'static {
         room: &str,
         local: Vec<Arc<UserInfo>>,
     ) -> Result<Option<Vec<RemotePresence>>, BrokerError>;
+    /// The accepted send a `(user, ref)` names, if the broker knows one that this
+    /// instance's ref window doesn't (cluster: sent through another instance).
+    async fn known_ref(&self, _user_id: &str, _client_ref: &str) -> Option<Arc<ChatMessage>> {
+        None
+    }
     /// Shutdown: deliver what was announced (the sessions' leaves) before exit.
     async fn drain(&self) {}
     /// Users online per room across all instances (`None`: only this instance

@@ -301,7 +301,7 @@ fn is_noseq(e: &redis::RedisError) -> bool {
 }
 
 /// `room\nseq\nid\ntimestamp` -> an ack-only message for a resent ref.
-fn parse_original(text: &str, draft: &Draft) -> Option<ChatMessage> {
+fn parse_original(text: &str, user_id: &str, client_ref: &str) -> Option<ChatMessage> {
     let mut parts = text.splitn(4, '\n');
     let room = parts.next()?.to_string();
     let seq = parts.next()?.parse().ok()?;
@@ -311,11 +311,11 @@ fn parse_original(text: &str, draft: &Draft) -> Option<ChatMessage> {
         room,
         seq,
         id,
-        user_id: draft.user.id.clone(),
-        user_name: draft.user.name.clone(),
+        user_id: user_id.to_string(),
+        user_name: String::new(),
         content: String::new(),
         timestamp_ms,
-        client_ref: draft.client_ref.clone(),
+        client_ref: Some(client_ref.to_string()),
     })
 }
 
@@ -419,7 +419,8 @@ impl Broker for RedisBroker {
                 Value::Int(seq) => Accepted::New(Arc::new(draft.into_message(room, seq as u64))),
                 Value::BulkString(bytes) => {
                     let text = String::from_utf8_lossy(&bytes);
-                    match parse_original(&text, &draft) {
+                    let client_ref = draft.client_ref.as_deref().unwrap_or_default();
+                    match parse_original(&text, &draft.user.id, client_ref) {
                         Some(original) => Accepted::Duplicate(Arc::new(original)),
                         None => return Err(unavailable("unreadable ref record in Redis")),
                     }
@@ -502,6 +503,16 @@ impl Broker for RedisBroker {
             .map(|(instance, user)| RemotePresence { instance, user })
             .collect();
         Ok(Some(remote))
+    }
+
+    async fn known_ref(&self, user_id: &str, client_ref: &str) -> Option<Arc<ChatMessage>> {
+        let mut conn = self.conn().await.ok()?;
+        let text: Option<String> = redis::cmd("GET")
+            .arg(self.keys.reference(user_id, client_ref))
+            .query_async(&mut conn)
+            .await
+            .ok()?;
+        parse_original(&text?, user_id, client_ref).map(Arc::new)
     }
 
     async fn drain(&self) {
