@@ -430,6 +430,7 @@ async fn a_postgres_outage_delays_history_but_loses_nothing() {
     alice.send_and_echo("pg", "before", "p0").await;
     history_with(&a, "pg", 1, Duration::from_secs(10)).await;
 
+    let b = env.instance();
     env.db.block();
     wait_ready(&a, 503, Duration::from_secs(10)).await;
     // Sends are still acked: the Redis stream holds them until Postgres is back.
@@ -442,6 +443,21 @@ async fn a_postgres_outage_delays_history_but_loses_nothing() {
     assert_eq!(
         (resp.status, resp.error_code()),
         (503, "unavailable".to_string())
+    );
+    // Recovery doesn't need Postgres: an instance that never opened the room
+    // replays from the room's stream.
+    let mut late = b.ws_user(&uid("late"), "late").await;
+    let joined = late
+        .join_with(json!({"type":"join","room":"pg","since":1}))
+        .await;
+    assert_eq!(
+        (&joined["recovered"], &joined["last_seq"]),
+        (&json!(true), &json!(21)),
+        "{joined}"
+    );
+    assert_eq!(
+        seqs(&late.recv_messages(20).await),
+        (2..=21).collect::<Vec<i64>>()
     );
 
     env.db.unblock();
