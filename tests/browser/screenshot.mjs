@@ -1,0 +1,61 @@
+// Takes docs/screenshot.png: a real conversation between three users on a
+// fresh server, seen by alice at 1200x750. `npm run screenshot --prefix tests/browser`
+// (needs target/debug/confab and /usr/bin/chromium, like the tests).
+
+import { join } from "node:path";
+import { launchBrowser, nodeUser, openUser, removeDir, repoRoot, sendFromUi, startServer } from "./harness.mjs";
+
+const out = process.argv[2] ?? join(repoRoot, "docs/screenshot.png");
+const server = await startServer();
+const browser = await launchBrowser();
+const pause = (ms) => new Promise((ok) => setTimeout(ok, ms));
+
+try {
+  const dave = await nodeUser(server.url, "dave", "ops");
+  const alice = await openUser(browser, server.url, "alice", { path: "/#/room/design" });
+  const bob = await openUser(browser, server.url, "bob", { path: "/#/room/general" });
+  const carol = await nodeUser(server.url, "carol", "general");
+
+  // alice has three rooms open and ends up in #general.
+  await alice.page.goto(`${server.url}/#/room/random`);
+  await alice.page.goto(`${server.url}/#/room/general`);
+  await alice.page.locator("#member-list .member", { hasText: "carol" }).waitFor();
+
+  const say = async (who, text) => {
+    if (who.page) await sendFromUi(who.page, text);
+    else await who.sendAll("general", [text]);
+    await alice.page.locator("#messages .msg[data-seq] .msg-text", { hasText: text.split("\n")[0] }).waitFor();
+    await pause(150);
+  };
+  await say(carol, "Standup notes are up. Short one today.");
+  await say(alice, "Thanks, carol!");
+  await say(bob, "Morning! Did the cluster deploy go out?");
+  await say(alice, "Yes, three instances behind the load balancer since 9:40.");
+  await say(alice, "Postgres + Redis, and still one gap-free seq per room.");
+  await say(carol, "I restarted instance 2 over lunch. My tab reconnected by itself and picked up right where it left off.");
+  await say(bob, "No duplicates?");
+  await say(carol, "None. It rejoined with `since` and replayed the three messages it had missed.");
+  await say(bob, "Then the web UI ships today.\nRelease notes are in the usual doc, reviews welcome.");
+
+  // Some life elsewhere: unread messages in #design, and carol typing.
+  await bob.page.goto(`${server.url}/#/room/design`);
+  await bob.page.locator("#room-title", { hasText: "design" }).waitFor();
+  await sendFromUi(bob.page, "New composer spacing is in, have a look");
+  await sendFromUi(bob.page, "Dark theme too");
+  await alice.page.locator("#room-list .room-link", { hasText: "design" }).locator(".badge", { hasText: "2" }).waitFor();
+  await alice.page.locator("#directory-list .room-link", { hasText: "ops" }).waitFor();
+  carol.send({ type: "typing", room: "general" });
+  await alice.page.locator("#typing", { hasText: "carol is typing…" }).waitFor();
+  await alice.page.locator("#composer-input").fill("Great work, everyone");
+  await alice.page.locator("#composer-input").blur();
+  await alice.page.mouse.move(0, 0);
+  await pause(200);
+  await alice.page.screenshot({ path: out });
+  console.log(`wrote ${out}`);
+  carol.close();
+  dave.close();
+} finally {
+  await browser.close();
+  await server.stop();
+  removeDir(server.dir);
+}

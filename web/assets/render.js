@@ -1,0 +1,474 @@
+// The view: renders the store into the static shell of index.html and turns
+// user input into calls on `actions` (see app.js). All user-supplied text is
+// set with textContent (via h()), never parsed as HTML.
+
+import { avatar, dayKey, dayLabel, formatFull, formatTime, h, reconcile, setChildren } from "./dom.js";
+import { displayNameError, oldestSeq, roomNameError, settled } from "./store.js";
+
+const GROUP_GAP_MS = 5 * 60 * 1000; // one user's messages closer than this share a header
+const LOAD_OLDER_PX = 200; // scrolled this close to the top: fetch the previous page
+const AT_BOTTOM_PX = 60;
+
+export class View {
+  constructor(store, actions) {
+    this.store = store;
+    this.actions = actions;
+    const ids = [
+      "login", "guest-form", "guest-name", "token-form", "token-input", "login-error",
+      "app", "sidebar", "close-rooms", "join-form", "join-name", "join-error", "room-list",
+      "directory-title", "directory-list", "me-avatar", "me-name", "me-status", "sign-out",
+      "open-rooms", "open-rooms-unread", "room-title", "room-sub", "open-members", "leave-room",
+      "banner", "banner-text", "banner-retry", "scroller", "history-status", "messages", "empty",
+      "typing", "composer", "composer-input", "send", "members", "close-members", "member-list",
+      "scrim", "toast",
+    ];
+    this.el = Object.fromEntries(ids.map((id) => [id.replace(/-(\w)/g, (_, c) => c.toUpperCase()), document.getElementById(id)]));
+    this.caches = { messages: new Map(), rooms: new Map(), directory: new Map(), members: new Map() };
+    this.renderedRoom = undefined;
+    this.stickToBottom = true;
+    this.dirty = new Set();
+    this.frame = 0;
+    this.bannerTimer = 0;
+    this.toastTimer = 0;
+    this.wasDisconnected = false;
+    store.subscribe((parts) => this.schedule(parts));
+    this.#bindLogin();
+    this.#bindChat();
+  }
+
+  // ----------------------------------------------------------- screens
+
+  showLogin(message = "") {
+    this.el.app.hidden = true;
+    this.el.login.hidden = false;
+    this.el.loginError.textContent = message;
+    this.#setLoginBusy(false);
+    this.el.guestName.focus();
+  }
+
+  showChat() {
+    this.el.login.hidden = true;
+    this.el.app.hidden = false;
+    this.el.tokenInput.value = "";
+    this.renderedRoom = undefined;
+    this.schedule(["all"]);
+  }
+
+  toast(text) {
+    clearTimeout(this.toastTimer);
+    this.el.toast.textContent = text;
+    this.el.toast.hidden = false;
+    this.toastTimer = setTimeout(() => (this.el.toast.hidden = true), 6000);
+  }
+
+  focusComposer() {
+    if (!window.matchMedia("(pointer: coarse)").matches) this.el.composerInput.focus();
+  }
+
+  // ---------------------------------------------------------- rendering
+
+  schedule(parts) {
+    for (const part of parts) this.dirty.add(part);
+    if (this.frame) return;
+    // Background tabs get no animation frames: render on a timer there, so
+    // the title's unread count still updates.
+    this.frame = document.hidden ? setTimeout(() => this.flush(), 100) : requestAnimationFrame(() => this.flush());
+  }
+
+  flush() {
+    this.frame = 0;
+    const dirty = this.dirty;
+    this.dirty = new Set();
+    const all = dirty.has("all");
+    const roomChanged = this.renderedRoom !== this.store.current;
+    if (all || roomChanged || dirty.has("rooms") || dirty.has("members") || dirty.has("user")) {
+      this.#renderRooms();
+      this.#renderHeader();
+      this.#renderMe();
+    }
+    if (all || roomChanged || dirty.has("messages") || dirty.has("rooms")) this.#renderMessages();
+    if (all || roomChanged || dirty.has("members")) this.#renderMembers();
+    if (all || roomChanged || dirty.has("typing")) this.#renderTyping();
+    if (all || dirty.has("connection")) {
+      this.#renderBanner();
+      this.#renderMe();
+      this.#renderHeader();
+    }
+  }
+
+  #renderRooms() {
+    const { store } = this;
+    const item = (name, { open }) => {
+      const room = store.room(name);
+      const online = room?.joined ? room.members.size : (store.directory.get(name)?.online ?? 0);
+      const unread = room?.unread ?? 0;
+      const current = store.current === name;
+      const label = [name, `${online} online`, unread ? `${unread} unread` : null].filter(Boolean).join(", ");
+      return {
+        key: name,
+        sig: `${online}|${unread}|${current}|${open}`,
+        build: () =>
+          h("li", { dataset: { room: name } },
+            h("a", {
+              className: `room-link${current ? " current" : ""}${unread ? " has-unread" : ""}`,
+              href: `#/room/${name}`,
+              attrs: { "aria-current": current ? "page" : null, "aria-label": label },
+              on: { click: () => this.#closeDrawers() },
+            },
+              h("span", { className: "hash", text: "#", attrs: { "aria-hidden": "true" } }),
+              h("span", { className: "room-name", text: name }),
+              online ? h("span", { className: "online", text: String(online), attrs: { title: `${online} online` } }) : null,
+              unread ? h("span", { className: "badge unread", text: unread > 99 ? "99+" : String(unread) }) : null,
+            )),
+      };
+    };
+    const open = [...store.rooms.keys()];
+    reconcile(this.el.roomList, open.map((name) => item(name, { open: true })), this.caches.rooms);
+    const others = [...store.directory.keys()].filter((name) => !store.rooms.has(name)).sort();
+    reconcile(this.el.directoryList, others.map((name) => item(name, { open: false })), this.caches.directory);
+    this.el.directoryTitle.hidden = others.length === 0;
+
+    const unread = store.totalUnread();
+    this.el.openRoomsUnread.hidden = unread === 0;
+    this.el.openRoomsUnread.textContent = unread > 99 ? "99+" : String(unread);
+    document.title = `${unread ? `(${unread}) ` : ""}${store.current ? `#${store.current} · ` : ""}confab`;
+  }
+
+  #renderHeader() {
+    const room = this.store.currentRoom;
+    const { roomTitle, roomSub, leaveRoom, openMembers, composerInput, send } = this.el;
+    if (!room) {
+      setChildren(roomTitle, "No room open");
+      roomSub.textContent = "";
+    } else {
+      setChildren(roomTitle, h("span", { className: "hash", text: "#", attrs: { "aria-hidden": "true" } }), room.name);
+      roomSub.textContent = room.joined ? `${room.members.size} online` : this.store.connection.state === "open" ? "joining…" : "offline";
+    }
+    leaveRoom.hidden = !room;
+    openMembers.hidden = !room;
+    openMembers.textContent = room?.joined ? `People · ${room.members.size}` : "People";
+    composerInput.disabled = !room;
+    send.disabled = !room;
+    composerInput.placeholder = room ? `Message #${room.name}` : "Join a room to chat";
+    composerInput.setAttribute("aria-label", room ? `Message #${room.name}` : "Message");
+  }
+
+  #renderMe() {
+    const { user, connection } = this.store;
+    if (!user) return;
+    setChildren(this.el.meAvatar, avatar(user.id, user.name));
+    this.el.meName.textContent = user.name;
+    const status = { open: "Online", connecting: "Connecting…", waiting: "Offline", stopped: "Offline" }[connection.state] ?? "";
+    this.el.meStatus.textContent = status;
+    this.el.meStatus.dataset.state = connection.state;
+  }
+
+  #renderMessages() {
+    const room = this.store.currentRoom;
+    const { scroller, messages, historyStatus, empty } = this.el;
+    const name = room?.name ?? null;
+    if (this.renderedRoom !== name) {
+      this.renderedRoom = name;
+      this.caches.messages.clear();
+      messages.replaceChildren();
+      this.stickToBottom = true;
+      messages.setAttribute("aria-label", name ? `Messages in #${name}` : "Messages");
+    }
+    empty.hidden = Boolean(room);
+    if (!room) {
+      historyStatus.textContent = "";
+      return;
+    }
+
+    // Keep the view steady: stay at the bottom if we were there, otherwise
+    // keep the text of the first visible message where it is (older pages
+    // prepend, and may turn that message into a grouped one, a new element).
+    const atBottom = this.stickToBottom || scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < AT_BOTTOM_PX;
+    let anchor = null;
+    if (!atBottom) {
+      const viewTop = scroller.getBoundingClientRect().top;
+      for (const li of messages.querySelectorAll(":scope > .msg[data-seq]")) {
+        if (li.getBoundingClientRect().bottom > viewTop) {
+          anchor = { seq: li.dataset.seq, top: li.querySelector(".msg-text").getBoundingClientRect().top };
+          break;
+        }
+      }
+    }
+
+    reconcile(messages, this.#messageItems(room), this.caches.messages);
+    this.#renderHistoryStatus(room);
+
+    const anchorText = anchor && this.caches.messages.get(`m:${anchor.seq}`)?.el.querySelector(".msg-text");
+    if (atBottom) scroller.scrollTop = scroller.scrollHeight;
+    else if (anchorText) scroller.scrollTop += anchorText.getBoundingClientRect().top - anchor.top;
+    this.stickToBottom = false;
+    this.#maybeLoadOlder();
+  }
+
+  #messageItems(room) {
+    const items = [];
+    let prev = null;
+    let prevDay = null;
+    const daySeparator = (date) => {
+      const day = dayKey(date);
+      if (day === prevDay) return;
+      prevDay = day;
+      prev = null;
+      const label = dayLabel(date);
+      items.push({
+        key: `d:${day}`,
+        sig: label,
+        build: () => h("li", { className: "day", attrs: { role: "separator", "aria-label": label } }, h("span", { text: label })),
+      });
+    };
+    const groupsWith = (userId, date) => prev !== null && prev.user_id === userId && date - prev.date >= 0 && date - prev.date < GROUP_GAP_MS;
+
+    for (const m of [...room.messages.values()].sort((a, b) => a.seq - b.seq)) {
+      daySeparator(m.date);
+      const grouped = groupsWith(m.user_id, m.date);
+      items.push({ key: `m:${m.seq}`, sig: grouped ? "g" : "s", build: () => this.#message(m, grouped) });
+      prev = m;
+    }
+    const me = this.store.user;
+    for (const p of room.pending) {
+      const now = new Date();
+      daySeparator(now);
+      const grouped = groupsWith(me?.id, now);
+      items.push({ key: `p:${p.ref}`, sig: `${grouped}|${p.status}|${p.error}`, build: () => this.#pending(p, grouped) });
+      prev = { user_id: me?.id, date: now };
+    }
+    return items;
+  }
+
+  #message(m, grouped) {
+    const own = this.store.isOwn(m.user_id);
+    const time = h("time", { className: "msg-time", text: formatTime(m.date), attrs: { datetime: m.timestamp, title: formatFull(m.date) } });
+    const text = h("div", { className: "msg-text", text: m.content });
+    const li = h("li", { className: `msg${grouped ? " grouped" : ""}${own ? " own" : ""}`, dataset: { seq: m.seq, user: m.user_id } });
+    if (grouped) {
+      li.append(h("div", { className: "gutter" }, time), h("div", { className: "msg-body" }, h("span", { className: "sr-only", text: `${m.user}: ` }), text));
+    } else {
+      li.append(
+        avatar(m.user_id, m.user),
+        h("div", { className: "msg-body" },
+          h("div", { className: "msg-meta" }, h("span", { className: "msg-author", text: m.user }), own ? h("span", { className: "you", text: "you" }) : null, time),
+          text),
+      );
+    }
+    return li;
+  }
+
+  #pending(p, grouped) {
+    const me = this.store.user ?? { id: "", name: "" };
+    const failed = p.status === "failed";
+    const status = failed
+      ? h("div", { className: "msg-status failed" },
+        h("span", { className: "msg-error", text: `Not sent: ${p.error}` }),
+        h("button", { type: "button", className: "link-btn retry", text: "Retry", on: { click: () => this.actions.retry(p.ref) } }),
+        h("button", { type: "button", className: "link-btn discard", text: "Discard", on: { click: () => this.actions.discard(p.ref) } }))
+      : h("div", { className: "msg-status" }, h("span", { className: "spinner", attrs: { "aria-hidden": "true" } }), "Sending…");
+    const text = h("div", { className: "msg-text", text: p.content });
+    const li = h("li", { className: `msg own ${failed ? "failed" : "pending"}${grouped ? " grouped" : ""}`, dataset: { ref: p.ref, status: p.status } });
+    if (grouped) li.append(h("div", { className: "gutter" }), h("div", { className: "msg-body" }, text, status));
+    else {
+      li.append(
+        avatar(me.id, me.name),
+        h("div", { className: "msg-body" },
+          h("div", { className: "msg-meta" }, h("span", { className: "msg-author", text: me.name }), h("span", { className: "you", text: "you" })),
+          text, status),
+      );
+    }
+    return li;
+  }
+
+  #renderHistoryStatus(room) {
+    const el = this.el.historyStatus;
+    const oldest = oldestSeq(room);
+    if (room.loadingOlder) setChildren(el, h("span", { className: "spinner", attrs: { "aria-hidden": "true" } }), "Loading older messages…");
+    else if (room.olderError) {
+      setChildren(el, `Couldn't load older messages (${room.olderError}). `,
+        h("button", { type: "button", className: "link-btn", text: "Try again", on: { click: () => this.actions.loadOlder(room.name, { force: true }) } }));
+    } else if (oldest === 1) setChildren(el, `This is the very beginning of #${room.name}.`);
+    else if (oldest === null && settled(room) && room.pending.length === 0) setChildren(el, `No messages in #${room.name} yet. Say hello!`);
+    else el.replaceChildren();
+  }
+
+  #maybeLoadOlder() {
+    // With a render pending the scroll position is stale; the render checks again at its end.
+    if (this.frame) return;
+    const room = this.store.currentRoom;
+    if (!room || !settled(room) || room.loadingOlder || room.olderError || this.el.scroller.scrollTop > LOAD_OLDER_PX) return;
+    if ((oldestSeq(room) ?? 1) > 1) this.actions.loadOlder(room.name);
+  }
+
+  #renderMembers() {
+    const room = this.store.currentRoom;
+    const members = room ? [...room.members].sort((a, b) => a[1].localeCompare(b[1]) || a[0].localeCompare(b[0])) : [];
+    reconcile(this.el.memberList, members.map(([id, name]) => ({
+      key: id,
+      sig: name,
+      build: () => h("li", { className: "member", dataset: { user: id } },
+        h("span", { className: "presence-dot", attrs: { "aria-hidden": "true" } }),
+        avatar(id, name),
+        h("span", { className: "member-name", text: name }),
+        this.store.isOwn(id) ? h("span", { className: "you", text: "you" }) : null),
+    })), this.caches.members);
+    setChildren(this.el.members.querySelector(".section-title"), room ? `Online — ${members.length}` : "Online");
+  }
+
+  #renderTyping() {
+    const room = this.store.currentRoom;
+    const names = room ? [...new Set([...room.typing.values()].map((t) => t.name))] : [];
+    const text =
+      names.length === 0 ? "" :
+        names.length === 1 ? `${names[0]} is typing…` :
+          names.length === 2 ? `${names[0]} and ${names[1]} are typing…` :
+            "Several people are typing…";
+    if (this.el.typing.textContent !== text) this.el.typing.textContent = text;
+  }
+
+  #renderBanner() {
+    const { state, retryAt, everOpen } = this.store.connection;
+    const { banner, bannerText, bannerRetry } = this.el;
+    clearTimeout(this.bannerTimer);
+    banner.dataset.state = state;
+    bannerRetry.hidden = state !== "waiting";
+    if (state === "open") {
+      if (this.wasDisconnected) {
+        this.wasDisconnected = false;
+        bannerText.textContent = "Connected again.";
+        banner.hidden = false;
+        this.bannerTimer = setTimeout(() => (banner.hidden = true), 2500);
+      } else banner.hidden = true;
+      return;
+    }
+    if (state === "stopped") {
+      banner.hidden = true;
+      return;
+    }
+    banner.hidden = false;
+    if (everOpen) this.wasDisconnected = true;
+    if (state === "connecting") bannerText.textContent = everOpen ? "Reconnecting…" : "Connecting…";
+    else if (state === "waiting") {
+      const seconds = Math.max(1, Math.ceil((retryAt - Date.now()) / 1000));
+      bannerText.textContent = `${everOpen ? "Connection lost." : "Can't reach the server."} Reconnecting in ${seconds} s…`;
+      this.bannerTimer = setTimeout(() => this.#renderBanner(), 1000);
+    }
+  }
+
+  // ------------------------------------------------------------ input
+
+  #setLoginBusy(busy) {
+    for (const b of this.el.login.querySelectorAll("button")) b.disabled = busy;
+  }
+
+  #bindLogin() {
+    const { guestForm, guestName, tokenForm, tokenInput, loginError } = this.el;
+    const run = async (work) => {
+      loginError.textContent = "";
+      this.#setLoginBusy(true);
+      const error = await work();
+      this.#setLoginBusy(false);
+      if (error) loginError.textContent = error;
+    };
+    guestForm.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const problem = displayNameError(guestName.value);
+      if (problem) {
+        loginError.textContent = problem;
+        guestName.focus();
+        return;
+      }
+      run(() => this.actions.signInAsGuest(guestName.value.trim()));
+    });
+    tokenForm.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const token = tokenInput.value.trim();
+      if (!token) {
+        loginError.textContent = "Paste a token first.";
+        tokenInput.focus();
+        return;
+      }
+      run(() => this.actions.signInWithToken(token));
+    });
+  }
+
+  #bindChat() {
+    const el = this.el;
+    el.signOut.addEventListener("click", () => this.actions.signOut());
+    el.leaveRoom.addEventListener("click", () => this.store.current && this.actions.leave(this.store.current));
+    el.bannerRetry.addEventListener("click", () => this.actions.retryNow());
+
+    el.joinForm.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const name = el.joinName.value.trim().replace(/^#/, "");
+      const problem = roomNameError(name);
+      el.joinError.textContent = problem ?? "";
+      el.joinName.setAttribute("aria-invalid", problem ? "true" : "false");
+      if (problem) return;
+      el.joinName.value = "";
+      this.#closeDrawers();
+      this.actions.go(name);
+    });
+    el.joinName.addEventListener("input", () => {
+      el.joinError.textContent = "";
+      el.joinName.removeAttribute("aria-invalid");
+    });
+
+    // Drawers (narrow screens): the room list on the left, people on the right.
+    const toggle = (drawer, button, open) => {
+      drawer.classList.toggle("open", open);
+      button.setAttribute("aria-expanded", String(open));
+      el.scrim.hidden = !(el.sidebar.classList.contains("open") || el.members.classList.contains("open"));
+    };
+    el.openRooms.addEventListener("click", () => toggle(el.sidebar, el.openRooms, !el.sidebar.classList.contains("open")));
+    el.closeRooms.addEventListener("click", () => toggle(el.sidebar, el.openRooms, false));
+    el.openMembers.addEventListener("click", () => toggle(el.members, el.openMembers, !el.members.classList.contains("open")));
+    el.closeMembers.addEventListener("click", () => toggle(el.members, el.openMembers, false));
+    el.scrim.addEventListener("click", () => this.#closeDrawers());
+    this.#closeDrawers = () => {
+      toggle(el.sidebar, el.openRooms, false);
+      toggle(el.members, el.openMembers, false);
+    };
+    document.addEventListener("keydown", (event) => {
+      if (event.key === "Escape") this.#closeDrawers();
+    });
+
+    // Scrolling up pages history in.
+    el.scroller.addEventListener("scroll", () => this.#maybeLoadOlder(), { passive: true });
+
+    // Composer: Enter sends, Shift+Enter is a newline; it grows with its content.
+    const input = el.composerInput;
+    const autosize = () => {
+      const atBottom = el.scroller.scrollHeight - el.scroller.scrollTop - el.scroller.clientHeight < AT_BOTTOM_PX;
+      input.style.height = "auto";
+      input.style.height = `${Math.min(input.scrollHeight, 200)}px`;
+      if (atBottom) el.scroller.scrollTop = el.scroller.scrollHeight;
+    };
+    const submit = () => {
+      if (!input.value.trim() || !this.store.current) return;
+      if (this.actions.send(this.store.current, input.value)) {
+        input.value = "";
+        autosize();
+        this.stickToBottom = true;
+      }
+    };
+    el.composer.addEventListener("submit", (event) => {
+      event.preventDefault();
+      submit();
+      input.focus();
+    });
+    input.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        submit();
+      }
+    });
+    input.addEventListener("input", () => {
+      autosize();
+      if (input.value.trim() && this.store.current) this.actions.typing(this.store.current);
+    });
+  }
+
+  #closeDrawers = () => {};
+}
