@@ -1,14 +1,23 @@
 //! The Persist actor: group commit. It gathers sequenced messages (from rooms in
 //! embedded mode, from the Redis persist stream in cluster mode) and writes them
-//! in batches (at `batch_max` messages, or `flush_interval_ms` after the first
-//! one waited) in one transaction each, one batch at a time, then answers every
-//! contributor. Nothing is acknowledged to a client before its batch committed.
+//! in batches, one transaction each, then answers every contributor. Nothing is
+//! acknowledged to a client before its batch committed.
+//!
+//! When idle it writes at once; while a transaction runs, what arrives gathers
+//! into the next batch, which starts at `batch_max` messages, after
+//! `flush_interval_ms`, or when the running one ends. Two transactions may run
+//! at once, but never two with the same room, so a room's messages commit in
+//! seq order.
 
 use crate::protocol::ChatMessage;
 use crate::store::SharedStore;
 use actix::prelude::*;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Transactions in flight at once: one commits while the next is being sent.
+const MAX_IN_FLIGHT: usize = 2;
 use tokio::sync::oneshot;
 
 /// Why a batch was not written (already logged by Persist).
@@ -36,7 +45,9 @@ pub struct Persist {
     flush_interval: Duration,
     buffer: Vec<Enqueue>,
     buffered_rows: usize,
-    flushing: bool,
+    in_flight: usize,
+    /// Rooms with messages in a running transaction (and how many transactions).
+    busy_rooms: HashMap<String, usize>,
     timer: Option<SpawnHandle>,
     drain_waiters: Vec<oneshot::Sender<()>>,
 }
@@ -49,7 +60,8 @@ impl Persist {
             flush_interval,
             buffer: Vec::new(),
             buffered_rows: 0,
-            flushing: false,
+            in_flight: 0,
+            busy_rooms: HashMap::new(),
             timer: None,
             drain_waiters: Vec::new(),
         }
@@ -71,10 +83,10 @@ impl Persist {
     }
 
     fn schedule(&mut self, ctx: &mut Context<Self>) {
-        if self.flushing || self.buffer.is_empty() {
+        if self.buffer.is_empty() || self.in_flight >= MAX_IN_FLIGHT {
             return;
         }
-        if self.buffered_rows >= self.batch_max {
+        if self.in_flight == 0 || self.buffered_rows >= self.batch_max {
             self.flush(ctx);
         } else if self.timer.is_none() {
             self.timer = Some(ctx.run_later(self.flush_interval, |act, ctx| {
@@ -84,47 +96,81 @@ impl Persist {
         }
     }
 
+    /// Picks the next batch: whole contributions, oldest first, up to
+    /// `batch_max` rows, skipping any that touch a room of a running
+    /// transaction (and everything after them for their rooms, to keep order).
+    fn take_batch(&mut self) -> Vec<Enqueue> {
+        let mut blocked: HashSet<&str> = self.busy_rooms.keys().map(String::as_str).collect();
+        let mut chosen = Vec::new();
+        let mut rows = 0;
+        for (index, item) in self.buffer.iter().enumerate() {
+            if rows > 0 && rows + item.rows.len() > self.batch_max {
+                break;
+            }
+            if item.rows.iter().any(|m| blocked.contains(m.room.as_str())) {
+                blocked.extend(item.rows.iter().map(|m| m.room.as_str()));
+                continue;
+            }
+            chosen.push(index);
+            rows += item.rows.len();
+        }
+        let mut batch = Vec::with_capacity(chosen.len());
+        for index in chosen.into_iter().rev() {
+            batch.push(self.buffer.remove(index));
+        }
+        batch.reverse();
+        self.buffered_rows -= rows;
+        batch
+    }
+
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        if self.flushing || self.buffer.is_empty() {
+        if self.in_flight >= MAX_IN_FLIGHT || self.buffer.is_empty() {
             self.release_drain_waiters();
             return;
         }
         if let Some(timer) = self.timer.take() {
             ctx.cancel_future(timer);
         }
-        // Whole contributions only, so each one commits or fails as a unit.
-        let mut take = 0;
-        let mut rows_taken = 0;
-        for item in &self.buffer {
-            if take > 0 && rows_taken + item.rows.len() > self.batch_max {
-                break;
-            }
-            take += 1;
-            rows_taken += item.rows.len();
+        let batch = self.take_batch();
+        if batch.is_empty() {
+            return; // everything waits for a running transaction's rooms
         }
-        let batch: Vec<Enqueue> = self.buffer.drain(..take).collect();
-        self.buffered_rows -= rows_taken;
-        let rows: Vec<Arc<ChatMessage>> =
-            batch.iter().flat_map(|i| i.rows.iter().cloned()).collect();
-        self.flushing = true;
+        let rows: Vec<Arc<ChatMessage>> = batch
+            .iter()
+            .flat_map(|i| i.rows.iter().cloned())
+            .collect();
+        let rooms: HashSet<String> = rows.iter().map(|m| m.room.clone()).collect();
+        for room in &rooms {
+            *self.busy_rooms.entry(room.clone()).or_insert(0) += 1;
+        }
+        let row_count = rows.len();
+        self.in_flight += 1;
         let store = self.store.clone();
         let started = std::time::Instant::now();
         ctx.spawn(
             async move { store.insert_batch(rows).await }
                 .into_actor(self)
                 .map(move |result, act, ctx| {
-                    act.flushing = false;
+                    act.in_flight -= 1;
+                    for room in rooms {
+                        if let Some(n) = act.busy_rooms.get_mut(&room) {
+                            *n -= 1;
+                            if *n == 0 {
+                                act.busy_rooms.remove(&room);
+                            }
+                        }
+                    }
                     let outcome = match result {
                         Ok(()) => {
                             tracing::trace!(
-                                rows = rows_taken,
+                                rows = row_count,
                                 elapsed_us = started.elapsed().as_micros() as u64,
                                 "batch committed"
                             );
                             Ok(())
                         }
                         Err(error) => {
-                            tracing::error!(%error, rows = rows_taken, "batch failed; nothing in it is acknowledged");
+                            tracing::error!(%error, rows = row_count, "batch failed; nothing in it is acknowledged");
                             Err(PersistFailed(error.to_string()))
                         }
                     };
@@ -139,10 +185,12 @@ impl Persist {
                     }
                 }),
         );
+        // A second transaction may start if enough is already waiting.
+        self.schedule(ctx);
     }
 
     fn release_drain_waiters(&mut self) {
-        if self.buffer.is_empty() && !self.flushing {
+        if self.buffer.is_empty() && self.in_flight == 0 {
             for waiter in self.drain_waiters.drain(..) {
                 let _ = waiter.send(());
             }
@@ -174,8 +222,8 @@ impl Handler<Drain> for Persist {
     fn handle(&mut self, _: Drain, ctx: &mut Self::Context) -> Self::Result {
         let (tx, rx) = oneshot::channel();
         self.drain_waiters.push(tx);
-        if self.flushing {
-            // The running flush continues with the rest of the buffer.
+        if self.in_flight > 0 {
+            // The running flushes continue with the rest of the buffer.
         } else if self.buffer.is_empty() {
             self.release_drain_waiters();
         } else {

@@ -39,6 +39,9 @@ struct Cli {
     /// Print one JSON object on stdout instead of the table.
     #[arg(long, global = true)]
     json: bool,
+    /// Print a progress line on stderr every second.
+    #[arg(long, global = true)]
+    progress: bool,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -99,10 +102,13 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let json = cli.json;
+    let output = Output {
+        json: cli.json,
+        progress: cli.progress,
+    };
     let outcome = actix::System::new().block_on(async move {
         match cli.scenario {
-            Scenario::Persist(args) => persist_scenario(args, json).await,
+            Scenario::Persist(args) => persist_scenario(args, output).await,
         }
     });
     match outcome {
@@ -115,6 +121,13 @@ fn main() {
     }
 }
 
+/// How a scenario reports.
+#[derive(Clone, Copy)]
+struct Output {
+    json: bool,
+    progress: bool,
+}
+
 enum Status {
     Complete,
     Stopped,
@@ -122,7 +135,7 @@ enum Status {
 
 // ------------------------------------------------------------------ persist
 
-async fn persist_scenario(mut args: PersistArgs, json: bool) -> anyhow::Result<Status> {
+async fn persist_scenario(mut args: PersistArgs, output: Output) -> anyhow::Result<Status> {
     if args.producers == 0 || args.messages == 0 || args.batch_max == 0 {
         bail!("--producers, --messages and --batch-max must be at least 1");
     }
@@ -146,14 +159,21 @@ async fn persist_scenario(mut args: PersistArgs, json: bool) -> anyhow::Result<S
     } else {
         args.url.clone()
     };
-    let result = run_persist(&args, &url, &run_id, created.as_ref().map(|c| c.1.as_str())).await;
+    let result = run_persist(
+        &args,
+        &url,
+        &run_id,
+        created.as_ref().map(|c| c.1.as_str()),
+        output.progress,
+    )
+    .await;
     if let Some((admin_url, name)) = &created {
         if let Err(error) = drop_database(admin_url, name).await {
             eprintln!("confab-bench: could not drop database {name}: {error:#}");
         }
     }
     let report = result?;
-    if json {
+    if output.json {
         println!("{}", serde_json::to_string_pretty(&report.json())?);
     } else {
         report.print();
@@ -178,6 +198,7 @@ async fn run_persist(
     url: &str,
     run_id: &str,
     database: Option<&str>,
+    progress: bool,
 ) -> anyhow::Result<PersistReport> {
     let store = PgStore::open(url, args.pool_size)
         .await
@@ -210,11 +231,19 @@ async fn run_persist(
         error: RefCell::new(None),
         stop: stop.clone(),
     });
-    let write_draw_max = (2 * args.rows_per_write - 1).min(args.batch_max);
+    let write_draw_max = (args.rows_per_write.saturating_mul(2) - 1).min(args.batch_max);
 
     let cpu_before = Cpu::sample();
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.max_secs);
+    let done = Rc::new(Cell::new(false));
+    let per_second = Rc::new(RefCell::new(Vec::new()));
+    let ticker = actix::spawn(tick(
+        shared_state.clone(),
+        done.clone(),
+        per_second.clone(),
+        progress,
+    ));
     let producers: Vec<_> = (0..args.producers)
         .map(|index| {
             let rooms: Vec<String> = (index..args.rooms)
@@ -237,6 +266,8 @@ async fn run_persist(
     }
     let elapsed = started.elapsed();
     let cpu_after = Cpu::sample();
+    done.set(true);
+    ticker.abort();
     if let Some(error) = shared_state.error.borrow_mut().take() {
         bail!("a write failed: {error}");
     }
@@ -257,10 +288,36 @@ async fn run_persist(
         bench_cpu: cpu_after.bench.saturating_sub(cpu_before.bench),
         postgres_cpu: cpu_after.postgres_since(&cpu_before),
         cpus_allowed: cpus_allowed(),
+        per_second: per_second.take(),
         rows_in_db,
         head_sum,
         stopped_early: stop.get() || shared_state.remaining.get() > 0,
     })
+}
+
+/// Every second: the messages committed in that second (and a line on stderr
+/// with `--progress`).
+async fn tick(shared: Rc<Shared>, done: Rc<Cell<bool>>, rates: Rc<RefCell<Vec<u64>>>, print: bool) {
+    let started = Instant::now();
+    let mut interval = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_secs(1),
+        Duration::from_secs(1),
+    );
+    let mut last = 0;
+    while !done.get() {
+        interval.tick().await;
+        let committed = shared.committed.get();
+        rates.borrow_mut().push(committed - last);
+        if print {
+            eprintln!(
+                "{:>6.1}s {:>10} committed {:>8} messages/s",
+                started.elapsed().as_secs_f64(),
+                committed,
+                committed - last
+            );
+        }
+        last = committed;
+    }
 }
 
 /// State the producers share (all on the System's one thread).
@@ -493,14 +550,22 @@ fn fresh_database(url: &str, run_id: &str) -> anyhow::Result<(String, String, St
     Ok((build("postgres"), build(&name), name))
 }
 
-async fn admin(admin_url: &str) -> anyhow::Result<AsyncPgConnection> {
-    AsyncPgConnection::establish(admin_url)
-        .await
-        .with_context(|| format!("connecting to {}", redact(admin_url)))
+/// How long connecting for setup, verification and cleanup may take.
+const CONNECT_WAIT: Duration = Duration::from_secs(10);
+
+async fn connect(url: &str) -> anyhow::Result<AsyncPgConnection> {
+    match tokio::time::timeout(CONNECT_WAIT, AsyncPgConnection::establish(url)).await {
+        Ok(conn) => conn.with_context(|| format!("connecting to {}", redact(url))),
+        Err(_) => bail!(
+            "connecting to {}: no answer within {}s",
+            redact(url),
+            CONNECT_WAIT.as_secs()
+        ),
+    }
 }
 
 async fn create_database(admin_url: &str, name: &str) -> anyhow::Result<()> {
-    let mut conn = admin(admin_url).await?;
+    let mut conn = connect(admin_url).await?;
     diesel::sql_query(format!("CREATE DATABASE \"{name}\""))
         .execute(&mut conn)
         .await
@@ -509,7 +574,7 @@ async fn create_database(admin_url: &str, name: &str) -> anyhow::Result<()> {
 }
 
 async fn drop_database(admin_url: &str, name: &str) -> anyhow::Result<()> {
-    let mut conn = admin(admin_url).await?;
+    let mut conn = connect(admin_url).await?;
     diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
         .execute(&mut conn)
         .await
@@ -528,9 +593,7 @@ struct Counts {
 /// This run's rows in `messages`, and the sum of its rooms' `last_seq` (equal
 /// to the rows when every room's seqs 1..=last_seq all landed).
 async fn count_rows(url: &str, run_id: &str) -> anyhow::Result<(u64, u64)> {
-    let mut conn = AsyncPgConnection::establish(url)
-        .await
-        .with_context(|| format!("connecting to {}", redact(url)))?;
+    let mut conn = connect(url).await?;
     let counts: Counts = diesel::sql_query(
         "SELECT (SELECT count(*) FROM messages WHERE room LIKE $1) AS message_rows, \
          (SELECT coalesce(sum(last_seq), 0)::bigint FROM rooms WHERE name LIKE $1) AS head_sum",
@@ -631,6 +694,8 @@ struct PersistReport {
     bench_cpu: Duration,
     postgres_cpu: Option<Duration>,
     cpus_allowed: String,
+    /// Messages committed in each whole second of the run.
+    per_second: Vec<u64>,
     rows_in_db: u64,
     head_sum: u64,
     stopped_early: bool,
@@ -698,6 +763,7 @@ impl PersistReport {
                 "max": ms(txn.max()),
                 "mean": txn.mean() / 1000.0,
             },
+            "messages_per_second_series": self.per_second,
             "persist_busy_percent": percent_of_core(self.txns.busy, self.elapsed),
             "bench_cpu_percent_of_core": percent_of_core(self.bench_cpu, self.elapsed),
             "postgres_cpu_percent_of_core": self.postgres_cpu.map(|c| percent_of_core(c, self.elapsed)),
@@ -741,7 +807,17 @@ impl PersistReport {
             self.elapsed.as_secs_f64(),
             status
         );
-        println!("  throughput  {:.0} messages/s", self.msgs_per_sec());
+        let (low, high) = (
+            self.per_second.iter().min().copied(),
+            self.per_second.iter().max().copied(),
+        );
+        match (low, high) {
+            (Some(low), Some(high)) => println!(
+                "  throughput  {:.0} messages/s (whole seconds: min {low}, max {high})",
+                self.msgs_per_sec()
+            ),
+            _ => println!("  throughput  {:.0} messages/s", self.msgs_per_sec()),
+        }
         println!(
             "  batches     {} writes, {} transactions, {:.1} rows/transaction (max {})",
             self.writes,
