@@ -135,10 +135,8 @@ impl Persist {
         if batch.is_empty() {
             return; // everything waits for a running transaction's rooms
         }
-        let rows: Vec<Arc<ChatMessage>> = batch
-            .iter()
-            .flat_map(|i| i.rows.iter().cloned())
-            .collect();
+        let rows: Vec<Arc<ChatMessage>> =
+            batch.iter().flat_map(|i| i.rows.iter().cloned()).collect();
         let rooms: HashSet<String> = rows.iter().map(|m| m.room.clone()).collect();
         for room in &rooms {
             *self.busy_rooms.entry(room.clone()).or_insert(0) += 1;

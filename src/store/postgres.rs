@@ -23,7 +23,6 @@ use std::time::Duration;
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 
-
 /// How long a query waits for a pooled connection (including opening one) before
 /// it fails, so a database that is down or unreachable gives an error, not a hang.
 const POOL_WAIT: Duration = Duration::from_secs(5);
