@@ -6,6 +6,7 @@ pub mod config;
 pub mod dedupe;
 pub mod history;
 pub mod http;
+pub mod limits;
 pub mod persist;
 pub mod protocol;
 pub mod registry;
@@ -28,6 +29,9 @@ pub struct AppDeps {
     pub persist: Addr<persist::Persist>,
     pub registry: Addr<registry::Registry>,
     pub refs: Arc<dedupe::RefCache>,
+    /// Per-user send rate, across the user's connections on this instance.
+    pub send_limiter: Arc<limits::SendLimiter>,
+    pub moderation: Arc<limits::Moderation>,
     /// Flips to true when a graceful shutdown begins; sessions close with 1001.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// Live WebSocket sessions, so shutdown can wait for their close frames.

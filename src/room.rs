@@ -6,6 +6,7 @@
 //! from and whether other instances contribute messages, presence and typing.
 
 use crate::broker::{Accepted, Announce, Draft, Inbound, RemotePresence};
+use crate::limits::SpamWindow;
 use crate::protocol::{self, ChatMessage, ErrorCode, Rejection, UserInfo};
 use crate::registry::{Occupancy, RoomIdle};
 use crate::session::{Format, ToSession};
@@ -144,6 +145,9 @@ struct Queued {
 /// Who gets the answer to one send.
 struct Sender {
     session: Uuid,
+    user_id: String,
+    /// The spam window's fingerprint of the content, to forget a refused send.
+    spam_print: u64,
     to: Recipient<ToSession>,
     format: Format,
     client_ref: Option<String>,
@@ -179,6 +183,7 @@ pub struct RoomActor {
     joins_seen: u64,
     replay_tokens: u64,
     idle_timer: Option<SpawnHandle>,
+    spam: SpamWindow,
 }
 
 /// Frames per session, sent as one mailbox item each.
@@ -189,7 +194,6 @@ impl RoomActor {
         Self {
             name,
             id: ROOM_ACTOR_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            deps,
             phase: Phase::Loading,
             committed: 0,
             pending: BTreeMap::new(),
@@ -206,6 +210,11 @@ impl RoomActor {
             joins_seen: 0,
             replay_tokens: 0,
             idle_timer: None,
+            spam: SpamWindow::new(
+                deps.config.moderation.spam_repeats,
+                deps.config.moderation.spam_window_secs,
+            ),
+            deps,
         }
     }
 
@@ -428,15 +437,24 @@ impl RoomActor {
                                 self.pending.insert(msg.seq, msg);
                             }
                         }
-                        Accepted::Duplicate(original) => self.ack(&mut outbox, &sender, &original),
-                        Accepted::Rejected(rejection) => self
-                            .reject(&sender.to, rejection.with_ref(sender.client_ref.as_deref())),
+                        Accepted::Duplicate(original) => {
+                            self.spam.unrecord(&sender.user_id, sender.spam_print);
+                            self.ack(&mut outbox, &sender, &original)
+                        }
+                        Accepted::Rejected(rejection) => {
+                            self.spam.unrecord(&sender.user_id, sender.spam_print);
+                            self.reject(
+                                &sender.to,
+                                rejection.with_ref(sender.client_ref.as_deref()),
+                            )
+                        }
                     }
                 }
             }
             Err(error) => {
                 tracing::warn!(room = %self.name, %error, "sends refused: the broker failed");
                 for sender in senders {
+                    self.spam.unrecord(&sender.user_id, sender.spam_print);
                     let rejection = Rejection::new(
                         ErrorCode::Unavailable,
                         "the message could not be stored; it was not accepted, send it again",
@@ -955,8 +973,19 @@ impl Handler<Send> for RoomActor {
             self.reject(&member.to, rejection.with_ref(send.client_ref.as_deref()));
             return;
         }
+        if self.spam.is_spam(&member.user.id, &send.content, 0) {
+            let rejection = Rejection::new(
+                ErrorCode::Spam,
+                "the same message was sent too often; wait before repeating it",
+            );
+            self.reject(&member.to, rejection.with_ref(send.client_ref.as_deref()));
+            return;
+        }
+        let spam_print = self.spam.record(&member.user.id, &send.content);
         let sender = Sender {
             session: send.session,
+            user_id: member.user.id.clone(),
+            spam_print,
             to: member.to.clone(),
             format: member.format,
             client_ref: send.client_ref.clone(),

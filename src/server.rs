@@ -6,6 +6,7 @@ use crate::broker::redis::RedisBroker;
 use crate::broker::SharedBroker;
 use crate::config::Config;
 use crate::dedupe::{RefCache, REF_WINDOW};
+use crate::limits::{Moderation, SendLimiter};
 use crate::persist::{Drain, Persist};
 use crate::registry::{Init, Registry};
 use crate::store::{self, StoreError};
@@ -102,9 +103,22 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         persist: persist.clone(),
         registry: registry.clone(),
         refs,
+        send_limiter: Arc::new(SendLimiter::new(
+            config.limits.messages_per_sec,
+            config.limits.message_burst,
+        )),
+        moderation: Arc::new(Moderation::new(&config.moderation.prohibited_words)),
         shutdown,
         sessions: sessions.clone(),
     };
+    let limiter = deps.send_limiter.clone();
+    actix_web::rt::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            limiter.sweep();
+        }
+    });
     registry.do_send(Init(deps.clone()));
 
     let app_deps = deps.clone();

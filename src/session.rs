@@ -178,10 +178,16 @@ impl Session {
         {
             return self.refuse_send(ctx, context(e), client_ref);
         }
-        let Some(addr) = self.rooms.get(&room) else {
+        if let Err(e) = self.deps.moderation.check(&content) {
+            return self.refuse_send(ctx, context(e), client_ref);
+        }
+        let Some(addr) = self.rooms.get(&room).cloned() else {
             let e = Rejection::new(ErrorCode::NotJoined, "join the room first");
             return self.refuse_send(ctx, context(e), client_ref);
         };
+        if let Err(e) = self.deps.send_limiter.check(&self.user.id) {
+            return self.refuse_send(ctx, context(e), client_ref);
+        }
         addr.do_send(room::Send {
             session: self.id,
             to: ctx.address().recipient(),

@@ -1,0 +1,232 @@
+//! Abuse limits on sends: a per-user rate limit (across all of the user's
+//! connections on this instance), prohibited words, and repeated-content spam.
+//! Every structure here has bounded memory.
+
+use crate::protocol::{ErrorCode, Rejection};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+/// `limits.messages_per_sec` sustained, `limits.message_burst` at once, per user.
+pub struct SendLimiter {
+    limiter: DefaultKeyedRateLimiter<String>,
+    clock: DefaultClock,
+}
+
+impl SendLimiter {
+    pub fn new(per_sec: u32, burst: u32) -> Self {
+        let per_sec = NonZeroU32::new(per_sec).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+        Self {
+            limiter: DefaultKeyedRateLimiter::keyed(Quota::per_second(per_sec).allow_burst(burst)),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    /// Takes one send from the user's allowance, or refuses with `rate_limited`.
+    pub fn check(&self, user_id: &str) -> Result<(), Rejection> {
+        match self.limiter.check_key(&user_id.to_string()) {
+            Ok(()) => Ok(()),
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(self.clock.now());
+                let mut rejection = Rejection::new(
+                    ErrorCode::RateLimited,
+                    "you are sending too fast; wait and send again",
+                );
+                rejection.retry_after_ms = Some((wait.as_millis() as u64).max(1));
+                Err(rejection)
+            }
+        }
+    }
+
+    /// Forgets users whose allowance is full again, so memory follows the
+    /// number of recently active users (run periodically).
+    pub fn sweep(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+
+    pub fn len(&self) -> usize {
+        self.limiter.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// `moderation.prohibited_words`: case-insensitive, whole words (an entry may
+/// be a phrase).
+pub struct Moderation {
+    words: Vec<String>,
+}
+
+impl Moderation {
+    pub fn new(words: &[String]) -> Self {
+        Self {
+            words: words
+                .iter()
+                .map(|w| w.trim().to_lowercase())
+                .filter(|w| !w.is_empty())
+                .collect(),
+        }
+    }
+
+    pub fn check(&self, content: &str) -> Result<(), Rejection> {
+        if self.words.is_empty() {
+            return Ok(());
+        }
+        let text = content.to_lowercase();
+        if self.words.iter().any(|w| contains_word(&text, w)) {
+            return Err(Rejection::new(
+                ErrorCode::ProhibitedContent,
+                "the message contains a prohibited word",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `word` occurs in `text` with no letter or digit right before or after it.
+fn contains_word(text: &str, word: &str) -> bool {
+    let is_word_char = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
+    text.match_indices(word).any(|(at, _)| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + word.len()..].chars().next();
+        !is_word_char(before) && !is_word_char(after)
+    })
+}
+
+/// Most remembered sends per user in one room's spam window.
+const SPAM_MEMORY_PER_USER: usize = 256;
+
+/// `moderation.spam_repeats` / `spam_window_secs`, for one room: the same
+/// content from one user more than `repeats` times within the window is spam.
+/// Counts accepted messages, and sends on their way until they are refused.
+pub struct SpamWindow {
+    repeats: usize,
+    window: Duration,
+    seen: HashMap<String, VecDeque<(Instant, u64)>>,
+}
+
+impl SpamWindow {
+    pub fn new(repeats: u32, window_secs: u64) -> Self {
+        Self {
+            repeats: repeats as usize,
+            window: Duration::from_secs(window_secs),
+            seen: HashMap::new(),
+        }
+    }
+
+    fn fingerprint(content: &str) -> u64 {
+        let mut h = DefaultHasher::new();
+        content.hash(&mut h);
+        h.finish()
+    }
+
+    fn prune(&mut self, now: Instant) {
+        let window = self.window;
+        self.seen.retain(|_, sends| {
+            while sends
+                .front()
+                .is_some_and(|(at, _)| now.duration_since(*at) >= window)
+            {
+                sends.pop_front();
+            }
+            !sends.is_empty()
+        });
+    }
+
+    /// Whether one more send of `content` by `user` would be spam, counting
+    /// `pending` identical sends not yet accepted.
+    pub fn is_spam(&mut self, user: &str, content: &str, pending: usize) -> bool {
+        let now = Instant::now();
+        self.prune(now);
+        let print = Self::fingerprint(content);
+        let accepted = self
+            .seen
+            .get(user)
+            .map_or(0, |s| s.iter().filter(|(_, p)| *p == print).count());
+        accepted + pending >= self.repeats
+    }
+
+    /// Records a send on its way to acceptance; returns its fingerprint for
+    /// [`SpamWindow::unrecord`] if it is not accepted after all.
+    pub fn record(&mut self, user: &str, content: &str) -> u64 {
+        let print = Self::fingerprint(content);
+        let sends = self.seen.entry(user.to_string()).or_default();
+        if sends.len() == SPAM_MEMORY_PER_USER {
+            sends.pop_front();
+        }
+        sends.push_back((Instant::now(), print));
+        print
+    }
+
+    /// A recorded send was refused: it doesn't count.
+    pub fn unrecord(&mut self, user: &str, print: u64) {
+        if let Some(sends) = self.seen.get_mut(user) {
+            if let Some(at) = sends.iter().rposition(|(_, p)| *p == print) {
+                sends.remove(at);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_words_only_case_insensitive() {
+        let m = Moderation::new(&["Darn".into(), "no way".into()]);
+        assert!(m.check("oh DARN!").is_err());
+        assert!(m.check("darn").is_err());
+        assert!(m.check("darned socks").is_ok());
+        assert!(m.check("undarn").is_ok());
+        assert!(m.check("there's No  way").is_ok(), "phrases match exactly");
+        assert!(m.check("no way, really").is_err());
+        assert!(Moderation::new(&[]).check("anything").is_ok());
+    }
+
+    #[test]
+    fn spam_counts_same_content_per_user_in_window() {
+        let mut s = SpamWindow::new(2, 60);
+        assert!(!s.is_spam("u", "hi", 0));
+        s.record("u", "hi");
+        assert!(!s.is_spam("u", "hi", 0));
+        s.record("u", "hi");
+        assert!(s.is_spam("u", "hi", 0));
+        assert!(!s.is_spam("u", "hello", 0));
+        assert!(!s.is_spam("v", "hi", 0));
+        assert!(s.is_spam("v", "hi", 2), "pending sends count");
+        let print = s.record("v", "yo");
+        s.record("v", "yo");
+        assert!(s.is_spam("v", "yo", 0));
+        s.unrecord("v", print);
+        assert!(!s.is_spam("v", "yo", 0), "refused sends don't count");
+    }
+
+    #[test]
+    fn spam_window_expires() {
+        let mut s = SpamWindow::new(1, 0);
+        s.record("u", "hi");
+        assert!(!s.is_spam("u", "hi", 0));
+        assert!(s.seen.is_empty(), "memory is pruned");
+    }
+
+    #[test]
+    fn rate_limit_reports_when_to_retry() {
+        let l = SendLimiter::new(1, 2);
+        assert!(l.check("u").is_ok());
+        assert!(l.check("u").is_ok());
+        let e = l.check("u").unwrap_err();
+        assert_eq!(e.code, ErrorCode::RateLimited);
+        assert!(e.retry_after_ms.unwrap() > 0 && e.retry_after_ms.unwrap() <= 1000);
+        assert!(l.check("v").is_ok(), "per user");
+        assert_eq!(l.len(), 2);
+    }
+}
