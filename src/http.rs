@@ -2,6 +2,7 @@
 //! WebSocket upgrades (authenticated before the upgrade) and the embedded web UI.
 
 use crate::auth::Identity;
+use crate::limits::ConnectionCounter;
 use crate::protocol::{self, ErrorCode, Rejection, UserInfo};
 use crate::registry::ListActive;
 use crate::session::Session;
@@ -203,6 +204,18 @@ fn upgrade(
     stream: web::Payload,
     deps: &AppDeps,
 ) -> HttpResponse {
+    // Counted by the TCP peer: behind a proxy, cap at the proxy instead.
+    let session = match req.peer_addr() {
+        Some(peer) => match ConnectionCounter::acquire(
+            &deps.connections,
+            peer.ip(),
+            deps.config.limits.connections_per_ip,
+        ) {
+            Ok(slot) => session.holding(slot),
+            Err(e) => return error_response(&e),
+        },
+        None => session,
+    };
     match ws::WsResponseBuilder::new(session, req, stream)
         .frame_size(deps.config.limits.max_frame_bytes)
         .start()

@@ -32,6 +32,7 @@ pub struct AppDeps {
     /// Per-user send rate, across the user's connections on this instance.
     pub send_limiter: Arc<limits::SendLimiter>,
     pub moderation: Arc<limits::Moderation>,
+    pub connections: Arc<limits::ConnectionCounter>,
     /// Flips to true when a graceful shutdown begins; sessions close with 1001.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// Live WebSocket sessions, so shutdown can wait for their close frames.

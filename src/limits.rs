@@ -101,6 +101,62 @@ fn contains_word(text: &str, word: &str) -> bool {
     })
 }
 
+/// Open WebSockets per client IP (`limits.connections_per_ip`).
+#[derive(Default)]
+pub struct ConnectionCounter {
+    open: std::sync::Mutex<HashMap<std::net::IpAddr, u32>>,
+}
+
+/// One open connection; dropping it (the session ended) frees the place.
+pub struct ConnectionSlot {
+    counter: std::sync::Arc<ConnectionCounter>,
+    ip: std::net::IpAddr,
+}
+
+impl ConnectionCounter {
+    /// A place for one more connection from `ip`, unless it has `cap` already
+    /// (`cap` 0: no limit).
+    pub fn acquire(
+        counter: &std::sync::Arc<ConnectionCounter>,
+        ip: std::net::IpAddr,
+        cap: u32,
+    ) -> Result<ConnectionSlot, Rejection> {
+        let mut open = counter.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if cap > 0 && *n >= cap {
+            if *n == 0 {
+                open.remove(&ip);
+            }
+            return Err(Rejection::new(
+                ErrorCode::TooManyConnections,
+                format!("at most {cap} connections per address"),
+            ));
+        }
+        *n += 1;
+        Ok(ConnectionSlot {
+            counter: counter.clone(),
+            ip,
+        })
+    }
+
+    pub fn open_from(&self, ip: std::net::IpAddr) -> u32 {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.get(&ip).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut open = self.counter.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Most remembered sends per user in one room's spam window.
 const SPAM_MEMORY_PER_USER: usize = 256;
 
@@ -216,6 +272,22 @@ mod tests {
         s.record("u", "hi");
         assert!(!s.is_spam("u", "hi", 0));
         assert!(s.seen.is_empty(), "memory is pruned");
+    }
+
+    #[test]
+    fn connection_slots_are_counted_and_freed() {
+        let counter = std::sync::Arc::new(ConnectionCounter::default());
+        let ip: std::net::IpAddr = [127, 0, 0, 1].into();
+        let a = ConnectionCounter::acquire(&counter, ip, 2).unwrap();
+        let _b = ConnectionCounter::acquire(&counter, ip, 2).unwrap();
+        let e = ConnectionCounter::acquire(&counter, ip, 2).err().unwrap();
+        assert_eq!(e.code, ErrorCode::TooManyConnections);
+        drop(a);
+        assert_eq!(counter.open_from(ip), 1);
+        assert!(
+            ConnectionCounter::acquire(&counter, ip, 0).is_ok(),
+            "0 = no limit"
+        );
     }
 
     #[test]

@@ -108,6 +108,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             config.limits.message_burst,
         )),
         moderation: Arc::new(Moderation::new(&config.moderation.prohibited_words)),
+        connections: Arc::default(),
         shutdown,
         sessions: sessions.clone(),
     };

@@ -4,6 +4,7 @@
 //! runs the heartbeat. All actix-web-actors plumbing lives in this module.
 
 use crate::auth::Identity;
+use crate::limits::ConnectionSlot;
 use crate::protocol::{self, ClientFrame, ErrorCode, Rejection, UserInfo};
 use crate::registry::JoinRoom;
 use crate::room::{self, RoomActor};
@@ -52,6 +53,8 @@ pub struct Session {
     last_heard: Instant,
     /// A fragmented message being reassembled.
     fragments: Option<Fragments>,
+    /// Counts against `limits.connections_per_ip` while the session lives.
+    _slot: Option<ConnectionSlot>,
 }
 
 struct Fragments {
@@ -79,7 +82,14 @@ impl Session {
             rooms: HashMap::new(),
             last_heard: Instant::now(),
             fragments: None,
+            _slot: None,
         }
+    }
+
+    /// The session holds its place under the per-IP connection cap.
+    pub fn holding(mut self, slot: ConnectionSlot) -> Self {
+        self._slot = Some(slot);
+        self
     }
 
     fn send_rejection(&self, ctx: &mut ws::WebsocketContext<Self>, rejection: &Rejection) {

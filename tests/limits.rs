@@ -90,3 +90,32 @@ async fn repeating_the_same_content_is_spam_per_user_and_room() {
     other.join("a").await;
     other.send_msg("a", "buy now", "o1").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_ip_are_capped_before_the_upgrade() {
+    let s = Server::builder()
+        .set("limits", "connections_per_ip", "2")
+        .start();
+    let tok = token(&uid("u"), "u");
+    let first = s.ws(&tok).await;
+    let _second = s.ws(&tok).await;
+    let refused = match s.ws_connect(&format!("/ws?token={tok}"), &[]).await {
+        Err(refused) => refused,
+        Ok(_) => panic!("a third connection from one address must be refused"),
+    };
+    assert_eq!(refused.status, 429, "{refused:?}");
+    let body: serde_json::Value = serde_json::from_str(&refused.body).expect("JSON error body");
+    assert_eq!(body["error"]["code"], "too_many_connections", "{body}");
+    // A closed connection frees its place.
+    first.close().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match s.ws_connect(&format!("/ws?token={tok}"), &[]).await {
+            Ok(_) => break,
+            Err(r) if r.status == 429 && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(r) => panic!("still refused after a close: {r:?}"),
+        }
+    }
+}
