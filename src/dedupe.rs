@@ -1,6 +1,7 @@
 //! The idempotency window for `ref`s: a resend of a known (user, ref) within ten
 //! minutes gets the original ack instead of a second message. Memory is bounded
-//! by the window and a hard entry cap.
+//! by the window and a hard entry cap, and an entry keeps only the ack's fields
+//! (never the content).
 
 use crate::protocol::ChatMessage;
 use std::collections::{HashMap, VecDeque};
@@ -104,7 +105,12 @@ impl RefCache {
         let mut inner = self.lock();
         self.expire(&mut inner, now);
         if !inner.entries.contains_key(&key) {
-            self.insert(&mut inner, key, now, Entry::Done(msg.clone()));
+            self.insert(
+                &mut inner,
+                key,
+                now,
+                Entry::Done(Arc::new(msg.ack_fields())),
+            );
         }
     }
 
@@ -127,7 +133,7 @@ impl RefCache {
         let key = (msg.user_id.clone(), client_ref.clone());
         let mut inner = self.lock();
         if let Some((_, entry)) = inner.entries.get_mut(&key) {
-            *entry = Entry::Done(msg.clone());
+            *entry = Entry::Done(Arc::new(msg.ack_fields()));
         }
     }
 
@@ -153,7 +159,7 @@ impl RefCache {
             let key = (msg.user_id.clone(), client_ref);
             inner
                 .entries
-                .insert(key.clone(), (at, Entry::Done(Arc::new(msg))));
+                .insert(key.clone(), (at, Entry::Done(Arc::new(msg.ack_fields()))));
             inner.order.push_back((at, key));
         }
     }
@@ -216,6 +222,19 @@ mod tests {
         assert_eq!(cache.done("u", "r1").unwrap().seq, 1);
         cache.forget("v", "r1");
         assert_eq!(cache.claim("v", "r1", "g"), Claim::New);
+    }
+
+    #[test]
+    fn the_window_keeps_the_ack_not_the_content() {
+        let cache = RefCache::default();
+        let sent = msg("u", "r1", 4);
+        assert_eq!(cache.claim("u", "r1", "g"), Claim::New);
+        cache.complete(&sent);
+        let kept = cache.done("u", "r1").unwrap();
+        assert!(kept.content.is_empty() && kept.user_name.is_empty());
+        assert_eq!(kept.ack_json(Some("r1")), sent.ack_json(Some("r1")));
+        cache.remember(&msg("u", "r2", 5));
+        assert!(cache.done("u", "r2").unwrap().content.is_empty());
     }
 
     #[test]

@@ -404,6 +404,22 @@ pub struct ChatMessage {
 }
 
 impl ChatMessage {
+    /// A copy with only what an ack needs (room, seq, id, timestamp, and the
+    /// sender and ref that key it): what the idempotency window keeps for ten
+    /// minutes, without the content.
+    pub fn ack_fields(&self) -> ChatMessage {
+        ChatMessage {
+            room: self.room.clone(),
+            seq: self.seq,
+            id: self.id.clone(),
+            user_id: self.user_id.clone(),
+            user_name: String::new(),
+            content: String::new(),
+            timestamp_ms: self.timestamp_ms,
+            client_ref: self.client_ref.clone(),
+        }
+    }
+
     pub fn timestamp(&self) -> String {
         format_timestamp(self.timestamp_ms)
     }

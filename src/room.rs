@@ -9,7 +9,7 @@ use crate::broker::{Accepted, Announce, Draft, Inbound, RemotePresence};
 use crate::limits::SpamWindow;
 use crate::protocol::{self, ChatMessage, ErrorCode, Rejection, UserInfo};
 use crate::registry::{Occupancy, RoomIdle};
-use crate::session::{Format, ToSession};
+use crate::session::{Format, Outlet, ToSession};
 use crate::AppDeps;
 use actix::prelude::*;
 use bytestring::ByteString;
@@ -75,7 +75,7 @@ pub struct Join {
     pub room: String,
     pub session: Uuid,
     pub user: Arc<UserInfo>,
-    pub to: Recipient<ToSession>,
+    pub to: Outlet,
     pub format: Format,
     /// Replay the newest N (already clamped to 0..=100), when `since` is absent.
     pub history: u32,
@@ -113,7 +113,7 @@ pub struct Typing {
 
 struct Member {
     user: Arc<UserInfo>,
-    to: Recipient<ToSession>,
+    to: Outlet,
     format: Format,
     /// While a join's replay is fetched, live frames wait here.
     replay: Option<Replay>,
@@ -148,7 +148,7 @@ struct Sender {
     user_id: String,
     /// The spam window's fingerprint of the content, to forget a refused send.
     spam_print: u64,
-    to: Recipient<ToSession>,
+    to: Outlet,
     format: Format,
     client_ref: Option<String>,
 }
@@ -222,26 +222,17 @@ impl RoomActor {
         let _ = to.try_send(ToSession::Reject(rejection.in_room(Some(&self.name))));
     }
 
-    /// Queues a frame for a member; a member whose queue is full is a slow
-    /// consumer and gets disconnected (1013) instead of slowing the room.
-    fn push(to: &Recipient<ToSession>, frame: ByteString) -> bool {
-        Self::deliver(to, ToSession::Frame(frame))
+    /// Queues live frames for a member, each counted against its backlog; a
+    /// member whose backlog is full is a slow consumer and gets disconnected
+    /// (1013) instead of slowing the room: `false` means drop it.
+    fn push(&self, to: &Outlet, frames: Vec<ByteString>) -> bool {
+        let weight = frames.len();
+        to.push(frames, weight, self.deps.config.limits.session_queue)
     }
 
-    /// Several frames go as one mailbox item, so they count as one queued frame.
-    fn push_many(to: &Recipient<ToSession>, frames: Vec<ByteString>) -> bool {
-        frames.is_empty() || Self::deliver(to, ToSession::Frames(frames))
-    }
-
-    fn deliver(to: &Recipient<ToSession>, item: ToSession) -> bool {
-        match to.try_send(item) {
-            Ok(()) => true,
-            Err(SendError::Full(_)) => {
-                to.do_send(ToSession::SlowConsumer);
-                false
-            }
-            Err(SendError::Closed(_)) => false,
-        }
+    /// A join's replay counts as one queued frame, however long it is.
+    fn push_replay(&self, to: &Outlet, frames: Vec<ByteString>) -> bool {
+        to.push(frames, 1, self.deps.config.limits.session_queue)
     }
 
     /// Present in the room: connected here or through another instance.
@@ -269,7 +260,7 @@ impl RoomActor {
             if skip_user == Some(m.user.id.as_str()) || m.format != Format::V1 {
                 continue;
             }
-            if !Self::push(&m.to, frame.clone()) {
+            if !self.push(&m.to, vec![frame.clone()]) {
                 gone.push(*id);
             }
         }
@@ -487,7 +478,7 @@ impl RoomActor {
         let mut gone = Vec::new();
         for (id, frames) in outbox {
             if let Some(m) = self.members.get(&id) {
-                if !Self::push_many(&m.to, frames) {
+                if !self.push(&m.to, frames) {
                     gone.push(id);
                 }
             }
@@ -672,7 +663,7 @@ impl RoomActor {
                                         .map(|d| d.frame(format)),
                                 )
                                 .collect();
-                            if !Self::push_many(&to, frames) {
+                            if !act.push_replay(&to, frames) {
                                 act.remove_member(session, false);
                             }
                         }
@@ -913,7 +904,7 @@ impl Handler<Join> for RoomActor {
         };
         if join.format == Format::V1 {
             let frame = protocol::joined_json(&self.name, last, recovered, &self.visible_users());
-            if !Self::push(&join.to, frame.into()) {
+            if !self.push(&join.to, vec![frame.into()]) {
                 self.remove_member(join.session, false);
                 return;
             }
@@ -937,7 +928,7 @@ impl Handler<Join> for RoomActor {
                             .map(|d| d.frame(join.format)),
                     );
                 }
-                if !Self::push_many(&join.to, frames) {
+                if !self.push_replay(&join.to, frames) {
                     self.remove_member(join.session, false);
                 }
             }

@@ -123,11 +123,13 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     registry.do_send(Init(deps.clone()));
 
     let app_deps = deps.clone();
+    let stalled_after = Duration::from_secs(config.heartbeat.timeout_secs);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(app_deps.clone()))
             .configure(http::routes)
     })
+    .on_connect(move |conn, _| cut_off_stalled_readers(conn, stalled_after))
     .shutdown_timeout(config.server.shutdown_grace_secs)
     .disable_signals()
     .bind(&config.server.bind)
@@ -153,6 +155,22 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     let _ = persist.send(Drain).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A client that stops reading fills the socket buffers; actix then stops
+/// polling its session actor, so neither the heartbeat nor the 1013 close can
+/// run. The kernel is the one left to notice: with `TCP_USER_TIMEOUT` it drops
+/// a connection whose receive window stayed closed (or whose data went
+/// unacknowledged) for the heartbeat timeout, which ends the session.
+fn cut_off_stalled_readers(conn: &dyn std::any::Any, after: Duration) {
+    #[cfg(target_os = "linux")]
+    if let Some(stream) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        if let Err(e) = socket2::SockRef::from(stream).set_tcp_user_timeout(Some(after)) {
+            tracing::debug!(error = %e, "could not set TCP_USER_TIMEOUT");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (conn, after);
 }
 
 /// SIGTERM or SIGINT: stop accepting, tell every session to close with 1001,

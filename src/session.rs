@@ -13,7 +13,7 @@ use actix::prelude::*;
 use actix_web_actors::ws;
 use bytestring::ByteString;
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -29,16 +29,103 @@ pub enum Format {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub enum ToSession {
-    /// A ready-to-write text frame (shared bytes; the session adds nothing).
+    /// A ready-to-write reply outside the room's deliveries (an ack for a
+    /// session that just left, `left`); not counted in the backlog.
     Frame(ByteString),
-    /// Several frames that count as one queued item (a join's replay).
-    Frames(Vec<ByteString>),
+    /// Ready-to-write frames (shared bytes; the session adds nothing), of
+    /// which `queued` were counted in the session's [`Backlog`]: each live
+    /// frame counts, a join's whole replay counts as one.
+    Frames {
+        frames: Vec<ByteString>,
+        queued: usize,
+    },
     /// The room dropped this session (a failed join or replay): forget it.
     Detached(String),
     /// An error, rendered in the session's own format.
     Reject(Rejection),
     /// The session's queue overflowed: close with 1013.
     SlowConsumer,
+}
+
+/// Frames rooms queued for a session that it has not yet handed to its
+/// socket. Counted in frames, not mailbox items, because rooms batch several
+/// frames into one item; `limits.session_queue` is the contract's bound.
+#[derive(Debug, Default)]
+pub struct Backlog(AtomicUsize);
+
+impl Backlog {
+    /// Counts `n` more frames unless that would exceed `cap`. A session with
+    /// nothing waiting takes any batch: one busy moment in a room is not a
+    /// client failing to read.
+    pub fn reserve(&self, n: usize, cap: usize) -> bool {
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                let total = queued.saturating_add(n);
+                (queued == 0 || total <= cap).then_some(total)
+            })
+            .is_ok()
+    }
+
+    pub fn release(&self, n: usize) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                Some(queued.saturating_sub(n))
+            });
+    }
+
+    pub fn queued(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// How a room reaches one member: its mailbox plus the backlog the room
+/// counts against, so a member that can't keep up is noticed without
+/// waiting on it.
+#[derive(Clone)]
+pub struct Outlet {
+    recipient: Recipient<ToSession>,
+    backlog: Arc<Backlog>,
+}
+
+impl Outlet {
+    pub fn new(recipient: Recipient<ToSession>, backlog: Arc<Backlog>) -> Self {
+        Self { recipient, backlog }
+    }
+
+    /// Queues `frames`, counting `weight` of them against the backlog. A
+    /// member over `cap` is told it is a slow consumer (it closes with 1013)
+    /// and `false` comes back, as it does for a member that is gone; the
+    /// room then drops it instead of slowing down.
+    pub fn push(&self, frames: Vec<ByteString>, weight: usize, cap: usize) -> bool {
+        if frames.is_empty() {
+            return true;
+        }
+        if !self.backlog.reserve(weight, cap) {
+            self.recipient.do_send(ToSession::SlowConsumer);
+            return false;
+        }
+        match self.recipient.try_send(ToSession::Frames {
+            frames,
+            queued: weight,
+        }) {
+            Ok(()) => true,
+            Err(SendError::Full(_)) => {
+                self.backlog.release(weight);
+                self.recipient.do_send(ToSession::SlowConsumer);
+                false
+            }
+            Err(SendError::Closed(_)) => false,
+        }
+    }
+}
+
+impl std::ops::Deref for Outlet {
+    type Target = Recipient<ToSession>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.recipient
+    }
 }
 
 pub struct Session {
@@ -55,6 +142,7 @@ pub struct Session {
     fragments: Option<Fragments>,
     /// Counts against `limits.connections_per_ip` while the session lives.
     _slot: Option<ConnectionSlot>,
+    backlog: Arc<Backlog>,
 }
 
 struct Fragments {
@@ -83,6 +171,7 @@ impl Session {
             last_heard: Instant::now(),
             fragments: None,
             _slot: None,
+            backlog: Arc::default(),
         }
     }
 
@@ -135,7 +224,7 @@ impl Session {
                 room: room_name.clone(),
                 session: act.id,
                 user: act.user.clone(),
-                to: ctx.address().recipient(),
+                to: Outlet::new(ctx.address().recipient(), act.backlog.clone()),
                 format: act.format,
                 history,
                 since,
@@ -456,7 +545,10 @@ impl Handler<ToSession> for Session {
     fn handle(&mut self, msg: ToSession, ctx: &mut Self::Context) {
         match msg {
             ToSession::Frame(frame) => ctx.text(frame),
-            ToSession::Frames(frames) => frames.into_iter().for_each(|frame| ctx.text(frame)),
+            ToSession::Frames { frames, queued } => {
+                frames.into_iter().for_each(|frame| ctx.text(frame));
+                self.backlog.release(queued);
+            }
             ToSession::Detached(room) => {
                 self.rooms.remove(&room);
                 if self.format == Format::Seed {
@@ -473,5 +565,32 @@ impl Handler<ToSession> for Session {
                 )
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Backlog;
+
+    #[test]
+    fn backlog_counts_up_to_the_cap_and_releases() {
+        let b = Backlog::default();
+        assert!(b.reserve(3, 4));
+        assert!(!b.reserve(2, 4), "3 + 2 is over the cap");
+        assert!(b.reserve(1, 4));
+        assert_eq!(b.queued(), 4);
+        b.release(4);
+        assert_eq!(b.queued(), 0);
+        b.release(1);
+        assert_eq!(b.queued(), 0, "never below zero");
+    }
+
+    #[test]
+    fn an_empty_backlog_takes_a_batch_larger_than_the_cap() {
+        let b = Backlog::default();
+        assert!(b.reserve(10, 4));
+        assert!(!b.reserve(1, 4));
+        b.release(10);
+        assert!(b.reserve(1, 4));
     }
 }

@@ -421,6 +421,35 @@ impl Server {
         self.ws(&token(sub, name)).await
     }
 
+    /// A `/ws` client whose socket has a tiny receive buffer, so a test can
+    /// stall it (by not reading) without megabytes piling up in the kernel.
+    pub async fn ws_user_small_buffer(&self, sub: &str, name: &str) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        let stream = socket
+            .connect(self.addr().parse().expect("addr"))
+            .await
+            .expect("connect");
+        let url = self.ws_url(&format!("/ws?token={}", token(sub, name)));
+        let req = ClientRequestBuilder::new(url.parse::<Uri>().expect("ws url"));
+        let (ws, _) = tokio::time::timeout(
+            HTTP_TIMEOUT,
+            tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream)),
+        )
+        .await
+        .expect("ws handshake timed out")
+        .expect("ws handshake");
+        let mut c = Client {
+            ws,
+            welcome: None,
+            closed: None,
+        };
+        let w = c.recv_json().await;
+        assert_eq!(w["type"], "welcome", "first frame must be welcome: {w}");
+        c.welcome = Some(w);
+        c
+    }
+
     /// Raw WebSocket connect to `path_and_query` with extra request headers.
     /// A refused upgrade returns its HTTP status and body.
     pub async fn ws_connect(
