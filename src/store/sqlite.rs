@@ -18,7 +18,7 @@ use diesel_async::AsyncConnection;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use futures_util::FutureExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
@@ -69,17 +69,42 @@ impl SqliteStore {
     }
 
     /// Runs `work` with a pooled connection on the blocking pool.
+    ///
+    /// The whole checkout-and-query runs as its own task on [`store_runtime`],
+    /// so a caller that goes away mid-query (a client hanging up during a
+    /// history request) detaches from it instead of cancelling it. Cancelling
+    /// diesel-async's blocking future waits for the query with
+    /// `block_in_place`, which panics on actix's single-threaded runtimes.
     async fn with_conn<R: Send + 'static>(
         &self,
         work: impl FnOnce(&mut SqliteConnection) -> QueryResult<R> + Send + 'static,
     ) -> Result<R, StoreError> {
-        let mut conn = self
-            .pool
-            .get()
+        let pool = self.pool.clone();
+        store_runtime()
+            .spawn(async move {
+                let mut conn = pool
+                    .get()
+                    .await
+                    .map_err(|e| StoreError::Connect(e.to_string()))?;
+                Ok(conn.spawn_blocking(work).await?)
+            })
             .await
-            .map_err(|e| StoreError::Connect(e.to_string()))?;
-        Ok(conn.spawn_blocking(work).await?)
+            .map_err(|e| StoreError::Connect(format!("the store task failed: {e}")))?
     }
+}
+
+/// A small multi-threaded runtime that owns every SQLite round trip (see
+/// `with_conn`). Built on first use and kept for the life of the process.
+fn store_runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("confab-sqlite")
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("cannot start the SQLite store's runtime: {e}"))
+    })
 }
 
 fn url_of(path: &Path) -> String {
