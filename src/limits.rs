@@ -249,6 +249,19 @@ mod tests {
     }
 
     #[test]
+    fn the_rate_limiter_forgets_users_that_went_quiet() {
+        // 1000/s with a burst of 2: a user's state is back to "full" after 2 ms.
+        let limiter = SendLimiter::new(1000, 2);
+        for i in 0..500 {
+            assert!(limiter.check(&format!("user-{i}")).is_ok());
+        }
+        assert_eq!(limiter.len(), 500);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        limiter.sweep();
+        assert_eq!(limiter.len(), 0, "a sweep keeps only users still limited");
+    }
+
+    #[test]
     fn spam_counts_same_content_per_user_in_window() {
         let mut s = SpamWindow::new(2, 60);
         assert!(!s.is_spam("u", "hi", 0));
