@@ -9,6 +9,9 @@ const GROUP_GAP_MS = 5 * 60 * 1000; // one user's messages closer than this shar
 const LOAD_OLDER_PX = 200; // scrolled this close to the top: fetch the previous page
 const AT_BOTTOM_PX = 60;
 
+/** The reconcile key of a stored message (see #messageItems). */
+const messageKey = (m) => `m:${m.seq}:${m.id}`;
+
 export class View {
   constructor(store, actions) {
     this.store = store;
@@ -189,7 +192,7 @@ export class View {
       const viewTop = scroller.getBoundingClientRect().top;
       for (const li of messages.querySelectorAll(":scope > .msg[data-seq]")) {
         if (li.getBoundingClientRect().bottom > viewTop) {
-          anchor = { seq: li.dataset.seq, top: li.querySelector(".msg-text").getBoundingClientRect().top };
+          anchor = { key: li.dataset.key, top: li.querySelector(".msg-text").getBoundingClientRect().top };
           break;
         }
       }
@@ -198,7 +201,7 @@ export class View {
     reconcile(messages, this.#messageItems(room), this.caches.messages);
     this.#renderHistoryStatus(room);
 
-    const anchorText = anchor && this.caches.messages.get(`m:${anchor.seq}`)?.el.querySelector(".msg-text");
+    const anchorText = anchor && this.caches.messages.get(anchor.key)?.el.querySelector(".msg-text");
     if (atBottom) scroller.scrollTop = scroller.scrollHeight;
     else if (anchorText) scroller.scrollTop += anchorText.getBoundingClientRect().top - anchor.top;
     this.stickToBottom = false;
@@ -226,7 +229,9 @@ export class View {
     for (const m of [...room.messages.values()].sort((a, b) => a.seq - b.seq)) {
       daySeparator(m.date);
       const grouped = groupsWith(m.user_id, m.date);
-      items.push({ key: `m:${m.seq}`, sig: grouped ? "g" : "s", build: () => this.#message(m, grouped) });
+      // Keyed by seq *and* id: after a server reset the same seq can name a
+      // different message, and its element must be rebuilt, not reused.
+      items.push({ key: messageKey(m), sig: grouped ? "g" : "s", build: () => this.#message(m, grouped) });
       prev = m;
     }
     const me = this.store.user;
@@ -244,7 +249,7 @@ export class View {
     const own = this.store.isOwn(m.user_id);
     const time = h("time", { className: "msg-time", text: formatTime(m.date), attrs: { datetime: m.timestamp, title: formatFull(m.date) } });
     const text = h("div", { className: "msg-text", text: m.content });
-    const li = h("li", { className: `msg${grouped ? " grouped" : ""}${own ? " own" : ""}`, dataset: { seq: m.seq, user: m.user_id } });
+    const li = h("li", { className: `msg${grouped ? " grouped" : ""}${own ? " own" : ""}`, dataset: { seq: m.seq, user: m.user_id, key: messageKey(m) } });
     if (grouped) {
       li.append(h("div", { className: "gutter" }, time), h("div", { className: "msg-body" }, h("span", { className: "sr-only", text: `${m.user}: ` }), text));
     } else {
