@@ -24,6 +24,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/rooms/{room}/messages", web::get().to(room_messages))
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics))
         .default_service(web::to(not_found));
 }
 
@@ -347,6 +348,19 @@ async fn room_messages(req: HttpRequest, deps: web::Data<AppDeps>) -> HttpRespon
     match crate::history::page(&deps.store, &room, before, limit, page_max).await {
         Ok((messages, next)) => json(protocol::history_json(&room, &messages, next, false)),
         Err(e) => error_response(&e),
+    }
+}
+
+/// Prometheus text exposition (names in docs/operations.md).
+async fn metrics() -> HttpResponse {
+    match crate::metrics::render() {
+        Some(text) => HttpResponse::Ok()
+            .content_type("text/plain; version=0.0.4; charset=utf-8")
+            .body(text),
+        None => error_response(&Rejection::new(
+            ErrorCode::Unavailable,
+            "metrics are not available in this process",
+        )),
     }
 }
 

@@ -7,6 +7,7 @@ pub mod dedupe;
 pub mod history;
 pub mod http;
 pub mod limits;
+pub mod metrics;
 pub mod persist;
 pub mod protocol;
 pub mod registry;

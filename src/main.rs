@@ -9,7 +9,7 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(
     name = "confab",
-    version,
+    version = confab::metrics::LONG_VERSION,
     about = "A real-time chat server in one binary"
 )]
 struct Cli {

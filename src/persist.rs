@@ -46,6 +46,10 @@ pub struct Persist {
     buffer: Vec<Enqueue>,
     buffered_rows: usize,
     in_flight: usize,
+    in_flight_rows: usize,
+    /// Publishes `confab_persist_lag` (embedded mode; in cluster mode the
+    /// persist stream's length is the lag, reported by its feed).
+    reports_lag: bool,
     /// Rooms with messages in a running transaction (and how many transactions).
     busy_rooms: HashMap<String, usize>,
     timer: Option<SpawnHandle>,
@@ -61,6 +65,8 @@ impl Persist {
             buffer: Vec::new(),
             buffered_rows: 0,
             in_flight: 0,
+            in_flight_rows: 0,
+            reports_lag: false,
             busy_rooms: HashMap::new(),
             timer: None,
             drain_waiters: Vec::new(),
@@ -80,6 +86,20 @@ impl Persist {
         outcome
             .await
             .map_err(|_| PersistFailed("persist actor dropped the batch".into()))?
+    }
+
+    /// This Persist's queue is the instance's whole persist lag.
+    pub fn reporting_lag(mut self) -> Self {
+        self.reports_lag = true;
+        self
+    }
+
+    fn report_lag(&self) {
+        if self.reports_lag {
+            crate::metrics::get()
+                .persist_lag
+                .set((self.buffered_rows + self.in_flight_rows) as f64);
+        }
     }
 
     fn schedule(&mut self, ctx: &mut Context<Self>) {
@@ -143,6 +163,7 @@ impl Persist {
         }
         let row_count = rows.len();
         self.in_flight += 1;
+        self.in_flight_rows += row_count;
         let store = self.store.clone();
         let started = std::time::Instant::now();
         ctx.spawn(
@@ -150,6 +171,16 @@ impl Persist {
                 .into_actor(self)
                 .map(move |result, act, ctx| {
                     act.in_flight -= 1;
+                    act.in_flight_rows -= row_count;
+                    let metrics = crate::metrics::get();
+                    metrics.persist_batch_size.record(row_count as f64);
+                    metrics
+                        .persist_flush_seconds
+                        .record(crate::metrics::seconds(started.elapsed()));
+                    if result.is_err() {
+                        metrics.persist_failures.increment(1);
+                    }
+                    act.report_lag();
                     for room in rooms {
                         if let Some(n) = act.busy_rooms.get_mut(&room) {
                             *n -= 1;
@@ -211,6 +242,7 @@ impl Handler<Enqueue> for Persist {
         self.buffered_rows += item.rows.len();
         self.buffer.push(item);
         self.schedule(ctx);
+        self.report_lag();
     }
 }
 

@@ -218,6 +218,12 @@ impl RoomActor {
         }
     }
 
+    /// Refuses a send: answered like any rejection, and counted.
+    fn refuse(&self, to: &Recipient<ToSession>, rejection: Rejection) {
+        crate::metrics::get().rejected(rejection.code.as_str());
+        self.reject(to, rejection);
+    }
+
     fn reject(&self, to: &Recipient<ToSession>, rejection: Rejection) {
         let _ = to.try_send(ToSession::Reject(rejection.in_room(Some(&self.name))));
     }
@@ -423,6 +429,7 @@ impl RoomActor {
                 for (sender, accepted) in senders.into_iter().zip(results) {
                     match accepted {
                         Accepted::New(msg) => {
+                            crate::metrics::get().messages_accepted.increment(1);
                             self.ack(&mut outbox, &sender, &msg);
                             if msg.seq > self.committed {
                                 self.pending.insert(msg.seq, msg);
@@ -434,7 +441,7 @@ impl RoomActor {
                         }
                         Accepted::Rejected(rejection) => {
                             self.spam.unrecord(&sender.user_id, sender.spam_print);
-                            self.reject(
+                            self.refuse(
                                 &sender.to,
                                 rejection.with_ref(sender.client_ref.as_deref()),
                             )
@@ -451,7 +458,7 @@ impl RoomActor {
                         "the message could not be stored; it was not accepted, send it again",
                     )
                     .with_ref(sender.client_ref.as_deref());
-                    self.reject(&sender.to, rejection);
+                    self.refuse(&sender.to, rejection);
                 }
                 // A broker that failed late may have accepted some of them anyway.
                 ctx.run_later(RESYNC_AFTER_FAILURE, |act, ctx| act.resync(ctx));
@@ -543,6 +550,9 @@ impl RoomActor {
                     .push(delivered.frame(m.format)),
             }
         }
+        crate::metrics::get()
+            .deliveries
+            .increment((self.members.len() - overflowed.len()) as u64);
         for id in overflowed {
             outbox.remove(&id);
             self.remove_member(id, false);
@@ -790,6 +800,7 @@ impl Actor for RoomActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        crate::metrics::get().rooms.increment(1.0);
         ctx.run_interval(SWEEP_INTERVAL, |act, ctx| {
             let gone: Vec<Uuid> = act
                 .members
@@ -833,6 +844,7 @@ impl Actor for RoomActor {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
+        crate::metrics::get().rooms.decrement(1.0);
         self.deps.broker.detach(&self.name, self.id);
     }
 }
@@ -955,13 +967,13 @@ impl Handler<Send> for RoomActor {
                 ErrorCode::NotJoined,
                 "this connection has not joined the room",
             );
-            self.reject(&send.to, rejection.with_ref(send.client_ref.as_deref()));
+            self.refuse(&send.to, rejection.with_ref(send.client_ref.as_deref()));
             return;
         };
         if self.phase != Phase::Ready {
             let rejection =
                 Rejection::new(ErrorCode::Unavailable, "the room is unavailable right now");
-            self.reject(&member.to, rejection.with_ref(send.client_ref.as_deref()));
+            self.refuse(&member.to, rejection.with_ref(send.client_ref.as_deref()));
             return;
         }
         if self.spam.is_spam(&member.user.id, &send.content, 0) {
@@ -969,7 +981,7 @@ impl Handler<Send> for RoomActor {
                 ErrorCode::Spam,
                 "the same message was sent too often; wait before repeating it",
             );
-            self.reject(&member.to, rejection.with_ref(send.client_ref.as_deref()));
+            self.refuse(&member.to, rejection.with_ref(send.client_ref.as_deref()));
             return;
         }
         let spam_print = self.spam.record(&member.user.id, &send.content);

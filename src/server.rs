@@ -33,6 +33,8 @@ pub enum StartError {
         bind: String,
         source: std::io::Error,
     },
+    #[error("server.tls: {0}")]
+    Tls(String),
     #[error("cannot set up the broker: {0}")]
     Broker(#[from] crate::broker::BrokerError),
     #[error("server error: {0}")]
@@ -51,6 +53,8 @@ pub fn auth_for(config: &Config) -> Result<Auth, StartError> {
 
 pub async fn serve(config: Config) -> Result<(), StartError> {
     let config = Arc::new(config);
+    crate::metrics::install();
+    let tls = tls_config(&config.server.tls)?;
     let auth = Arc::new(auth_for(&config)?);
     let store = store::open(&config).await?;
 
@@ -68,7 +72,12 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         store.clone(),
         config.storage.batch_max,
         Duration::from_millis(config.storage.flush_interval_ms),
-    )
+    );
+    let persist = if config.cluster_mode() {
+        persist
+    } else {
+        persist.reporting_lag()
+    }
     .start();
     let registry = Registry::new().start();
     let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
@@ -130,16 +139,23 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             .configure(http::routes)
     })
     .on_connect(move |conn, _| cut_off_stalled_readers(conn, stalled_after))
-    .shutdown_timeout(config.server.shutdown_grace_secs)
-    .disable_signals()
-    .bind(&config.server.bind)
+    // Only short REST requests can still be running once the sockets closed.
+    .shutdown_timeout(config.server.shutdown_grace_secs.min(2))
+    .disable_signals();
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let server = match tls {
+        Some(tls) => server.bind_rustls_0_23(&config.server.bind, tls),
+        None => server.bind(&config.server.bind),
+    }
     .map_err(|source| StartError::Bind {
         bind: config.server.bind.clone(),
         source,
     })?;
     for addr in server.addrs() {
-        tracing::info!(mode, "listening on {addr}");
+        tracing::info!(mode, scheme, "listening on {addr}");
     }
+    // Migrations ran in store::open and the listener is bound: tell systemd.
+    notify_systemd(sd_notify::NotifyState::Ready);
     let server = server.run();
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     actix_web::rt::spawn(graceful_shutdown(
@@ -157,14 +173,60 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     Ok(())
 }
 
+/// The rustls server config for `[server.tls]`, or None when it is unset.
+/// Paths are taken as given (relative ones from the working directory).
+pub fn tls_config(
+    tls: &crate::config::TlsConfig,
+) -> Result<Option<rustls::ServerConfig>, StartError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    if tls.cert.is_empty() && tls.key.is_empty() {
+        return Ok(None);
+    }
+    let certs = CertificateDer::pem_file_iter(&tls.cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| StartError::Tls(format!("cannot read the certificate {}: {e}", tls.cert)))?;
+    if certs.is_empty() {
+        return Err(StartError::Tls(format!(
+            "no PEM certificate in {}",
+            tls.cert
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(&tls.key)
+        .map_err(|e| StartError::Tls(format!("cannot read the private key {}: {e}", tls.key)))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+        .map(Some)
+        .map_err(|e| StartError::Tls(format!("the certificate and key don't work together: {e}")))
+}
+
+/// Tells a `Type=notify` systemd unit (READY=1, STOPPING=1); without
+/// `$NOTIFY_SOCKET` this does nothing.
+fn notify_systemd(state: sd_notify::NotifyState) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    if let Err(e) = sd_notify::notify(false, &[state]) {
+        tracing::warn!(error = %e, "could not notify systemd");
+    }
+}
+
 /// A client that stops reading fills the socket buffers; actix then stops
 /// polling its session actor, so neither the heartbeat nor the 1013 close can
 /// run. The kernel is the one left to notice: with `TCP_USER_TIMEOUT` it drops
 /// a connection whose receive window stayed closed (or whose data went
 /// unacknowledged) for the heartbeat timeout, which ends the session.
 fn cut_off_stalled_readers(conn: &dyn std::any::Any, after: Duration) {
+    use actix_web::rt::net::TcpStream;
+    type TlsStream = actix_tls::accept::rustls_0_23::TlsStream<TcpStream>;
     #[cfg(target_os = "linux")]
-    if let Some(stream) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+    let tcp = conn
+        .downcast_ref::<TcpStream>()
+        .or_else(|| conn.downcast_ref::<TlsStream>().map(|s| s.get_ref().0));
+    #[cfg(target_os = "linux")]
+    if let Some(stream) = tcp {
         if let Err(e) = socket2::SockRef::from(stream).set_tcp_user_timeout(Some(after)) {
             tracing::debug!(error = %e, "could not set TCP_USER_TIMEOUT");
         }
@@ -183,6 +245,7 @@ async fn graceful_shutdown(
     grace: Duration,
 ) {
     wait_for_signal().await;
+    notify_systemd(sd_notify::NotifyState::Stopping);
     tracing::info!("shutting down: closing connections");
     server.pause().await;
     let _ = shutdown.send(true);
@@ -190,7 +253,11 @@ async fn graceful_shutdown(
     while sessions.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    server.stop(true).await;
+    // Connections that didn't close within the grace period (a client that
+    // stopped reading can't receive its close frame) are dropped, so the
+    // whole shutdown stays within the grace period plus the final flush.
+    let drained = sessions.load(Ordering::SeqCst) == 0;
+    server.stop(drained).await;
 }
 
 async fn wait_for_signal() {

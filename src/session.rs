@@ -143,6 +143,8 @@ pub struct Session {
     /// Counts against `limits.connections_per_ip` while the session lives.
     _slot: Option<ConnectionSlot>,
     backlog: Arc<Backlog>,
+    /// Every log line about this connection carries its session and user id.
+    span: tracing::Span,
 }
 
 struct Fragments {
@@ -160,8 +162,11 @@ impl Session {
     }
 
     fn new(identity: Identity, deps: AppDeps, format: Format, seed: Option<(String, u32)>) -> Self {
+        let id = Uuid::new_v4();
+        let span = tracing::info_span!("session", session = %id, user = %identity.user.id);
         Self {
-            id: Uuid::new_v4(),
+            id,
+            span,
             user: identity.user.clone(),
             identity,
             deps,
@@ -203,6 +208,7 @@ impl Session {
         let timeout = Duration::from_secs(hb.timeout_secs);
         ctx.run_interval(interval, move |act, ctx| {
             if act.last_heard.elapsed() > timeout {
+                crate::metrics::get().heartbeat_timeouts.increment(1);
                 act.close(ctx, ws::CloseCode::Normal, "heartbeat timeout");
             } else {
                 ctx.ping(b"");
@@ -306,6 +312,7 @@ impl Session {
         client_ref: Option<String>,
     ) {
         let Some(client_ref) = client_ref else {
+            crate::metrics::get().rejected(rejection.code.as_str());
             return self.send_rejection(ctx, &rejection);
         };
         let (broker, user_id) = (self.deps.broker.clone(), self.user.id.clone());
@@ -319,7 +326,10 @@ impl Session {
             .into_actor(self)
             .map(move |known, act, ctx| match known {
                 Some((original, client_ref)) => ctx.text(original.ack_json(Some(&client_ref))),
-                None => act.send_rejection(ctx, &rejection),
+                None => {
+                    crate::metrics::get().rejected(rejection.code.as_str());
+                    act.send_rejection(ctx, &rejection)
+                }
             }),
         );
     }
@@ -478,8 +488,11 @@ impl Actor for Session {
     type Context = ws::WebsocketContext<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        let span = self.span.clone();
+        let _entered = span.enter();
         ctx.set_mailbox_capacity(self.deps.config.limits.session_queue);
         self.deps.sessions.fetch_add(1, Ordering::SeqCst);
+        crate::metrics::get().connections.increment(1.0);
         self.heartbeat(ctx);
         self.close_on_shutdown(ctx);
         if let Some(exp) = self.identity.expires_at {
@@ -496,7 +509,10 @@ impl Actor for Session {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        let span = self.span.clone();
+        let _entered = span.enter();
         self.deps.sessions.fetch_sub(1, Ordering::SeqCst);
+        crate::metrics::get().connections.decrement(1.0);
         for addr in self.rooms.values() {
             addr.do_send(room::Leave {
                 session: self.id,
@@ -509,6 +525,8 @@ impl Actor for Session {
 
 impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
     fn handle(&mut self, item: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        let span = self.span.clone();
+        let _entered = span.enter();
         self.last_heard = Instant::now();
         let msg = match item {
             Ok(msg) => msg,
@@ -543,6 +561,8 @@ impl Handler<ToSession> for Session {
     type Result = ();
 
     fn handle(&mut self, msg: ToSession, ctx: &mut Self::Context) {
+        let span = self.span.clone();
+        let _entered = span.enter();
         match msg {
             ToSession::Frame(frame) => ctx.text(frame),
             ToSession::Frames { frames, queued } => {
@@ -557,6 +577,7 @@ impl Handler<ToSession> for Session {
             }
             ToSession::Reject(rejection) => self.send_rejection(ctx, &rejection),
             ToSession::SlowConsumer => {
+                crate::metrics::get().slow_consumer_disconnects.increment(1);
                 tracing::info!(session = %self.id, user = %self.user.id, "slow consumer disconnected");
                 self.close(
                     ctx,

@@ -556,3 +556,43 @@ async fn a_stopping_instance_says_goodbye_for_its_users() {
     let p = alice.recv_type("presence").await;
     assert_eq!(p["left"][0]["id"], bob_id.as_str(), "{p}");
 }
+
+/// The cluster-only metrics: the sequencing script's round trip is timed,
+/// and the persist lag is the persist stream's length (back to 0 once the
+/// messages are in Postgres).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_metrics_time_redis_and_report_the_persist_lag() {
+    let env = ClusterEnv::new();
+    let a = env.instance();
+    let mut c = a.ws_user(&uid("m"), "m").await;
+    c.join("metered").await;
+    for i in 0..5 {
+        c.send_msg("metered", &format!("m{i}"), &format!("r{i}"))
+            .await;
+    }
+    history_with(&a, "metered", 5, Duration::from_secs(10)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let scrape = loop {
+        let text = a.get("/metrics").await.text();
+        if text.lines().any(|l| l == "confab_persist_lag 0") {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the persist lag never went back to 0:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let roundtrips: f64 = scrape
+        .lines()
+        .find_map(|l| l.strip_prefix("confab_redis_roundtrip_seconds_count "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no redis round-trip histogram:\n{scrape}"));
+    assert!(roundtrips >= 5.0, "{scrape}");
+    assert!(
+        scrape
+            .lines()
+            .any(|l| l == "confab_messages_accepted_total 5"),
+        "{scrape}"
+    );
+}

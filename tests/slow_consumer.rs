@@ -227,6 +227,13 @@ async fn a_stalled_reader_is_closed_1013_while_others_keep_up() {
         next += 1;
     }
     back.send_msg(room, "I'm back", "back-1").await;
+    let metrics = s.get("/metrics").await.text();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "confab_slow_consumer_disconnects_total 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

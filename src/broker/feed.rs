@@ -22,6 +22,7 @@ const CLAIM_EVERY: Duration = Duration::from_secs(5);
 /// Consumers (past instances) idle this long with nothing pending are removed.
 const FORGET_CONSUMER_IDLE_MS: usize = 3_600_000;
 const READ_BLOCK_MS: u64 = 1_000;
+const LAG_EVERY: Duration = Duration::from_secs(1);
 /// Batches handed to Persist but not yet acknowledged.
 const IN_FLIGHT: usize = 4;
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -109,9 +110,20 @@ async fn read_loop(
     handed: mpsc::Sender<Handed>,
 ) -> RedisResult<()> {
     let mut last_claim: Option<Instant> = None;
+    let mut last_lag: Option<Instant> = None;
     loop {
         if *feed.shutdown.borrow() {
             return Ok(());
+        }
+        // Entries leave the stream only once committed (XACK + XDEL), so its
+        // length is the cluster's persist lag.
+        if last_lag.is_none_or(|at| at.elapsed() >= LAG_EVERY) {
+            last_lag = Some(Instant::now());
+            let len: u64 = redis::cmd("XLEN")
+                .arg(&feed.stream)
+                .query_async(conn)
+                .await?;
+            crate::metrics::get().persist_lag.set(len as f64);
         }
         if last_claim.is_none_or(|at| at.elapsed() >= CLAIM_EVERY) {
             last_claim = Some(Instant::now());

@@ -399,7 +399,12 @@ impl Broker for RedisBroker {
         }
         let mut seeded = false;
         let values: Vec<Value> = loop {
-            match invocation.invoke_async(&mut conn).await {
+            let started = std::time::Instant::now();
+            let result = invocation.invoke_async(&mut conn).await;
+            crate::metrics::get()
+                .redis_roundtrip_seconds
+                .record(crate::metrics::seconds(started.elapsed()));
+            match result {
                 Ok(values) => break values,
                 Err(e) if is_noseq(&e) && !seeded => {
                     seeded = true;

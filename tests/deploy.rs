@@ -1,0 +1,292 @@
+//! The deployment artefacts in deploy/ stay valid: the systemd unit passes
+//! `systemd-analyze verify`, every example config passes `confab
+//! check-config`, and (where nginx is installed) deploy/nginx.conf passes
+//! `nginx -t`. See docs/operations.md.
+//!
+//! `systemd-analyze` comes with Debian's `systemd` package. Without it this
+//! test fails when `CI` is set and is skipped otherwise; the same goes for
+//! the nginx check (Debian: `nginx`, `openssl`). .ci/run installs all three.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const UNIT: &str = "deploy/confab.service";
+const UNIT_EXEC: &str = "/usr/local/bin/confab";
+const UNIT_ARGS: &str = "serve --config /etc/confab/config.toml";
+
+fn repo() -> PathBuf {
+    // cargo sets it when running tests, too; the compile-time value is the fallback.
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_confab")
+}
+
+fn read(rel: &str) -> String {
+    let path = repo().join(rel);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+fn show(out: &Output) -> String {
+    format!(
+        "exit: {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Whether `program` can be started at all (`program ARG`, ARG printing a
+/// version; never run nginx without arguments: that starts it).
+fn installed(program: &str, arg: &str) -> bool {
+    Command::new(program).arg(arg).output().is_ok()
+}
+
+/// A tool the test needs: missing fails under CI, and skips elsewhere.
+fn required_tool(program: &str, package: &str) -> bool {
+    if installed(program, "--version") {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{program} is not installed (CI is set); install the Debian package `{package}`");
+    }
+    eprintln!("SKIP: {program} is not installed (Debian package `{package}`)");
+    false
+}
+
+/// `KEY=value` lines of the unit for one key, in order.
+fn unit_values<'a>(unit: &'a str, key: &str) -> Vec<&'a str> {
+    unit.lines()
+        .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .map(str::trim)
+        .collect()
+}
+
+/// Runs `confab check-config FILE` with no CONFAB* variables from the
+/// environment, so only the file is judged.
+fn check_config(file: &Path) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.arg("check-config").arg(file).current_dir(dir.path());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("CONFAB") {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.output().expect("run confab check-config")
+}
+
+fn deploy_configs() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("deploy"))
+        .expect("deploy/")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// The value of `key = N` in check-config's effective configuration.
+fn effective_number(effective: &str, key: &str) -> u64 {
+    effective
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            (k.trim() == key).then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("{key} missing in the effective config:\n{effective}"))
+}
+
+#[test]
+fn systemd_unit_passes_systemd_analyze_verify() {
+    let unit = read(UNIT);
+    let exec = unit_values(&unit, "ExecStart");
+    assert_eq!(
+        exec,
+        [format!("{UNIT_EXEC} {UNIT_ARGS}").as_str()],
+        "one ExecStart running the installed binary"
+    );
+    assert_eq!(unit_values(&unit, "Type"), ["notify"]);
+    assert_eq!(unit_values(&unit, "KillMode"), ["mixed"]);
+    assert_eq!(unit_values(&unit, "KillSignal"), ["SIGTERM"]);
+
+    if !required_tool("systemd-analyze", "systemd") {
+        return;
+    }
+    // systemd-analyze checks that ExecStart's program exists: point it at
+    // the binary cargo built, with the same arguments.
+    let dir = tempfile::tempdir().unwrap();
+    let built = bin();
+    let built = if built.contains(char::is_whitespace) {
+        format!("\"{built}\"")
+    } else {
+        built.to_string()
+    };
+    let rewritten: String = unit
+        .lines()
+        .map(|l| match l.strip_prefix("ExecStart=") {
+            Some(rest) => format!(
+                "ExecStart={built}{}\n",
+                rest.strip_prefix(UNIT_EXEC)
+                    .expect("ExecStart runs UNIT_EXEC")
+            ),
+            None => format!("{l}\n"),
+        })
+        .collect();
+    let path = dir.path().join("confab.service");
+    std::fs::write(&path, rewritten).unwrap();
+
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("run systemd-analyze verify");
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed\n{}",
+        show(&out)
+    );
+    // Unknown keys and bad values are only warnings (exit 0): none may name
+    // our unit. Lines about other units on the machine are not ours to judge.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let dir_name = dir.path().to_string_lossy();
+    let ours: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("confab.service") || l.contains(dir_name.as_ref()))
+        .collect();
+    assert!(
+        ours.is_empty(),
+        "systemd-analyze verify warned about the unit:\n{}\n{}",
+        ours.join("\n"),
+        show(&out)
+    );
+}
+
+#[test]
+fn deploy_configs_pass_check_config() {
+    let files = deploy_configs();
+    let names: Vec<String> = files
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().any(|n| n == "config.production.toml"),
+        "deploy/config.production.toml exists: {names:?}"
+    );
+    for file in &files {
+        let out = check_config(file);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "confab check-config {}\n{}",
+            file.display(),
+            show(&out)
+        );
+    }
+
+    // The production example is cluster mode with JSON logs and no secret
+    // in the file.
+    let out = check_config(&repo().join("deploy/config.production.toml"));
+    let effective = String::from_utf8_lossy(&out.stdout);
+    for expected in [
+        "url = \"postgres://",
+        "redis_url = \"redis://",
+        "data_dir = \"/var/lib/confab\"",
+        "format = \"json\"",
+        "jwt_secret = \"\"",
+        "guest = false",
+    ] {
+        assert!(
+            effective.contains(expected),
+            "production config: {expected}\n{effective}"
+        );
+    }
+}
+
+/// systemd may SIGKILL confab only after its graceful shutdown had its time:
+/// the grace period bounds the socket close and again the HTTP stop.
+#[test]
+fn unit_stop_timeout_outlasts_the_shutdown_grace() {
+    let unit = read(UNIT);
+    let timeout = unit_values(&unit, "TimeoutStopSec");
+    assert_eq!(timeout.len(), 1, "one TimeoutStopSec: {timeout:?}");
+    let timeout: u64 = timeout[0]
+        .trim_end_matches('s')
+        .parse()
+        .expect("TimeoutStopSec in seconds");
+    for file in deploy_configs() {
+        let out = check_config(&file);
+        assert!(out.status.success(), "{}\n{}", file.display(), show(&out));
+        let grace = effective_number(&String::from_utf8_lossy(&out.stdout), "shutdown_grace_secs");
+        assert!(
+            timeout > 2 * grace,
+            "TimeoutStopSec={timeout} must exceed twice shutdown_grace_secs={grace} ({})",
+            file.display()
+        );
+    }
+}
+
+#[test]
+fn nginx_example_passes_nginx_t() {
+    if !installed("nginx", "-v") || !installed("openssl", "version") {
+        if std::env::var_os("CI").is_some() {
+            panic!("nginx -t needs nginx and openssl (CI is set; .ci/run installs the Debian packages `nginx`, `openssl`)");
+        }
+        eprintln!("SKIP: nginx -t needs nginx and openssl (Debian packages `nginx`, `openssl`)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = d.join("privkey.pem");
+    let cert = d.join("fullchain.pem");
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=chat.example.com", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "self-signed certificate\n{}",
+        show(&out)
+    );
+
+    // The upstreams are docker-compose service names: nginx resolves them
+    // when it loads the file, so point them at loopback here.
+    let conf = read("deploy/nginx.conf");
+    assert!(conf.contains("proxy_http_version 1.1;"), "{conf}");
+    assert!(conf.contains("proxy_read_timeout 75s;"), "{conf}");
+    let conf = conf
+        .replace("confab1:8080", "127.0.0.1:18081")
+        .replace("confab2:8080", "127.0.0.1:18082")
+        .replace("/etc/nginx/tls/", &format!("{}/", d.display()));
+    let path = d.join("nginx.conf");
+    std::fs::write(&path, conf).unwrap();
+
+    let out = Command::new("nginx")
+        .arg("-t")
+        .arg("-p")
+        .arg(d)
+        .arg("-e")
+        .arg(d.join("error.log"))
+        .arg("-c")
+        .arg(&path)
+        .arg("-g")
+        .arg(format!("pid {};", d.join("nginx.pid").display()))
+        .output()
+        .expect("run nginx -t");
+    assert!(out.status.success(), "nginx -t\n{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("[warn]") && !stderr.contains("[emerg]"),
+        "nginx -t warned\n{}",
+        show(&out)
+    );
+}
