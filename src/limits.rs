@@ -9,11 +9,13 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// `limits.messages_per_sec` sustained, `limits.message_burst` at once, per user.
+/// Keyed by a shared user id, so a check costs a hash, not an allocation.
 pub struct SendLimiter {
-    limiter: DefaultKeyedRateLimiter<String>,
+    limiter: DefaultKeyedRateLimiter<Arc<str>>,
     clock: DefaultClock,
 }
 
@@ -28,8 +30,8 @@ impl SendLimiter {
     }
 
     /// Takes one send from the user's allowance, or refuses with `rate_limited`.
-    pub fn check(&self, user_id: &str) -> Result<(), Rejection> {
-        match self.limiter.check_key(&user_id.to_string()) {
+    pub fn check(&self, user_id: &Arc<str>) -> Result<(), Rejection> {
+        match self.limiter.check_key(user_id) {
             Ok(()) => Ok(()),
             Err(not_until) => {
                 let wait = not_until.wait_time_from(self.clock.now());
@@ -253,7 +255,7 @@ mod tests {
         // 1000/s with a burst of 2: a user's state is back to "full" after 2 ms.
         let limiter = SendLimiter::new(1000, 2);
         for i in 0..500 {
-            assert!(limiter.check(&format!("user-{i}")).is_ok());
+            assert!(limiter.check(&Arc::from(format!("user-{i}"))).is_ok());
         }
         assert_eq!(limiter.len(), 500);
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -306,12 +308,13 @@ mod tests {
     #[test]
     fn rate_limit_reports_when_to_retry() {
         let l = SendLimiter::new(1, 2);
-        assert!(l.check("u").is_ok());
-        assert!(l.check("u").is_ok());
-        let e = l.check("u").unwrap_err();
+        let (u, v): (Arc<str>, Arc<str>) = (Arc::from("u"), Arc::from("v"));
+        assert!(l.check(&u).is_ok());
+        assert!(l.check(&u).is_ok());
+        let e = l.check(&u).unwrap_err();
         assert_eq!(e.code, ErrorCode::RateLimited);
         assert!(e.retry_after_ms.unwrap() > 0 && e.retry_after_ms.unwrap() <= 1000);
-        assert!(l.check("v").is_ok(), "per user");
+        assert!(l.check(&v).is_ok(), "per user");
         assert_eq!(l.len(), 2);
     }
 }

@@ -139,6 +139,8 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             .configure(http::routes)
     })
     .on_connect(move |conn, _| cut_off_stalled_readers(conn, stalled_after))
+    // Chat frames are small and latency matters: no Nagle delay on acks.
+    .tcp_nodelay(true)
     // Only short REST requests can still be running once the sockets closed.
     .shutdown_timeout(config.server.shutdown_grace_secs.min(2))
     .disable_signals();

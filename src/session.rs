@@ -145,6 +145,8 @@ pub struct Session {
     backlog: Arc<Backlog>,
     /// Every log line about this connection carries its session and user id.
     span: tracing::Span,
+    /// The user id as the rate limiter's key (shared, so no copy per send).
+    limiter_key: Arc<str>,
 }
 
 struct Fragments {
@@ -167,6 +169,7 @@ impl Session {
         Self {
             id,
             span,
+            limiter_key: Arc::from(identity.user.id.as_str()),
             user: identity.user.clone(),
             identity,
             deps,
@@ -290,7 +293,7 @@ impl Session {
             let e = Rejection::new(ErrorCode::NotJoined, "join the room first");
             return self.refuse_send(ctx, context(e), client_ref);
         };
-        if let Err(e) = self.deps.send_limiter.check(&self.user.id) {
+        if let Err(e) = self.deps.send_limiter.check(&self.limiter_key) {
             return self.refuse_send(ctx, context(e), client_ref);
         }
         addr.do_send(room::Send {
