@@ -4,7 +4,7 @@
 //! (never the content).
 
 use crate::protocol::ChatMessage;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,7 +38,7 @@ pub struct RefCache {
 
 #[derive(Default)]
 struct Inner {
-    entries: HashMap<Key, (Instant, Entry)>,
+    entries: crate::FastMap<Key, (Instant, Entry)>,
     order: VecDeque<(Instant, Key)>,
 }
 

@@ -17,6 +17,13 @@ pub mod session;
 pub mod store;
 
 use actix::Addr;
+
+/// Hash maps on the message path: foldhash (randomly seeded, so client-chosen
+/// keys such as refs can't be aimed at one bucket) instead of SipHash, which
+/// showed up in profiles.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// See [`FastMap`].
+pub type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 

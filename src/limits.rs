@@ -159,24 +159,70 @@ impl Drop for ConnectionSlot {
     }
 }
 
-/// Most remembered sends per user in one room's spam window.
-const SPAM_MEMORY_PER_USER: usize = 256;
+/// Most sends remembered per user in one room, whatever the rate limit allows.
+const SPAM_MEMORY_CAP: usize = 4096;
 
 /// `moderation.spam_repeats` / `spam_window_secs`, for one room: the same
 /// content from one user more than `repeats` times within the window is spam.
 /// Counts accepted messages, and sends on their way until they are refused.
+///
+/// Each user's sends in the window are remembered in order with a count per
+/// content, so a check costs a hash. The memory is bounded by what the rate
+/// limit lets one user send within the window (burst + rate × window, at most
+/// [`SPAM_MEMORY_CAP`]): below that cap nothing is forgotten early, so
+/// interleaving other messages can't hide a repeat.
 pub struct SpamWindow {
     repeats: usize,
     window: Duration,
-    seen: HashMap<String, VecDeque<(Instant, u64)>>,
+    memory: usize,
+    users: crate::FastMap<String, UserSends>,
+    last_sweep: Instant,
+}
+
+#[derive(Default)]
+struct UserSends {
+    order: VecDeque<(Instant, u64)>,
+    counts: crate::FastMap<u64, usize>,
+}
+
+impl UserSends {
+    fn forget_oldest(&mut self) {
+        if let Some((_, print)) = self.order.pop_front() {
+            self.forget(print);
+        }
+    }
+
+    fn forget(&mut self, print: u64) {
+        if let Some(n) = self.counts.get_mut(&print) {
+            *n -= 1;
+            if *n == 0 {
+                self.counts.remove(&print);
+            }
+        }
+    }
+
+    fn prune(&mut self, now: Instant, window: Duration) {
+        while self
+            .order
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) >= window)
+        {
+            self.forget_oldest();
+        }
+    }
 }
 
 impl SpamWindow {
-    pub fn new(repeats: u32, window_secs: u64) -> Self {
+    pub fn new(repeats: u32, window_secs: u64, messages_per_sec: u32, burst: u32) -> Self {
+        let allowed = u64::from(burst)
+            .saturating_add(u64::from(messages_per_sec).saturating_mul(window_secs))
+            .saturating_add(1);
         Self {
             repeats: repeats as usize,
             window: Duration::from_secs(window_secs),
-            seen: HashMap::new(),
+            memory: allowed.min(SPAM_MEMORY_CAP as u64) as usize,
+            users: crate::FastMap::default(),
+            last_sweep: Instant::now(),
         }
     }
 
@@ -186,16 +232,16 @@ impl SpamWindow {
         h.finish()
     }
 
-    fn prune(&mut self, now: Instant) {
+    /// Drops users whose sends all left the window, at most once per window.
+    fn sweep(&mut self, now: Instant) {
+        if now.duration_since(self.last_sweep) < self.window.max(Duration::from_secs(1)) {
+            return;
+        }
+        self.last_sweep = now;
         let window = self.window;
-        self.seen.retain(|_, sends| {
-            while sends
-                .front()
-                .is_some_and(|(at, _)| now.duration_since(*at) >= window)
-            {
-                sends.pop_front();
-            }
-            !sends.is_empty()
+        self.users.retain(|_, sends| {
+            sends.prune(now, window);
+            !sends.order.is_empty()
         });
     }
 
@@ -203,12 +249,18 @@ impl SpamWindow {
     /// `pending` identical sends not yet accepted.
     pub fn is_spam(&mut self, user: &str, content: &str, pending: usize) -> bool {
         let now = Instant::now();
-        self.prune(now);
-        let print = Self::fingerprint(content);
-        let accepted = self
-            .seen
-            .get(user)
-            .map_or(0, |s| s.iter().filter(|(_, p)| *p == print).count());
+        self.sweep(now);
+        let accepted = match self.users.get_mut(user) {
+            Some(sends) => {
+                sends.prune(now, self.window);
+                sends
+                    .counts
+                    .get(&Self::fingerprint(content))
+                    .copied()
+                    .unwrap_or(0)
+            }
+            None => 0,
+        };
         accepted + pending >= self.repeats
     }
 
@@ -216,21 +268,31 @@ impl SpamWindow {
     /// [`SpamWindow::unrecord`] if it is not accepted after all.
     pub fn record(&mut self, user: &str, content: &str) -> u64 {
         let print = Self::fingerprint(content);
-        let sends = self.seen.entry(user.to_string()).or_default();
-        if sends.len() == SPAM_MEMORY_PER_USER {
-            sends.pop_front();
+        let sends = match self.users.get_mut(user) {
+            Some(sends) => sends,
+            None => self.users.entry(user.to_string()).or_default(),
+        };
+        if sends.order.len() >= self.memory {
+            sends.forget_oldest();
         }
-        sends.push_back((Instant::now(), print));
+        sends.order.push_back((Instant::now(), print));
+        *sends.counts.entry(print).or_default() += 1;
         print
     }
 
     /// A recorded send was refused: it doesn't count.
     pub fn unrecord(&mut self, user: &str, print: u64) {
-        if let Some(sends) = self.seen.get_mut(user) {
-            if let Some(at) = sends.iter().rposition(|(_, p)| *p == print) {
-                sends.remove(at);
+        if let Some(sends) = self.users.get_mut(user) {
+            if let Some(at) = sends.order.iter().rposition(|(_, p)| *p == print) {
+                sends.order.remove(at);
+                sends.forget(print);
             }
         }
+    }
+
+    #[cfg(test)]
+    fn remembered(&self) -> usize {
+        self.users.values().map(|u| u.order.len()).sum()
     }
 }
 
@@ -265,7 +327,7 @@ mod tests {
 
     #[test]
     fn spam_counts_same_content_per_user_in_window() {
-        let mut s = SpamWindow::new(2, 60);
+        let mut s = SpamWindow::new(2, 60, 5, 10);
         assert!(!s.is_spam("u", "hi", 0));
         s.record("u", "hi");
         assert!(!s.is_spam("u", "hi", 0));
@@ -283,10 +345,48 @@ mod tests {
 
     #[test]
     fn spam_window_expires() {
-        let mut s = SpamWindow::new(1, 0);
+        let mut s = SpamWindow::new(1, 0, 5, 10);
         s.record("u", "hi");
         assert!(!s.is_spam("u", "hi", 0));
-        assert!(s.seen.is_empty(), "memory is pruned");
+        assert_eq!(s.remembered(), 0, "memory is pruned");
+    }
+
+    #[test]
+    fn other_messages_in_between_do_not_hide_a_repeat() {
+        // 5/s with a burst of 10 over 10 s: at most 60 sends fit in the window.
+        let mut s = SpamWindow::new(3, 10, 5, 10);
+        for _ in 0..3 {
+            s.record("u", "buy now");
+            for i in 0..19 {
+                assert!(!s.is_spam("u", &format!("filler {i}"), 0));
+                s.record("u", &format!("filler {i}"));
+            }
+        }
+        assert!(
+            s.is_spam("u", "buy now", 0),
+            "60 sends, the repeat remembered"
+        );
+    }
+
+    #[test]
+    fn large_repeat_counts_work_and_memory_stays_bounded() {
+        let mut s = SpamWindow::new(300, 10, 1000, 1000);
+        for _ in 0..300 {
+            s.record("u", "same");
+        }
+        assert!(
+            s.is_spam("u", "same", 0),
+            "more than 256 repeats are counted"
+        );
+        let mut flood = SpamWindow::new(3, 60, 1_000_000, 1_000_000);
+        for i in 0..10_000 {
+            flood.record("u", &i.to_string());
+        }
+        assert_eq!(
+            flood.remembered(),
+            SPAM_MEMORY_CAP,
+            "a cap, whatever the limits"
+        );
     }
 
     #[test]

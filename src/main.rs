@@ -6,6 +6,10 @@ use confab::config::{Config, ConfigSource, LogFormat};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "confab",

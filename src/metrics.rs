@@ -39,6 +39,7 @@ pub struct Metrics {
     pub persist_failures: Counter,
     pub persist_lag: Gauge,
     pub redis_roundtrip_seconds: Histogram,
+    pub accept_seconds: Histogram,
     /// One counter per error code, made on first use.
     rejected: Mutex<HashMap<&'static str, Counter>>,
 }
@@ -57,6 +58,7 @@ impl Metrics {
             persist_failures: metrics::counter!("confab_persist_failures_total"),
             persist_lag: metrics::gauge!("confab_persist_lag"),
             redis_roundtrip_seconds: metrics::histogram!("confab_redis_roundtrip_seconds"),
+            accept_seconds: metrics::histogram!("confab_accept_seconds"),
             rejected: Mutex::new(HashMap::new()),
         }
     }
@@ -74,6 +76,7 @@ impl Metrics {
             persist_failures: Counter::noop(),
             persist_lag: Gauge::noop(),
             redis_roundtrip_seconds: Histogram::noop(),
+            accept_seconds: Histogram::noop(),
             rejected: Mutex::new(HashMap::new()),
         }
     }
@@ -190,6 +193,11 @@ fn describe() {
     describe_gauge!(
         "confab_persist_lag",
         "Messages accepted but not yet committed to the database."
+    );
+    describe_histogram!(
+        "confab_accept_seconds",
+        Unit::Seconds,
+        "From a send reaching its room to its ack: queueing behind the room's batch in flight, sequencing and the durable write."
     );
     describe_histogram!(
         "confab_redis_roundtrip_seconds",

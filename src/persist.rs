@@ -16,8 +16,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Transactions in flight at once: one commits while the next is being sent.
-const MAX_IN_FLIGHT: usize = 2;
 use tokio::sync::oneshot;
 
 /// Why a batch was not written (already logged by Persist).
@@ -46,6 +44,15 @@ pub struct Persist {
     buffer: Vec<Enqueue>,
     buffered_rows: usize,
     in_flight: usize,
+    /// Transactions in flight at once (the store's `concurrent_writes`).
+    max_in_flight: usize,
+    /// One writer (SQLite): transactions start at most once per flush
+    /// interval. Each commit costs a WAL write of every page it touched and
+    /// an fsync, on the same core as everything else; spacing commits makes
+    /// them bigger and fewer under load, while a message still waits at most
+    /// the interval plus one commit.
+    paced: bool,
+    last_start: Option<std::time::Instant>,
     in_flight_rows: usize,
     /// Publishes `confab_persist_lag` (embedded mode; in cluster mode the
     /// persist stream's length is the lag, reported by its feed).
@@ -59,6 +66,9 @@ pub struct Persist {
 impl Persist {
     pub fn new(store: SharedStore, batch_max: usize, flush_interval: Duration) -> Self {
         Self {
+            max_in_flight: store.concurrent_writes().max(1),
+            paced: store.concurrent_writes() <= 1,
+            last_start: None,
             store,
             batch_max,
             flush_interval,
@@ -103,13 +113,25 @@ impl Persist {
     }
 
     fn schedule(&mut self, ctx: &mut Context<Self>) {
-        if self.buffer.is_empty() || self.in_flight >= MAX_IN_FLIGHT {
+        if self.buffer.is_empty() || self.in_flight >= self.max_in_flight {
             return;
         }
-        if self.in_flight == 0 || self.buffered_rows >= self.batch_max {
+        let now = std::time::Instant::now();
+        let due = if self.paced {
+            self.last_start
+                .map(|at| at + self.flush_interval)
+                .filter(|due| *due > now)
+        } else {
+            None
+        };
+        if self.buffered_rows >= self.batch_max || (self.in_flight == 0 && due.is_none()) {
             self.flush(ctx);
         } else if self.timer.is_none() {
-            self.timer = Some(ctx.run_later(self.flush_interval, |act, ctx| {
+            let wait = match due {
+                Some(due) if self.in_flight == 0 => due - now,
+                _ => self.flush_interval,
+            };
+            self.timer = Some(ctx.run_later(wait, |act, ctx| {
                 act.timer = None;
                 act.flush(ctx);
             }));
@@ -144,7 +166,7 @@ impl Persist {
     }
 
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        if self.in_flight >= MAX_IN_FLIGHT || self.buffer.is_empty() {
+        if self.in_flight >= self.max_in_flight || self.buffer.is_empty() {
             self.release_drain_waiters();
             return;
         }
@@ -162,6 +184,7 @@ impl Persist {
             *self.busy_rooms.entry(room.clone()).or_insert(0) += 1;
         }
         let row_count = rows.len();
+        self.last_start = Some(std::time::Instant::now());
         self.in_flight += 1;
         self.in_flight_rows += row_count;
         let store = self.store.clone();
@@ -209,6 +232,8 @@ impl Persist {
                     // Whatever queued during the write has waited long enough.
                     if act.buffer.is_empty() {
                         act.release_drain_waiters();
+                    } else if act.paced && act.drain_waiters.is_empty() {
+                        act.schedule(ctx);
                     } else {
                         act.flush(ctx);
                     }

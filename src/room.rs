@@ -10,7 +10,7 @@ use crate::limits::SpamWindow;
 use crate::protocol::{self, ChatMessage, ErrorCode, Rejection, UserInfo};
 use crate::registry::{Occupancy, RoomIdle};
 use crate::session::{Format, Outlet, ToSession};
-use crate::AppDeps;
+use crate::{AppDeps, FastMap};
 use actix::prelude::*;
 use bytestring::ByteString;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -151,6 +151,8 @@ struct Sender {
     to: Outlet,
     format: Format,
     client_ref: Option<String>,
+    /// When the send reached the room, for `confab_accept_seconds`.
+    arrived: Instant,
 }
 
 #[derive(PartialEq, Eq)]
@@ -162,6 +164,8 @@ enum Phase {
 
 pub struct RoomActor {
     name: String,
+    /// Online count and newest seq, read by the registry for `/api/rooms`.
+    occupancy: Arc<Occupancy>,
     id: u64,
     deps: AppDeps,
     phase: Phase,
@@ -174,12 +178,12 @@ pub struct RoomActor {
     queue: VecDeque<Queued>,
     /// Ids of the batch the broker is accepting right now.
     in_flight: Option<HashSet<String>>,
-    members: HashMap<Uuid, Member>,
-    presence: HashMap<String, Presence>,
+    members: FastMap<Uuid, Member>,
+    presence: FastMap<String, Presence>,
     remote: HashMap<String, RemoteUser>,
     refreshing: bool,
     recent: VecDeque<Arc<Delivered>>,
-    typing: HashMap<String, Instant>,
+    typing: FastMap<String, Instant>,
     joins_seen: u64,
     replay_tokens: u64,
     idle_timer: Option<SpawnHandle>,
@@ -187,11 +191,12 @@ pub struct RoomActor {
 }
 
 /// Frames per session, sent as one mailbox item each.
-type Outbox = HashMap<Uuid, Vec<ByteString>>;
+type Outbox = FastMap<Uuid, Vec<ByteString>>;
 
 impl RoomActor {
-    pub fn new(name: String, deps: AppDeps) -> Self {
+    pub fn new(name: String, deps: AppDeps, occupancy: Arc<Occupancy>) -> Self {
         Self {
+            occupancy,
             name,
             id: ROOM_ACTOR_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             phase: Phase::Loading,
@@ -201,18 +206,20 @@ impl RoomActor {
             filling: false,
             queue: VecDeque::new(),
             in_flight: None,
-            members: HashMap::new(),
-            presence: HashMap::new(),
+            members: FastMap::default(),
+            presence: FastMap::default(),
             remote: HashMap::new(),
             refreshing: false,
             recent: VecDeque::with_capacity(RECENT_CAPACITY),
-            typing: HashMap::new(),
+            typing: FastMap::default(),
             joins_seen: 0,
             replay_tokens: 0,
             idle_timer: None,
             spam: SpamWindow::new(
                 deps.config.moderation.spam_repeats,
                 deps.config.moderation.spam_window_secs,
+                deps.config.limits.messages_per_sec,
+                deps.config.limits.message_burst,
             ),
             deps,
         }
@@ -292,11 +299,7 @@ impl RoomActor {
                 .keys()
                 .filter(|id| !self.presence.contains_key(*id))
                 .count();
-        self.deps.registry.do_send(Occupancy {
-            room: self.name.clone(),
-            online,
-            last_seq: self.committed,
-        });
+        self.occupancy.set(online, self.committed);
     }
 
     fn remove_member(&mut self, session: Uuid, notify: bool) {
@@ -423,7 +426,7 @@ impl RoomActor {
         senders: Vec<Sender>,
         result: Result<Vec<Accepted>, crate::broker::BrokerError>,
     ) {
-        let mut outbox = Outbox::new();
+        let mut outbox = Outbox::default();
         match result {
             Ok(results) => {
                 for (sender, accepted) in senders.into_iter().zip(results) {
@@ -469,6 +472,9 @@ impl RoomActor {
     }
 
     fn ack(&self, outbox: &mut Outbox, sender: &Sender, msg: &ChatMessage) {
+        crate::metrics::get()
+            .accept_seconds
+            .record(crate::metrics::seconds(sender.arrived.elapsed()));
         if sender.format != Format::V1 {
             return;
         }
@@ -597,7 +603,7 @@ impl RoomActor {
                                     act.pending.insert(m.seq, Arc::new(m));
                                 }
                             }
-                            let mut outbox = Outbox::new();
+                            let mut outbox = Outbox::default();
                             act.flush_pending(ctx, &mut outbox);
                             act.send_outbox(outbox);
                         }
@@ -992,6 +998,7 @@ impl Handler<Send> for RoomActor {
             to: member.to.clone(),
             format: member.format,
             client_ref: send.client_ref.clone(),
+            arrived: Instant::now(),
         };
         let draft = Draft::new(member.user.clone(), send.content, send.client_ref);
         self.queue.push_back(Queued { sender, draft });
@@ -1029,7 +1036,7 @@ impl Handler<Inbound> for RoomActor {
                         self.pending.insert(m.seq, m);
                     }
                 }
-                let mut outbox = Outbox::new();
+                let mut outbox = Outbox::default();
                 self.flush_pending(ctx, &mut outbox);
                 self.send_outbox(outbox);
             }

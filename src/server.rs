@@ -142,7 +142,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     // Chat frames are small and latency matters: no Nagle delay on acks.
     .tcp_nodelay(true)
     // Only short REST requests can still be running once the sockets closed.
-    .shutdown_timeout(config.server.shutdown_grace_secs.min(2))
+    .shutdown_timeout(config.server.shutdown_grace_secs.min(1))
     .disable_signals();
     let scheme = if tls.is_some() { "https" } else { "http" };
     let server = match tls {
@@ -160,17 +160,34 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     notify_systemd(sd_notify::NotifyState::Ready);
     let server = server.run();
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    let deadline = Arc::new(std::sync::OnceLock::new());
     actix_web::rt::spawn(graceful_shutdown(
         server.handle(),
         shutdown_tx,
         sessions,
         grace,
+        deadline.clone(),
     ));
     server.await?;
 
+    // The whole shutdown stays within the grace period. What the drain can't
+    // finish by then was never acked (embedded acks follow the commit; cluster
+    // entries stay in the persist stream for another instance), so cutting it
+    // short loses nothing acknowledged.
+    let remaining = deadline.get().map_or(grace, |at: &tokio::time::Instant| {
+        at.saturating_duration_since(tokio::time::Instant::now())
+    });
     tracing::info!("stopping: writing buffered messages");
-    deps.broker.drain().await;
-    let _ = persist.send(Drain).await;
+    let drain = async {
+        deps.broker.drain().await;
+        let _ = persist.send(Drain).await;
+    };
+    if tokio::time::timeout(remaining, drain).await.is_err() {
+        tracing::error!(
+            "shutdown_grace_secs ran out while writing buffered messages; unacknowledged sends \
+             may be lost (acknowledged ones are durable)"
+        );
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -238,26 +255,30 @@ fn cut_off_stalled_readers(conn: &dyn std::any::Any, after: Duration) {
 }
 
 /// SIGTERM or SIGINT: stop accepting, tell every session to close with 1001,
-/// give their close frames a moment (bounded by the grace period), then stop
-/// HTTP. `serve` drains Persist after that, so nothing acked is lost.
+/// give their close frames most of the grace period, then stop HTTP. `serve`
+/// drains Persist in what is left of the grace period (recorded in
+/// `deadline`), so the process exits within `shutdown_grace_secs`.
 async fn graceful_shutdown(
     server: actix_web::dev::ServerHandle,
     shutdown: tokio::sync::watch::Sender<bool>,
     sessions: Arc<AtomicUsize>,
     grace: Duration,
+    deadline: Arc<std::sync::OnceLock<tokio::time::Instant>>,
 ) {
     wait_for_signal().await;
+    let started = tokio::time::Instant::now();
+    let _ = deadline.set(started + grace);
     notify_systemd(sd_notify::NotifyState::Stopping);
     tracing::info!("shutting down: closing connections");
     server.pause().await;
     let _ = shutdown.send(true);
-    let deadline = tokio::time::Instant::now() + grace;
-    while sessions.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+    // Sockets get three quarters of the grace period; the rest is the flush's.
+    let close_by = started + grace.mul_f64(0.75);
+    while sessions.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < close_by {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Connections that didn't close within the grace period (a client that
-    // stopped reading can't receive its close frame) are dropped, so the
-    // whole shutdown stays within the grace period plus the final flush.
+    // Connections that didn't close by then (a client that stopped reading
+    // can't receive its close frame) are dropped.
     let drained = sessions.load(Ordering::SeqCst) == 0;
     server.stop(drained).await;
 }

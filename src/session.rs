@@ -12,7 +12,6 @@ use crate::AppDeps;
 use actix::prelude::*;
 use actix_web_actors::ws;
 use bytestring::ByteString;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -136,7 +135,7 @@ pub struct Session {
     format: Format,
     /// Seed-compatible sessions join this room (with this replay) at once.
     seed: Option<(String, u32)>,
-    rooms: HashMap<String, Addr<RoomActor>>,
+    rooms: crate::FastMap<String, Addr<RoomActor>>,
     last_heard: Instant,
     /// A fragmented message being reassembled.
     fragments: Option<Fragments>,
@@ -175,7 +174,7 @@ impl Session {
             deps,
             format,
             seed,
-            rooms: HashMap::new(),
+            rooms: crate::FastMap::default(),
             last_heard: Instant::now(),
             fragments: None,
             _slot: None,
@@ -245,10 +244,10 @@ impl Session {
         }
         // The registry forwards the join itself, so a lease can't be lost if this
         // session dies while waiting; the room sweeps such members later.
-        let ask = self
-            .deps
-            .registry
-            .send(JoinRoom(make_join(self, ctx, true)));
+        let ask = self.deps.registry.send(JoinRoom {
+            join: make_join(self, ctx, true),
+            home: actix::Arbiter::current(),
+        });
         ctx.wait(
             ask.into_actor(self)
                 .map(move |answer, act, ctx| match answer {

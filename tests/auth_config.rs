@@ -318,6 +318,14 @@ fn check_config_rejects_bad_files_naming_the_key() {
         ("rooms", "join_history", "101", "join_history"),
         ("auth", "guest", "\"yes\"", "guest"),
         ("limits", "history_page_max", "1.5", "history_page_max"),
+        // TLS needs both files or neither.
+        (
+            "server.tls",
+            "cert",
+            "\"/etc/confab/cert.pem\"",
+            "server.tls",
+        ),
+        ("server.tls", "key", "\"/etc/confab/key.pem\"", "server.tls"),
     ] {
         let mut c = base_config(dir.path());
         c.set(sec, key, val);

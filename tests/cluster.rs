@@ -446,6 +446,23 @@ async fn a_postgres_outage_delays_history_but_loses_nothing() {
         (resp.status, resp.error_code()),
         (503, "unavailable".to_string())
     );
+    // The 20 acked messages wait in the persist stream: that is the lag.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = a.get("/metrics").await.text();
+        let lag = text
+            .lines()
+            .find_map(|l| l.strip_prefix("confab_persist_lag "))
+            .and_then(|v| v.parse::<f64>().ok());
+        if lag.is_some_and(|lag| lag >= 20.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "confab_persist_lag never showed the 20 waiting messages:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // Recovery doesn't need Postgres: an instance that never opened the room
     // replays from the room's stream.
     let mut late = b.ws_user(&uid("late"), "late").await;
@@ -595,4 +612,59 @@ async fn cluster_metrics_time_redis_and_report_the_persist_lag() {
             .any(|l| l == "confab_messages_accepted_total 5"),
         "{scrape}"
     );
+}
+
+/// Abuse limits hold in cluster mode too (per instance, see
+/// docs/operations.md): the rate limit with retry_after_ms, prohibited words
+/// and spam; a known ref is still answered with its ack first, even from
+/// another instance and while the user is rate limited there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abuse_limits_apply_on_every_instance() {
+    let env = ClusterEnv::new();
+    let limited = |b: ServerBuilder| {
+        b.set("limits", "messages_per_sec", "1")
+            .set("limits", "message_burst", "3")
+            .set("moderation", "spam_repeats", "1")
+            .set("moderation", "prohibited_words", r#"["darn"]"#)
+            .start()
+    };
+    let a = limited(env.builder());
+    let b = limited(env.builder());
+    let user = uid("u");
+    let mut on_a = a.ws_user(&user, "u").await;
+    let mut on_b = b.ws_user(&user, "u").await;
+    on_a.join("abuse").await;
+    on_b.join("abuse").await;
+
+    let first = on_a.send_msg("abuse", "hello", "a1").await;
+    on_a.send_json(json!({"type":"send","room":"abuse","content":"hello","ref":"a2"}))
+        .await;
+    let e = on_a.recv_type("error").await;
+    assert_eq!(
+        (&e["code"], &e["ref"]),
+        (&json!("spam"), &json!("a2")),
+        "{e}"
+    );
+    on_a.send_json(json!({"type":"send","room":"abuse","content":"oh darn","ref":"a3"}))
+        .await;
+    let e = on_a.recv_type("error").await;
+    assert_eq!(e["code"], "prohibited_content", "{e}");
+    on_a.send_msg("abuse", "second", "a4").await;
+    on_a.send_json(json!({"type":"send","room":"abuse","content":"third","ref":"a5"}))
+        .await;
+    let e = on_a.recv_type("error").await;
+    assert_eq!(e["code"], "rate_limited", "{e}");
+    assert!(e["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0), "{e}");
+
+    // Instance b counts on its own: the burst is there, and the known ref is
+    // answered with the original ack (from Redis), not stored twice.
+    let again = on_b.send_msg("abuse", "hello", "a1").await;
+    assert_eq!(
+        (&again["seq"], &again["id"]),
+        (&first["seq"], &first["id"]),
+        "{again}"
+    );
+    on_b.send_msg("abuse", "from b", "b1").await;
+    let history = history_with(&a, "abuse", 3, Duration::from_secs(10)).await;
+    assert_gap_free(&history);
 }

@@ -290,3 +290,122 @@ fn nginx_example_passes_nginx_t() {
         show(&out)
     );
 }
+
+/// The unit's hardening is part of the contract (docs/operations.md): a
+/// dedicated user, a read-only system with only the state directory
+/// writable, no privilege gain, and a file limit fit for many sockets.
+#[test]
+fn systemd_unit_keeps_its_hardening() {
+    let unit = read(UNIT);
+    for (key, want) in [
+        ("Type", "notify"),
+        ("User", "confab"),
+        ("StateDirectory", "confab"),
+        ("WorkingDirectory", "/var/lib/confab"),
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("PrivateDevices", "yes"),
+        ("CapabilityBoundingSet", ""),
+        ("RestrictSUIDSGID", "yes"),
+        ("SystemCallFilter", "@system-service"),
+        ("KillSignal", "SIGTERM"),
+    ] {
+        assert_eq!(unit_values(&unit, key), [want], "{key}={want} in {UNIT}");
+    }
+    let nofile: u64 = unit_values(&unit, "LimitNOFILE")
+        .first()
+        .and_then(|v| v.parse().ok())
+        .expect("LimitNOFILE=N");
+    assert!(
+        nofile >= 65536,
+        "LimitNOFILE={nofile}: raise it for many sockets"
+    );
+}
+
+/// docker-compose.yml runs two confab instances on Postgres and Redis; the
+/// environment it gives confab is a valid cluster configuration.
+#[test]
+fn compose_file_configures_a_valid_cluster() {
+    let compose = read("docker-compose.yml");
+    for service in [
+        "  confab1:",
+        "  confab2:",
+        "  postgres:",
+        "  redis:",
+        "  nginx:",
+    ] {
+        assert!(
+            compose.lines().any(|l| l == service),
+            "service {service} in docker-compose.yml"
+        );
+    }
+    assert!(
+        compose.contains("CONFAB_GIT_REVISION"),
+        "build passes the git revision"
+    );
+    let env: Vec<(String, String)> = compose
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.trim().split_once(": ")?;
+            k.starts_with("CONFAB__").then(|| {
+                let v = v.trim().trim_matches('"');
+                // ${VAR:?message} is filled from .env by compose.
+                let v = if v.starts_with("${") {
+                    "a-secret-from-env"
+                } else {
+                    v
+                };
+                (k.to_string(), v.to_string())
+            })
+        })
+        .collect();
+    let keys: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+    for key in [
+        "CONFAB__STORAGE__URL",
+        "CONFAB__BROKER__REDIS_URL",
+        "CONFAB__AUTH__JWT_SECRET",
+    ] {
+        assert!(keys.contains(&key), "{key} in docker-compose.yml: {keys:?}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.arg("check-config").current_dir(dir.path());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("CONFAB") {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    let out = cmd.output().expect("run confab check-config");
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let effective = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        effective.contains("redis_url = \"redis://redis:6379\""),
+        "{effective}"
+    );
+}
+
+/// The Dockerfile builds the release binary in one stage and runs it
+/// unprivileged in a slim one, with the state directory as a volume.
+#[test]
+fn dockerfile_builds_release_and_runs_unprivileged() {
+    let dockerfile = read("Dockerfile");
+    let from: Vec<&str> = dockerfile
+        .lines()
+        .filter(|l| l.starts_with("FROM "))
+        .collect();
+    assert!(
+        from.len() >= 2,
+        "a build stage and a runtime stage: {from:?}"
+    );
+    for needle in [
+        "cargo build --release",
+        "CONFAB_GIT_REVISION",
+        "USER ",
+        "EXPOSE 8080",
+    ] {
+        assert!(dockerfile.contains(needle), "{needle} in the Dockerfile");
+    }
+}

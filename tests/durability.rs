@@ -202,3 +202,63 @@ async fn sigterm_closes_sockets_1001_exits_0_and_keeps_acked() {
     s.restart();
     verify_acked(&s, "term", &acks, &content_of).await;
 }
+
+/// SIGINT is a graceful shutdown too, and the whole shutdown stays within
+/// `shutdown_grace_secs` even when a client stopped reading (its socket
+/// buffers are full, so it can't take its close frame): exit 0 in time,
+/// the reading client gets 1001, and every acked message survives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_with_a_stalled_reader_exits_0_within_the_grace_period() {
+    const GRACE_SECS: u64 = 3;
+    let mut s = Server::builder()
+        .set("server", "shutdown_grace_secs", &GRACE_SECS.to_string())
+        // The stalled reader must not be closed as a slow consumer first.
+        .set("limits", "session_queue", "100000")
+        .set("limits", "messages_per_sec", "100000")
+        .set("limits", "message_burst", "100000")
+        .start();
+    // Never reads again after its join: the flood below fills its buffers.
+    let mut stalled = s.ws_user_small_buffer(&uid("s"), "stalled").await;
+    stalled.join("int").await;
+    let mut reader = s.ws(&token(&uid("r"), "reader")).await;
+    reader.join("int").await;
+    let mut writer = s.ws(&token(&uid("w"), "writer")).await;
+    writer.join("int").await;
+
+    let big = "x".repeat(1900);
+    let mut acks = Vec::new();
+    let mut content_of: HashMap<String, String> = HashMap::new();
+    // ~6 MB: more than the kernel buffers of the stalled socket hold.
+    for i in 0..3000 {
+        let r = format!("i{i}");
+        let content = format!("{i} {big}");
+        content_of.insert(r.clone(), content.clone());
+        acks.push(writer.send_msg("int", &content, &r).await);
+    }
+    // The reader keeps reading, so its close frame can reach it.
+    let reader_closed = tokio::spawn(async move {
+        loop {
+            match reader.next_frame(std::time::Duration::from_secs(15)).await {
+                Some(Frame::Closed(closed)) => return closed,
+                Some(_) => continue,
+                None => panic!("reader: no close frame within 15 s"),
+            }
+        }
+    });
+
+    let started = std::time::Instant::now();
+    let status =
+        tokio::task::block_in_place(|| s.signal("-INT", std::time::Duration::from_secs(20)));
+    let took = started.elapsed();
+    eprintln!("shutdown took {took:?}");
+    assert_eq!(status.code(), Some(0), "SIGINT exits 0: {status}");
+    assert!(
+        took < std::time::Duration::from_millis(GRACE_SECS * 1000 + 1000),
+        "shutdown took {took:?}, shutdown_grace_secs = {GRACE_SECS}"
+    );
+    let closed = reader_closed.await.unwrap();
+    assert_eq!(closed.code(), Some(1001), "{closed:?}");
+    drop(stalled);
+    s.restart();
+    verify_acked(&s, "int", &acks, &content_of).await;
+}

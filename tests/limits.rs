@@ -119,3 +119,38 @@ async fn connections_per_ip_are_capped_before_the_upgrade() {
         }
     }
 }
+
+/// Typing has its own throttle (one relayed per 2 s): a user whose send
+/// budget is spent can still say they are typing, and typing never spends
+/// the send budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_is_throttled_apart_from_the_send_rate_limit() {
+    let s = Server::builder()
+        .set("limits", "messages_per_sec", "1")
+        .set("limits", "message_burst", "1")
+        .start();
+    let mut alice = s.ws_user(&uid("alice"), "alice").await;
+    let mut bob = s.ws_user(&uid("bob"), "bob").await;
+    alice.join("tp").await;
+    bob.join("tp").await;
+    // Typing many times first: none of it counts against the send budget.
+    for _ in 0..5 {
+        alice.send_json(json!({"type":"typing","room":"tp"})).await;
+    }
+    let t = bob.recv_type("typing").await;
+    assert_eq!(t["user"], "alice", "{t}");
+    alice.send_msg("tp", "one", "t1").await;
+    // The send budget is now spent...
+    alice
+        .send_json(json!({"type":"send","room":"tp","content":"two","ref":"t2"}))
+        .await;
+    let e = alice.recv_type("error").await;
+    assert_eq!(e["code"], "rate_limited", "{e}");
+    // Once typing's own 2 s throttle allows it, spend the send budget again
+    // and type at once: typing is relayed although sends are refused.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    alice.send_msg("tp", "three", "t3").await;
+    alice.send_json(json!({"type":"typing","room":"tp"})).await;
+    let t = bob.recv_type("typing").await;
+    assert_eq!(t["user"], "alice", "{t}");
+}

@@ -167,9 +167,83 @@ fn version_names_the_version_and_git_revision() {
         "{line:?}"
     );
     let revision = &line[expected.len()..line.len() - 1];
+    // Built from a git checkout (CI's clean clone included): the revision is
+    // the checkout's HEAD. Only a build outside git may say "unknown".
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    match head {
+        Some(head) => assert_eq!(revision, head, "{line:?}"),
+        None => assert!(
+            revision == "unknown" || revision.chars().all(|c| c.is_ascii_hexdigit()),
+            "{revision:?}"
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------- logs
+
+/// `log.format = "json"`: every line is one JSON object; a connection's
+/// events carry its span with the session and user id; message contents
+/// never reach the log (checked at debug level, which logs more than info).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_connection_span_and_no_message_contents() {
+    let s = Server::builder()
+        .set("log", "format", "\"json\"")
+        .set("log", "level", "\"debug\"")
+        .start();
+    let user = uid("logged");
+    let secret_words = "the-launch-code-is-0000";
+    {
+        let mut c = s.ws_user(&user, "logger").await;
+        c.join("logs").await;
+        c.send_msg("logs", secret_words, "l1").await;
+        c.send_json(json!({"type":"send","room":"logs","content":format!("{secret_words} {}", "x".repeat(3000)),"ref":"l2"}))
+            .await;
+        assert_eq!(c.recv_type("error").await["code"], "message_too_long");
+    }
+    // The session's end is logged after the socket closed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ended = loop {
+        let logs = s.logs();
+        let lines: Vec<Value> = logs
+            .iter()
+            .map(|l| {
+                // The harness prefixes each line with where it came from.
+                let json = &l[l.find('{').unwrap_or_else(|| panic!("not JSON: {l:?}"))..];
+                serde_json::from_str(json).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}"))
+            })
+            .collect();
+        let ended = lines.iter().find(|v| {
+            v["fields"]["message"] == "session ended" && v["span"]["user"] == user.as_str()
+        });
+        if let Some(ended) = ended {
+            break ended.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no `session ended` line with the span:\n{}",
+            s.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(ended["span"]["name"], "session", "{ended}");
+    let session = ended["span"]["session"]
+        .as_str()
+        .expect("session id in the span");
+    assert!(uuid::Uuid::parse_str(session).is_ok(), "{ended}");
     assert!(
-        revision == "unknown" || revision.chars().all(|c| c.is_ascii_hexdigit()),
-        "{revision:?}"
+        ended["level"].is_string() && ended["timestamp"].is_string(),
+        "{ended}"
+    );
+    assert!(
+        !s.log_text().contains(secret_words),
+        "message contents leaked into the log:\n{}",
+        s.log_text()
     );
 }
 
@@ -220,6 +294,66 @@ async fn systemd_hears_ready_after_bind_and_stopping_on_sigterm() {
     assert_eq!(how.code(), Some(1001), "{how:?}");
     let status = s.terminate(Duration::from_secs(15));
     assert_eq!(status.code(), Some(0));
+}
+
+/// READY=1 means the port accepts and the migrations ran: at the instant the
+/// notification arrives (without waiting for any log line) a TCP connect to
+/// the configured port succeeds and the SQLite schema is in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_is_sent_only_once_bound_and_migrated() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket_path = dir.path().join("notify.sock");
+    let socket = tokio::net::UnixDatagram::bind(&socket_path).expect("bind notify socket");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut config = Config::defaults(dir.path());
+    config.set("server", "bind", &toml_str(&format!("127.0.0.1:{port}")));
+    let config_path = dir.path().join("config.toml");
+    std::fs::write(&config_path, config.render()).expect("write config");
+    let mut child = std::process::Command::new(bin())
+        .arg("serve")
+        .arg("--config")
+        .arg(&config_path)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env_remove("CONFAB_LOG")
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn confab serve");
+
+    let mut buf = vec![0u8; 4096];
+    let got = tokio::time::timeout(Duration::from_secs(20), socket.recv(&mut buf)).await;
+    // Check at once, before anything else could make it true.
+    let connected = std::net::TcpStream::connect(("127.0.0.1", port));
+    let db = dir.path().join("confab.db");
+    let migrated = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg("SELECT count(*) FROM __diesel_schema_migrations")
+        .output();
+    let _ = child.kill();
+    let _ = child.wait();
+    let n = got.expect("READY=1 within 20 s").expect("recv");
+    let message = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(message.lines().any(|l| l == "READY=1"), "{message:?}");
+    assert!(
+        connected.is_ok(),
+        "READY before the listener: {connected:?}"
+    );
+    assert!(db.exists(), "READY before the database was created");
+    if let Ok(out) = migrated {
+        // Without the sqlite3 shell the file's existence above is the check.
+        if out.status.success() {
+            let count: u32 = String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse()
+                .unwrap_or(0);
+            assert!(count >= 1, "READY before the migrations ran");
+        }
+    }
 }
 
 // ---------------------------------------------------------------------- TLS

@@ -37,7 +37,37 @@ pub struct Feed {
 }
 
 pub fn spawn(feed: Feed) {
+    actix::spawn(report_lag(
+        feed.client.clone(),
+        feed.stream.clone(),
+        feed.shutdown.clone(),
+    ));
     actix::spawn(run(feed));
+}
+
+/// Entries leave the stream only once committed (XACK + XDEL), so its length
+/// is the cluster's persist lag. Measured on its own connection and task: the
+/// read loop stands still exactly when the lag grows (Postgres down, Persist
+/// full), and blocking reads would delay it.
+async fn report_lag(client: redis::Client, stream: String, shutdown: watch::Receiver<bool>) {
+    let mut conn: Option<MultiplexedConnection> = None;
+    let mut every = tokio::time::interval(LAG_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if *shutdown.borrow() {
+            return;
+        }
+        if conn.is_none() {
+            conn = client.get_multiplexed_async_connection().await.ok();
+        }
+        if let Some(c) = conn.as_mut() {
+            match redis::cmd("XLEN").arg(&stream).query_async::<u64>(c).await {
+                Ok(len) => crate::metrics::get().persist_lag.set(len as f64),
+                Err(_) => conn = None,
+            }
+        }
+    }
 }
 
 /// One batch between read and acknowledgement.
@@ -110,20 +140,9 @@ async fn read_loop(
     handed: mpsc::Sender<Handed>,
 ) -> RedisResult<()> {
     let mut last_claim: Option<Instant> = None;
-    let mut last_lag: Option<Instant> = None;
     loop {
         if *feed.shutdown.borrow() {
             return Ok(());
-        }
-        // Entries leave the stream only once committed (XACK + XDEL), so its
-        // length is the cluster's persist lag.
-        if last_lag.is_none_or(|at| at.elapsed() >= LAG_EVERY) {
-            last_lag = Some(Instant::now());
-            let len: u64 = redis::cmd("XLEN")
-                .arg(&feed.stream)
-                .query_async(conn)
-                .await?;
-            crate::metrics::get().persist_lag.set(len as f64);
         }
         if last_claim.is_none_or(|at| at.elapsed() >= CLAIM_EVERY) {
             last_claim = Some(Instant::now());

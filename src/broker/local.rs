@@ -73,7 +73,7 @@ impl Broker for LocalBroker {
         let mut next_seq = committed + 1;
         let mut plans = Vec::with_capacity(drafts.len());
         let mut claimed: Vec<(String, String)> = Vec::new();
-        let mut first_of: HashMap<(String, String), usize> = HashMap::new();
+        let mut first_of: crate::FastMap<(String, String), usize> = crate::FastMap::default();
         for (index, draft) in drafts.into_iter().enumerate() {
             if let Some(r) = draft.client_ref.clone() {
                 let key = (draft.user.id.clone(), r);

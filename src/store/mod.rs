@@ -58,6 +58,12 @@ pub trait Store: Send + Sync + 'static {
     async fn recent_refs(&self, since_ms: i64) -> Result<Vec<RecentRef>, StoreError>;
     /// Cheap round trip for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
+    /// Transactions worth running at once: a second one overlaps the first's
+    /// commit on a server with concurrent writers; SQLite has one writer, and
+    /// a second transaction would only sleep in its busy handler.
+    fn concurrent_writes(&self) -> usize {
+        2
+    }
 }
 
 pub type SharedStore = Arc<dyn Store>;

@@ -277,13 +277,19 @@ impl Server {
 
     /// Send SIGTERM and wait (at most `within`) for the process to exit.
     pub fn terminate(&mut self, within: Duration) -> ExitStatus {
+        self.signal("-TERM", within)
+    }
+
+    /// Send `signal` (as `kill` spells it: `-TERM`, `-INT`) and wait (at most
+    /// `within`) for the process to exit.
+    pub fn signal(&mut self, signal: &str, within: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("server running");
         let st = Command::new("kill")
-            .arg("-TERM")
+            .arg(signal)
             .arg(child.id().to_string())
             .status()
             .expect("run kill -TERM");
-        assert!(st.success(), "kill -TERM failed");
+        assert!(st.success(), "kill {signal} failed");
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = child.try_wait().expect("try_wait") {
@@ -293,7 +299,7 @@ impl Server {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "server did not exit within {within:?} after SIGTERM; log:\n{}",
+                    "server did not exit within {within:?} after kill {signal}; log:\n{}",
                     self.log_text()
                 );
             }

@@ -1,19 +1,14 @@
-//! `confab-bench`: load scenarios for confab, one subcommand each.
-//!
-//! `persist` measures sustained ingest into Postgres through the real Persist
-//! actor (group commit), with producers that behave like rooms: each hands over
-//! a few sequenced messages, waits for their commit, then hands over the next
-//! few. See docs/benchmarks.md for the commands and results.
-//!
-//! Every scenario is bounded in time (`--max-secs`, Ctrl-C) and prints either a
-//! table or, with `--json`, one JSON object on stdout. Exit status: 0 when the
-//! run completed and verified, 1 on an error or a failed check, 2 when the time
-//! bound (or Ctrl-C) stopped it early.
+//! `persist`: sustained ingest into Postgres through the real Persist actor
+//! (group commit), with producers that behave like rooms: each hands over a
+//! few sequenced messages, waits for their commit, then hands over the next
+//! few. Runs in one actix System, like `confab serve`.
 
+use crate::procfs::{cpus_allowed, proc_cpu};
+use crate::{ms, percent_of_core, Output, Status};
 use actix::prelude::*;
 use anyhow::{bail, Context as _};
 use async_trait::async_trait;
-use clap::{Args, Parser, Subcommand};
+use clap::Args;
 use confab::persist::Persist;
 use confab::protocol::{now_ms, ChatMessage};
 use confab::store::postgres::{redact, PgStore};
@@ -29,31 +24,8 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-#[derive(Parser)]
-#[command(
-    name = "confab-bench",
-    version,
-    about = "Load scenarios for confab (one subcommand per scenario)"
-)]
-struct Cli {
-    /// Print one JSON object on stdout instead of the table.
-    #[arg(long, global = true)]
-    json: bool,
-    /// Print a progress line on stderr every second.
-    #[arg(long, global = true)]
-    progress: bool,
-    #[command(subcommand)]
-    scenario: Scenario,
-}
-
-#[derive(Subcommand)]
-enum Scenario {
-    /// Sustained ingest into Postgres through the Persist actor (group commit).
-    Persist(PersistArgs),
-}
-
 #[derive(Args, Clone)]
-struct PersistArgs {
+pub struct PersistArgs {
     /// Postgres URL, e.g. postgres://postgres@127.0.0.1:5432/confab_bench.
     #[arg(long, env = "CONFAB_BENCH_URL")]
     url: String,
@@ -93,49 +65,9 @@ struct PersistArgs {
     max_secs: u64,
 }
 
-fn main() {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let output = Output {
-        json: cli.json,
-        progress: cli.progress,
-    };
-    let outcome = actix::System::new().block_on(async move {
-        match cli.scenario {
-            Scenario::Persist(args) => persist_scenario(args, output).await,
-        }
-    });
-    match outcome {
-        Ok(Status::Complete) => {}
-        Ok(Status::Stopped) => std::process::exit(2),
-        Err(error) => {
-            eprintln!("confab-bench: {error:#}");
-            std::process::exit(1);
-        }
-    }
-}
-
-/// How a scenario reports.
-#[derive(Clone, Copy)]
-struct Output {
-    json: bool,
-    progress: bool,
-}
-
-enum Status {
-    Complete,
-    Stopped,
-}
-
 // ------------------------------------------------------------------ persist
 
-async fn persist_scenario(mut args: PersistArgs, output: Output) -> anyhow::Result<Status> {
+pub async fn persist_scenario(mut args: PersistArgs, output: Output) -> anyhow::Result<Status> {
     if args.producers == 0 || args.messages == 0 || args.batch_max == 0 {
         bail!("--producers, --messages and --batch-max must be at least 1");
     }
@@ -464,6 +396,10 @@ impl Metered {
 
 #[async_trait]
 impl Store for Metered {
+    fn concurrent_writes(&self) -> usize {
+        self.inner.concurrent_writes()
+    }
+
     async fn insert_batch(&self, batch: Vec<Arc<ChatMessage>>) -> Result<(), StoreError> {
         let rows = batch.len() as u64;
         let started = Instant::now();
@@ -655,30 +591,6 @@ impl Cpu {
     }
 }
 
-/// `(comm, utime + stime)` from a `/proc/<pid>/stat` file (clock ticks of 10 ms).
-fn proc_cpu(path: &str) -> Option<(String, Duration)> {
-    let stat = std::fs::read_to_string(path).ok()?;
-    let open = stat.find('(')?;
-    let close = stat.rfind(')')?;
-    let comm = stat[open + 1..close].to_string();
-    let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-    // After the comm: state is field 3, utime 14, stime 15 (1-based in proc(5)).
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((comm, Duration::from_millis((utime + stime) * 10)))
-}
-
-fn cpus_allowed() -> String {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-                .map(|v| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "?".into())
-}
-
 // ------------------------------------------------------------------- report
 
 struct PersistReport {
@@ -699,14 +611,6 @@ struct PersistReport {
     rows_in_db: u64,
     head_sum: u64,
     stopped_early: bool,
-}
-
-fn ms(micros: u64) -> f64 {
-    micros as f64 / 1000.0
-}
-
-fn percent_of_core(cpu: Duration, wall: Duration) -> f64 {
-    100.0 * cpu.as_secs_f64() / wall.as_secs_f64().max(1e-9)
 }
 
 impl PersistReport {
