@@ -262,3 +262,48 @@ async fn sigint_with_a_stalled_reader_exits_0_within_the_grace_period() {
     s.restart();
     verify_acked(&s, "int", &acks, &content_of).await;
 }
+
+/// A database written before the 2026-12-01 migration (messages as a
+/// WITHOUT ROWID table) keeps every message through it: same history, same
+/// ids, and the room's seq continues after the last one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_written_before_the_rowid_migration_survive_it() {
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_path_buf();
+    let db = data.join("confab.db");
+    let mut conn =
+        diesel::SqliteConnection::establish(db.to_str().expect("utf-8 path")).expect("open");
+    conn.batch_execute(include_str!(
+        "../migrations/sqlite/2026-11-23-000001_init/up.sql"
+    ))
+    .expect("old schema");
+    conn.batch_execute(
+        "CREATE TABLE __diesel_schema_migrations (version VARCHAR(50) PRIMARY KEY NOT NULL, \
+         run_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP);
+         INSERT INTO __diesel_schema_migrations (version) VALUES ('20261123000001');
+         INSERT INTO messages VALUES
+           ('old', 1, '019ad000-0000-7000-8000-000000000001', 'u-1', 'alice', 'first, before', 1764000000000, 'r1'),
+           ('old', 2, '019ad000-0000-7000-8000-000000000002', 'u-2', 'bob', 'second, before', 1764000001000, NULL);
+         INSERT INTO rooms VALUES ('old', 2, 1764000000000);",
+    )
+    .expect("old rows");
+    drop(conn);
+
+    let s = Server::builder()
+        .set(
+            "storage",
+            "data_dir",
+            &toml_str(data.to_str().expect("utf-8")),
+        )
+        .start();
+    let history = s.history_all("old", &token("reader", "reader")).await;
+    assert_eq!(seqs(&history), vec![1, 2]);
+    assert_eq!(history[0]["id"], "019ad000-0000-7000-8000-000000000001");
+    assert_eq!(history[1]["content"], "second, before");
+    let mut c = s.ws(&token(&uid("w"), "writer")).await;
+    c.join("old").await;
+    let ack = c.send_msg("old", "after the migration", "a1").await;
+    assert_eq!(ack["seq"], 3, "{ack}");
+}

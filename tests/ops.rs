@@ -125,6 +125,12 @@ async fn metrics_count_connections_messages_rejections_and_persistence() {
         "flush latency is a histogram with buckets:\n{text}"
     );
     assert_eq!(sample(&text, "confab_persist_lag"), Some(0.0), "{text}");
+    // Each of the three accepted sends is timed from its room to its ack.
+    assert_eq!(
+        sample(&text, "confab_accept_seconds_count"),
+        Some(3.0),
+        "{text}"
+    );
     for name in [
         "confab_slow_consumer_disconnects_total",
         "confab_heartbeat_timeouts_total",

@@ -51,7 +51,9 @@ pub enum Protocol {
 /// Where and how to connect; shared by fanout, ramp and idle.
 #[derive(Args, Clone, Debug)]
 pub struct ConnectArgs {
-    /// Server URL, ws://HOST:PORT (the path follows from --protocol).
+    /// Server URL, ws://HOST:PORT (the path follows from --protocol). Several,
+    /// comma-separated (instances of one cluster): client i uses URL i mod N,
+    /// so every room has members on every instance.
     #[arg(long, default_value = "ws://127.0.0.1:8080")]
     pub url: String,
     /// Endpoint to speak: v1 (/ws) or seed (/ws/chat/{room}).
@@ -89,8 +91,8 @@ enum Credentials {
 
 /// Opens bench clients against one server.
 pub struct Connector {
-    addr: SocketAddr,
-    authority: String,
+    /// One `(address, host:port)` per server; client i uses entry i mod N.
+    servers: Vec<(SocketAddr, String)>,
     pub protocol: Protocol,
     credentials: Credentials,
     sources: u8,
@@ -108,21 +110,24 @@ pub struct Client {
 
 impl Connector {
     pub async fn new(args: &ConnectArgs, read_buffer: usize) -> anyhow::Result<Self> {
-        let rest = args
-            .url
-            .strip_prefix("ws://")
-            .ok_or_else(|| anyhow!("--url must start with ws:// (got {:?})", args.url))?;
-        let authority = rest.split('/').next().unwrap_or_default().to_string();
-        if authority.is_empty() {
-            bail!("--url has no host: {:?}", args.url);
-        }
-        let addr = tokio::net::lookup_host(authority.as_str())
-            .await
-            .with_context(|| format!("resolving {authority}"))?
-            .find(SocketAddr::is_ipv4)
-            .ok_or_else(|| anyhow!("{authority} has no IPv4 address"))?;
-        if args.sources > 0 && !addr.ip().is_loopback() {
-            bail!("--sources binds 127.0.0.x, which only reaches a loopback server; use --sources 0 for {addr}");
+        let mut servers = Vec::new();
+        for url in args.url.split(',').map(str::trim) {
+            let rest = url
+                .strip_prefix("ws://")
+                .ok_or_else(|| anyhow!("--url must start with ws:// (got {url:?})"))?;
+            let authority = rest.split('/').next().unwrap_or_default().to_string();
+            if authority.is_empty() {
+                bail!("--url has no host: {url:?}");
+            }
+            let addr = tokio::net::lookup_host(authority.as_str())
+                .await
+                .with_context(|| format!("resolving {authority}"))?
+                .find(SocketAddr::is_ipv4)
+                .ok_or_else(|| anyhow!("{authority} has no IPv4 address"))?;
+            if args.sources > 0 && !addr.ip().is_loopback() {
+                bail!("--sources binds 127.0.0.x, which only reaches a loopback server; use --sources 0 for {addr}");
+            }
+            servers.push((addr, authority));
         }
         let credentials = match (&args.jwt_secret, args.guest, args.protocol) {
             (Some(secret), _, _) => Credentials::Mint(Box::new(Auth::new(secret.as_bytes()))),
@@ -138,14 +143,18 @@ impl Connector {
             .max_message_size(Some(16 << 20));
         let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
         Ok(Self {
-            addr,
-            authority,
+            servers,
             protocol: args.protocol,
             credentials,
             sources: args.sources,
             config,
             run_id,
         })
+    }
+
+    /// The server client `index` talks to.
+    fn server(&self, index: usize) -> &(SocketAddr, String) {
+        &self.servers[index % self.servers.len()]
     }
 
     /// This run's name for room `index`: fresh rooms, so seqs start at 1.
@@ -161,7 +170,7 @@ impl Connector {
             socket.set_reuseaddr(true)?;
             socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
         }
-        let stream = socket.connect(self.addr).await?;
+        let stream = socket.connect(self.server(index).0).await?;
         stream.set_nodelay(true)?;
         Ok(stream)
     }
@@ -185,7 +194,7 @@ impl Connector {
         let request = format!(
             "POST /api/login HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
              Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            self.authority,
+            self.server(index).1,
             body.len()
         );
         let mut stream = self.tcp(index).await.context("connecting for /api/login")?;
@@ -230,7 +239,7 @@ impl Connector {
             }
         };
         let stream = self.tcp(index).await.context("connecting")?;
-        let url = format!("ws://{}{path}", self.authority);
+        let url = format!("ws://{}{path}", self.server(index).1);
         let (mut ws, _) =
             tokio_tungstenite::client_async_with_config(url, stream, Some(self.config))
                 .await
