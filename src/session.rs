@@ -292,6 +292,13 @@ impl Session {
             let e = Rejection::new(ErrorCode::NotJoined, "join the room first");
             return self.refuse_send(ctx, context(e), client_ref);
         };
+        if !addr.connected() {
+            // The room's actor is gone without telling us (its worker thread
+            // stopped): the membership went with it.
+            self.rooms.remove(&room);
+            let e = Rejection::new(ErrorCode::NotJoined, "the room restarted; join it again");
+            return self.refuse_send(ctx, context(e), client_ref);
+        }
         if let Err(e) = self.deps.send_limiter.check(&self.limiter_key) {
             return self.refuse_send(ctx, context(e), client_ref);
         }
