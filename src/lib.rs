@@ -22,8 +22,6 @@ use actix::Addr;
 /// keys such as refs can't be aimed at one bucket) instead of SipHash, which
 /// showed up in profiles.
 pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-/// See [`FastMap`].
-pub type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 

@@ -46,12 +46,7 @@ pub struct Persist {
     in_flight: usize,
     /// Transactions in flight at once (the store's `concurrent_writes`).
     max_in_flight: usize,
-    /// One writer (SQLite): transactions start at most once per flush
-    /// interval. Each commit costs a WAL write of every page it touched and
-    /// an fsync, on the same core as everything else; spacing commits makes
-    /// them bigger and fewer under load, while a message still waits at most
-    /// the interval plus one commit.
-    paced: bool,
+    /// When the last transaction started (see [`Persist::paced`]).
     last_start: Option<std::time::Instant>,
     in_flight_rows: usize,
     /// Publishes `confab_persist_lag` (embedded mode; in cluster mode the
@@ -67,7 +62,6 @@ impl Persist {
     pub fn new(store: SharedStore, batch_max: usize, flush_interval: Duration) -> Self {
         Self {
             max_in_flight: store.concurrent_writes().max(1),
-            paced: store.concurrent_writes() <= 1,
             last_start: None,
             store,
             batch_max,
@@ -112,12 +106,21 @@ impl Persist {
         }
     }
 
+    /// One writer (SQLite): transactions start at most once per flush
+    /// interval. Each commit costs a WAL write of every page it touched and
+    /// an fsync, on the same core as everything else; spacing commits makes
+    /// them bigger and fewer under load, while a message still waits at most
+    /// the interval plus one commit.
+    fn paced(&self) -> bool {
+        self.max_in_flight == 1
+    }
+
     fn schedule(&mut self, ctx: &mut Context<Self>) {
         if self.buffer.is_empty() || self.in_flight >= self.max_in_flight {
             return;
         }
         let now = std::time::Instant::now();
-        let due = if self.paced {
+        let due = if self.paced() {
             self.last_start
                 .map(|at| at + self.flush_interval)
                 .filter(|due| *due > now)
@@ -232,7 +235,7 @@ impl Persist {
                     // Whatever queued during the write has waited long enough.
                     if act.buffer.is_empty() {
                         act.release_drain_waiters();
-                    } else if act.paced && act.drain_waiters.is_empty() {
+                    } else if act.paced() && act.drain_waiters.is_empty() {
                         act.schedule(ctx);
                     } else {
                         act.flush(ctx);

@@ -51,23 +51,10 @@ impl SqliteStore {
         .await
         .map_err(|e| StoreError::Migrate(e.to_string()))??;
 
-        let mut config = ManagerConfig::default();
-        config.recycling_method = RecyclingMethod::Fast;
-        config.custom_setup = Box::new(setup_connection);
-        let manager = AsyncDieselConnectionManager::<Conn>::new_with_config(url_of(&path), config);
-        let pool = Pool::builder(manager)
-            .max_size(pool_size)
-            .build()
-            .map_err(|e| StoreError::Connect(e.to_string()))?;
-        let mut config = ManagerConfig::default();
-        config.recycling_method = RecyclingMethod::Fast;
-        config.custom_setup = Box::new(setup_connection);
-        let manager = AsyncDieselConnectionManager::<Conn>::new_with_config(url_of(&path), config);
-        let writer = Pool::builder(manager)
-            .max_size(1)
-            .build()
-            .map_err(|e| StoreError::Connect(e.to_string()))?;
-        Ok(Self { pool, writer })
+        Ok(Self {
+            pool: connection_pool(&path, pool_size)?,
+            writer: connection_pool(&path, 1)?,
+        })
     }
 
     /// Runs `work` with a pooled connection on the blocking pool.
@@ -100,6 +87,19 @@ impl SqliteStore {
             .await
             .map_err(|e| StoreError::Connect(format!("the store task failed: {e}")))?
     }
+}
+
+/// A pool of up to `size` connections to the file, each set up with
+/// [`CONNECTION_PRAGMAS`].
+fn connection_pool(path: &Path, size: usize) -> Result<Pool<Conn>, StoreError> {
+    let mut config = ManagerConfig::default();
+    config.recycling_method = RecyclingMethod::Fast;
+    config.custom_setup = Box::new(setup_connection);
+    let manager = AsyncDieselConnectionManager::<Conn>::new_with_config(url_of(path), config);
+    Pool::builder(manager)
+        .max_size(size)
+        .build()
+        .map_err(|e| StoreError::Connect(e.to_string()))
 }
 
 fn setup_connection(

@@ -11,27 +11,28 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 /// Examples of violations, disconnects and errors kept for the report.
 const MAX_NOTES: usize = 20;
 
-/// What the connections on one thread counted.
+/// What the connections on one thread counted: the counters (reached
+/// through `Deref`) and this window's latencies.
 pub struct Tally {
-    /// Message frames received by any client (the sender's own copy included).
-    pub deliveries: u64,
-    /// Message frames whose content carries no bench timestamp (not ours).
-    pub foreign: u64,
-    pub sends: u64,
-    /// v1: `ack` frames; seed: a sender's own copy of its message.
-    pub acks: u64,
-    /// Error frames by code.
-    pub errors: BTreeMap<String, u64>,
-    /// Seqs that were not the one due (gap, repeat, reorder).
-    pub seq_violations: u64,
-    /// Message frames without a seq.
-    pub unparsed: u64,
-    /// Connections the server closed or lost while the run needed them.
-    pub disconnects: u64,
+    counts: Counters,
     /// Send to delivery, µs.
     pub latency: Histogram<u64>,
     /// Send to ack, µs.
     pub ack_latency: Histogram<u64>,
+}
+
+impl std::ops::Deref for Tally {
+    type Target = Counters;
+
+    fn deref(&self) -> &Counters {
+        &self.counts
+    }
+}
+
+impl std::ops::DerefMut for Tally {
+    fn deref_mut(&mut self) -> &mut Counters {
+        &mut self.counts
+    }
 }
 
 pub fn histogram() -> Histogram<u64> {
@@ -42,14 +43,7 @@ pub fn histogram() -> Histogram<u64> {
 impl Tally {
     fn new() -> Self {
         Self {
-            deliveries: 0,
-            foreign: 0,
-            sends: 0,
-            acks: 0,
-            errors: BTreeMap::new(),
-            seq_violations: 0,
-            unparsed: 0,
-            disconnects: 0,
+            counts: Counters::default(),
             latency: histogram(),
             ack_latency: histogram(),
         }
@@ -107,20 +101,41 @@ pub fn fatal() -> Option<String> {
     lock(&FATAL).clone()
 }
 
-/// Cumulative counters of all threads.
+/// Counters of one thread, or cumulative of all threads.
 #[derive(Clone, Debug, Default)]
 pub struct Counters {
+    /// Message frames received by any client (the sender's own copy included).
     pub deliveries: u64,
+    /// Message frames whose content carries no bench timestamp (not ours).
     pub foreign: u64,
     pub sends: u64,
+    /// v1: `ack` frames; seed: a sender's own copy of its message.
     pub acks: u64,
+    /// Error frames by code.
     pub errors: BTreeMap<String, u64>,
+    /// Seqs that were not the one due (gap, repeat, reorder).
     pub seq_violations: u64,
+    /// Message frames without a seq.
     pub unparsed: u64,
+    /// Connections the server closed or lost while the run needed them.
     pub disconnects: u64,
 }
 
 impl Counters {
+    /// Adds another thread's counters to these.
+    fn add(&mut self, other: &Counters) {
+        self.deliveries += other.deliveries;
+        self.foreign += other.foreign;
+        self.sends += other.sends;
+        self.acks += other.acks;
+        for (code, n) in &other.errors {
+            *self.errors.entry(code.clone()).or_default() += n;
+        }
+        self.seq_violations += other.seq_violations;
+        self.unparsed += other.unparsed;
+        self.disconnects += other.disconnects;
+    }
+
     pub fn error_count(&self) -> u64 {
         self.errors.values().sum()
     }
@@ -164,17 +179,7 @@ pub fn snapshot() -> Snapshot {
     };
     for shard in shards {
         let mut t = lock(&shard);
-        let c = &mut out.counters;
-        c.deliveries += t.deliveries;
-        c.foreign += t.foreign;
-        c.sends += t.sends;
-        c.acks += t.acks;
-        for (code, n) in &t.errors {
-            *c.errors.entry(code.clone()).or_default() += n;
-        }
-        c.seq_violations += t.seq_violations;
-        c.unparsed += t.unparsed;
-        c.disconnects += t.disconnects;
+        out.counters.add(&t);
         // Same bounds on both sides, so adding cannot fail.
         let _ = out.latency.add(&t.latency);
         let _ = out.ack_latency.add(&t.ack_latency);
@@ -189,17 +194,7 @@ pub fn counters() -> Counters {
     let shards: Vec<_> = lock(&SHARDS).clone();
     let mut c = Counters::default();
     for shard in shards {
-        let t = lock(&shard);
-        c.deliveries += t.deliveries;
-        c.foreign += t.foreign;
-        c.sends += t.sends;
-        c.acks += t.acks;
-        for (code, n) in &t.errors {
-            *c.errors.entry(code.clone()).or_default() += n;
-        }
-        c.seq_violations += t.seq_violations;
-        c.unparsed += t.unparsed;
-        c.disconnects += t.disconnects;
+        c.add(&lock(&shard));
     }
     c
 }
