@@ -6,6 +6,7 @@ use crate::limits::ConnectionCounter;
 use crate::protocol::{self, ErrorCode, Rejection, UserInfo};
 use crate::registry::ListActive;
 use crate::session::Session;
+use crate::websocket::Accepted;
 use crate::AppDeps;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -132,7 +133,7 @@ fn check_origin(req: &HttpRequest, deps: &AppDeps) -> Result<(), Rejection> {
 
 // ----------------------------------------------------------------- websocket
 
-async fn ws_v1(req: HttpRequest, stream: web::Payload, deps: web::Data<AppDeps>) -> HttpResponse {
+async fn ws_v1(req: HttpRequest, deps: web::Data<AppDeps>) -> HttpResponse {
     if let Err(e) = check_origin(&req, &deps) {
         return error_response(&e);
     }
@@ -147,15 +148,10 @@ async fn ws_v1(req: HttpRequest, stream: web::Payload, deps: web::Data<AppDeps>)
             ))
         }
     };
-    upgrade(
-        Session::v1(identity, deps.get_ref().clone()),
-        &req,
-        stream,
-        &deps,
-    )
+    upgrade(Session::v1(identity, deps.get_ref().clone()), &req, &deps)
 }
 
-async fn ws_seed(req: HttpRequest, stream: web::Payload, deps: web::Data<AppDeps>) -> HttpResponse {
+async fn ws_seed(req: HttpRequest, deps: web::Data<AppDeps>) -> HttpResponse {
     let room = req.match_info().get("room").unwrap_or_default().to_string();
     if let Err(e) = protocol::check_room(&room) {
         return error_response(&e.in_room(Some(&room)));
@@ -194,17 +190,23 @@ async fn ws_seed(req: HttpRequest, stream: web::Payload, deps: web::Data<AppDeps
     upgrade(
         Session::seed(identity, deps.get_ref().clone(), room, history),
         &req,
-        stream,
         &deps,
     )
 }
 
-fn upgrade(
-    session: Session,
-    req: &HttpRequest,
-    stream: web::Payload,
-    deps: &AppDeps,
-) -> HttpResponse {
+/// Accepts the upgrade: a 101 carrying the session, which
+/// `websocket::upgrade_service` runs on the socket once the 101 is written.
+fn upgrade(session: Session, req: &HttpRequest, deps: &AppDeps) -> HttpResponse {
+    let mut response = match ws::handshake(req) {
+        Ok(mut accept) => accept.finish(),
+        Err(e) => {
+            let rejection = Rejection::new(
+                ErrorCode::InvalidFrame,
+                format!("not a WebSocket upgrade: {e}"),
+            );
+            return error_response(&rejection);
+        }
+    };
     // Counted by the TCP peer: behind a proxy, cap at the proxy instead.
     let session = match req.peer_addr() {
         Some(peer) => match ConnectionCounter::acquire(
@@ -217,19 +219,10 @@ fn upgrade(
         },
         None => session,
     };
-    match ws::WsResponseBuilder::new(session, req, stream)
-        .frame_size(deps.config.limits.max_frame_bytes)
-        .start()
-    {
-        Ok(response) => response,
-        Err(e) => {
-            let rejection = Rejection::new(
-                ErrorCode::InvalidFrame,
-                format!("not a WebSocket upgrade: {e}"),
-            );
-            error_response(&rejection)
-        }
-    }
+    response
+        .extensions_mut()
+        .insert(Accepted::new(session, deps.config.limits.max_frame_bytes));
+    response
 }
 
 // ---------------------------------------------------------------------- REST

@@ -15,6 +15,7 @@ pub mod room;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod websocket;
 
 use actix::Addr;
 

@@ -10,9 +10,12 @@ use crate::limits::{Moderation, SendLimiter};
 use crate::persist::{Drain, Persist};
 use crate::registry::{Init, Registry};
 use crate::store::{self, StoreError};
-use crate::{http, AppDeps};
+use crate::{http, websocket, AppDeps};
 use actix::Actor;
-use actix_web::{web, App, HttpServer};
+use actix_http::HttpService;
+use actix_service::map_config;
+use actix_web::dev::AppConfig;
+use actix_web::{web, App};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -131,34 +134,49 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     });
     registry.do_send(Init(deps.clone()));
 
-    let app_deps = deps.clone();
+    let listeners = bind(&config.server.bind)?;
     let stalled_after = Duration::from_secs(config.heartbeat.timeout_secs);
-    let server = HttpServer::new(move || {
+    let app_deps = deps.clone();
+    let app = move || {
         App::new()
             .app_data(web::Data::new(app_deps.clone()))
             .configure(http::routes)
-    })
-    .on_connect(move |conn, _| cut_off_stalled_readers(conn, stalled_after))
-    // Chat frames are small and latency matters: no Nagle delay on acks.
-    .tcp_nodelay(true)
-    // Only short REST requests can still be running once the sockets closed.
-    .shutdown_timeout(config.server.shutdown_grace_secs.min(1))
-    .disable_signals();
+    };
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let server = match tls {
-        Some(tls) => server.bind_rustls_0_23(&config.server.bind, tls),
-        None => server.bind(&config.server.bind),
-    }
-    .map_err(|source| StartError::Bind {
-        bind: config.server.bind.clone(),
-        source,
-    })?;
-    for addr in server.addrs() {
+    let mut builder = actix_server::Server::build()
+        // Only short REST requests can still be running once the sockets closed.
+        .shutdown_timeout(config.server.shutdown_grace_secs.min(1))
+        .disable_signals();
+    for listener in listeners {
+        let addr = listener.local_addr()?;
         tracing::info!(mode, scheme, "listening on {addr}");
+        let app = app.clone();
+        let name = format!("confab-{addr}");
+        // The same service over TCP or TLS (the stream type differs).
+        macro_rules! http_service {
+            () => {
+                HttpService::build()
+                    // Chat frames are small and latency matters: no Nagle delay on acks.
+                    .tcp_nodelay(true)
+                    .client_disconnect_timeout(Duration::from_secs(1))
+                    .local_addr(addr)
+                    .on_connect_ext(move |io: &_, _: &mut _| {
+                        cut_off_stalled_readers(io as &dyn std::any::Any, stalled_after)
+                    })
+                    .upgrade(websocket::upgrade_service(app.clone()))
+                    .finish(map_config(app(), |_| AppConfig::default()))
+            };
+        }
+        builder = match tls.clone() {
+            Some(tls) => builder.listen(name, listener, move || {
+                http_service!().rustls_0_23(tls.clone())
+            })?,
+            None => builder.listen(name, listener, move || http_service!().tcp())?,
+        };
     }
     // Migrations ran in store::open and the listener is bound: tell systemd.
     notify_systemd(sd_notify::NotifyState::Ready);
-    let server = server.run();
+    let server = builder.run();
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     let deadline = Arc::new(std::sync::OnceLock::new());
     actix_web::rt::spawn(graceful_shutdown(
@@ -190,6 +208,42 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Listens on every address `bind` names (a host name may resolve to
+/// several), with the same socket options actix-web's own server uses.
+fn bind(bind: &str) -> Result<Vec<std::net::TcpListener>, StartError> {
+    use std::net::ToSocketAddrs;
+    let failed = |source| StartError::Bind {
+        bind: bind.to_string(),
+        source,
+    };
+    let mut listeners = Vec::new();
+    let mut last_error = None;
+    for addr in bind.to_socket_addrs().map_err(failed)? {
+        match listen_on(addr) {
+            Ok(listener) => listeners.push(listener),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    match last_error {
+        Some(error) if listeners.is_empty() => Err(failed(error)),
+        _ if listeners.is_empty() => Err(failed(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the address resolves to nothing",
+        ))),
+        _ => Ok(listeners),
+    }
+}
+
+fn listen_on(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(2048)?;
+    Ok(socket.into())
 }
 
 /// The rustls server config for `[server.tls]`, or None when it is unset.

@@ -33,7 +33,7 @@ pub const SECRET: &str = "confab-integration-test-secret-7f3a9c";
 pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_confab")

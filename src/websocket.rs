@@ -1,0 +1,222 @@
+//! WebSocket connections taken off the HTTP dispatcher.
+//!
+//! actix-web-actors normally streams a WebSocket through the HTTP response,
+//! which keeps actix-http's per-connection 8 KiB read and write buffers alive
+//! for the whole session: most of an idle connection's memory. Instead, every
+//! `Connection: Upgrade` request goes to [`upgrade_service`]: it runs the
+//! request through the same actix-web `App` (routing, token and origin checks
+//! stay in `http.rs`), and when a handler accepted the upgrade (a 101 carrying
+//! an [`Accepted`] session) it writes the 101 and takes the socket over. The
+//! session actor is still an actix-web-actors `WebsocketContext`; only the
+//! bytes between it and the socket move through [`run`], which reads into a
+//! small buffer and writes each batch of frames the context encodes with one
+//! write.
+
+use crate::session::Session;
+use actix_codec::{AsyncRead, AsyncWrite, Framed};
+use actix_http::body::{BodySize, MessageBody};
+use actix_http::error::PayloadError;
+use actix_http::{h1, ConnectionType, Request, Response};
+use actix_service::{fn_factory, fn_service, IntoServiceFactory, Service, ServiceFactory};
+use actix_web::body::BoxBody;
+use actix_web::dev::{AppConfig, ServiceResponse};
+use actix_web_actors::ws;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use std::cell::Cell;
+use std::rc::Rc;
+use tokio::io::AsyncWriteExt;
+
+/// What a WebSocket handler attaches to its 101 response: the session to run
+/// on the socket once the 101 is written. A `Cell` because response
+/// extensions hand out shared references and the session is taken once.
+pub struct Accepted {
+    session: Cell<Option<Session>>,
+    max_frame_bytes: usize,
+}
+
+impl Accepted {
+    pub fn new(session: Session, max_frame_bytes: usize) -> Self {
+        Self {
+            session: Cell::new(Some(session)),
+            max_frame_bytes,
+        }
+    }
+}
+
+/// The upgrade service for actix-http: `app` builds the same `App` the HTTP
+/// side serves (one instance per worker, like the HTTP one).
+pub fn upgrade_service<T, F, A, SF>(
+    app: F,
+) -> impl ServiceFactory<
+    (Request, Framed<T, h1::Codec>),
+    Config = (),
+    Response = (),
+    Error = actix_web::Error,
+    InitError = (),
+>
+where
+    T: AsyncRead + AsyncWrite + Unpin + 'static,
+    F: Fn() -> A + 'static,
+    A: IntoServiceFactory<SF, Request>,
+    SF: ServiceFactory<
+            Request,
+            Config = AppConfig,
+            Response = ServiceResponse,
+            Error = actix_web::Error,
+        > + 'static,
+    SF::InitError: std::fmt::Debug,
+    SF::Service: 'static,
+{
+    fn_factory(move || {
+        let factory = app().into_factory();
+        async move {
+            let app = factory
+                .new_service(AppConfig::default())
+                .await
+                .map_err(|error| tracing::error!(?error, "cannot start the app for upgrades"))?;
+            let app = Rc::new(app);
+            Ok(fn_service(
+                move |(req, framed): (Request, Framed<T, h1::Codec>)| {
+                    let app = app.clone();
+                    async move {
+                        answer(&*app, req, framed).await;
+                        Ok::<_, actix_web::Error>(())
+                    }
+                },
+            ))
+        }
+    })
+}
+
+/// Runs an upgrade request through the app; writes its answer, and when the
+/// answer is an accepted upgrade, runs the session on the socket.
+async fn answer<T, S>(app: &S, req: Request, mut framed: Framed<T, h1::Codec>)
+where
+    T: AsyncRead + AsyncWrite + Unpin + 'static,
+    S: Service<Request, Response = ServiceResponse, Error = actix_web::Error>,
+{
+    let mut response: Response<BoxBody> = match app.call(req).await {
+        Ok(response) => response.into(),
+        Err(error) => error.into(),
+    };
+    let accepted = response.extensions_mut().remove::<Accepted>();
+    let (mut head, body) = response.into_parts();
+    let accepted = accepted.and_then(|a| a.session.take().map(|s| (s, a.max_frame_bytes)));
+    if accepted.is_none() {
+        // Refused upgrades end the connection after the answer.
+        head.head_mut().set_connection_type(ConnectionType::Close);
+    }
+    if let Err(error) = write_response(&mut framed, head, body).await {
+        tracing::debug!(%error, "could not answer an upgrade request");
+        return;
+    }
+    let Some((session, max_frame_bytes)) = accepted else {
+        return;
+    };
+    let parts = framed.into_parts();
+    // Bytes the client sent right behind its request (its first frames).
+    let early = Bytes::copy_from_slice(&parts.read_buf);
+    // A task of its own, so the HTTP dispatcher (its buffers, timers and
+    // state, a few KiB) is freed instead of living as long as the socket.
+    // Shutdown doesn't need actix-server to track it: `server.rs` waits for
+    // the sessions' close frames, and stopping the worker drops its tasks.
+    actix_web::rt::spawn(run(parts.io, early, session, max_frame_bytes));
+}
+
+async fn write_response<T>(
+    framed: &mut Framed<T, h1::Codec>,
+    head: Response<()>,
+    body: BoxBody,
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    // One write for head and body: clients that read a refusal's body from
+    // the packet that brought its head (tungstenite does) get all of it.
+    let size = body.size();
+    framed.feed(h1::Message::Item((head, size))).await?;
+    if !matches!(size, BodySize::None) {
+        let bytes = actix_http::body::to_bytes(body).await?;
+        if !bytes.is_empty() {
+            framed.feed(h1::Message::Chunk(Some(bytes))).await?;
+        }
+        framed.feed(h1::Message::Chunk(None)).await?;
+    }
+    framed.flush().await?;
+    Ok(())
+}
+
+/// Moves bytes between the socket and the session until either side ends.
+/// The session's input is read straight from the socket when the session
+/// asks for more; while a write is blocked the session isn't polled (as with
+/// the HTTP dispatcher), and `TCP_USER_TIMEOUT` ends a connection whose
+/// reader stalled.
+pub async fn run<T>(io: T, early: Bytes, session: Session, max_frame_bytes: usize)
+where
+    T: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let (reader, mut writer) = tokio::io::split(io);
+    let input = SocketInput {
+        reader,
+        early: (!early.is_empty()).then_some(early),
+        ended: false,
+    };
+    let codec = actix_http::ws::Codec::new().max_size(max_frame_bytes);
+    let mut output = std::pin::pin!(ws::WebsocketContext::with_codec(session, input, codec));
+    // The context encodes every frame queued since its last poll into one
+    // chunk: one write per batch.
+    while let Some(frames) = output.next().await {
+        let Ok(frames) = frames else { break };
+        if writer.write_all(&frames).await.is_err() {
+            return;
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
+/// The socket's read side as the stream of chunks a `WebsocketContext` decodes.
+/// Reads land in a stack buffer and are copied out at their exact size: the
+/// context copies them into its decoder at once, so an idle connection holds
+/// no read buffer at all.
+struct SocketInput<R> {
+    reader: R,
+    /// What arrived behind the upgrade request, handed over first.
+    early: Option<Bytes>,
+    ended: bool,
+}
+
+/// One read's worth: a frame larger than this arrives in several reads.
+const READ_CHUNK: usize = 16 * 1024;
+
+impl<R: AsyncRead + Unpin> futures_util::Stream for SocketInput<R> {
+    type Item = Result<Bytes, PayloadError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if let Some(early) = this.early.take() {
+            return Poll::Ready(Some(Ok(early)));
+        }
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut buf = tokio::io::ReadBuf::uninit(&mut chunk);
+        match std::pin::Pin::new(&mut this.reader).poll_read(cx, &mut buf) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                this.ended = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Ok(())) => Poll::Ready(Some(Ok(Bytes::copy_from_slice(buf.filled())))),
+            Poll::Ready(Err(error)) => {
+                this.ended = true;
+                Poll::Ready(Some(Err(PayloadError::Io(error))))
+            }
+        }
+    }
+}
