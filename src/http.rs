@@ -23,6 +23,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/login", web::post().to(login))
         .route("/api/rooms", web::get().to(list_rooms))
         .route("/api/rooms/{room}/messages", web::get().to(room_messages))
+        .route("/api/rooms/{room}/stats", web::get().to(room_stats))
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics))
@@ -341,6 +342,43 @@ async fn room_messages(req: HttpRequest, deps: web::Data<AppDeps>) -> HttpRespon
     match crate::history::page(&deps.store, &room, before, limit, page_max).await {
         Ok((messages, next)) => json(protocol::history_json(&room, &messages, next, false)),
         Err(e) => error_response(&e),
+    }
+}
+
+/// The analytics counters of a room over `window` (1h, 24h or 7d; default
+/// 24h). Same token rules as history.
+async fn room_stats(req: HttpRequest, deps: web::Data<AppDeps>) -> HttpResponse {
+    let room = req.match_info().get("room").unwrap_or_default().to_string();
+    if let Err(e) = protocol::check_room(&room) {
+        return error_response(&e);
+    }
+    let identity = match reader_identity(&req, &deps) {
+        Ok(identity) => identity,
+        Err(e) => return error_response(&e),
+    };
+    if let Some(Err(e)) = identity.map(|i| i.rooms.check(&room)) {
+        return error_response(&e);
+    }
+    let query = query_params(&req);
+    let window = query.get("window").map_or("24h", String::as_str);
+    let Some((window, span_ms)) = crate::analytics::WINDOWS
+        .iter()
+        .find(|(name, _)| *name == window)
+    else {
+        return error_response(&Rejection::new(
+            ErrorCode::InvalidWindow,
+            "window must be 1h, 24h or 7d",
+        ));
+    };
+    match crate::analytics::stats(&deps.pipeline, &room, window, *span_ms).await {
+        Ok(stats) => json(stats.to_string()),
+        Err(error) => {
+            tracing::warn!(%error, room, "stats read failed");
+            error_response(&Rejection::new(
+                ErrorCode::Unavailable,
+                "stats are unavailable right now",
+            ))
+        }
     }
 }
 

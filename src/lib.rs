@@ -1,5 +1,6 @@
 //! confab: a real-time chat server. See docs/architecture.md for the map.
 
+pub mod analytics;
 pub mod auth;
 pub mod broker;
 pub mod config;
@@ -11,10 +12,12 @@ pub mod metrics;
 pub mod persist;
 pub mod protocol;
 pub mod registry;
+pub mod retention;
 pub mod room;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod transfer;
 pub mod websocket;
 
 use actix::Addr;
@@ -32,6 +35,8 @@ pub struct AppDeps {
     pub config: Arc<config::Config>,
     pub auth: Arc<auth::Auth>,
     pub store: store::SharedStore,
+    /// Export, import, retention and the analytics counters.
+    pub pipeline: store::SharedPipeline,
     pub broker: broker::SharedBroker,
     pub persist: Addr<persist::Persist>,
     pub registry: Addr<registry::Registry>,

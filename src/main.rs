@@ -48,6 +48,23 @@ enum Command {
         /// The file to check (else the usual lookup)
         file: Option<PathBuf>,
     },
+    /// Write a room's messages to stdout, oldest first
+    Export {
+        /// The room to export
+        #[arg(long)]
+        room: String,
+        /// Only messages with a seq above this one
+        #[arg(long, value_name = "SEQ", default_value_t = 0)]
+        since: u64,
+        /// ndjson: one history message object per line; csv: RFC 4180 with a header
+        #[arg(long, value_enum)]
+        format: confab::transfer::Format,
+    },
+    /// Load an NDJSON export back (messages already there are kept as they are)
+    Import {
+        /// The NDJSON file to load
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -79,6 +96,18 @@ fn main() -> ExitCode {
             init_logging(&config);
             run_async(async { confab::store::migrate(&config).await.context("migrate") })
                 .map(|()| tracing::info!("migrations are up to date"))
+        }
+        Command::Export {
+            room,
+            since,
+            format,
+        } => {
+            init_logging(&config);
+            run_async(confab::transfer::run_export(&config, &room, since, format))
+        }
+        Command::Import { file } => {
+            init_logging(&config);
+            run_async(confab::transfer::run_import(&config, &file))
         }
         Command::Serve => {
             init_logging(&config);

@@ -40,6 +40,10 @@ pub struct Metrics {
     pub persist_lag: Gauge,
     pub redis_roundtrip_seconds: Histogram,
     pub accept_seconds: Histogram,
+    pub retention_runs: Counter,
+    pub retention_deleted: Counter,
+    pub analytics_counted: Counter,
+    pub analytics_lag: Gauge,
     /// One counter per error code, made on first use.
     rejected: Mutex<HashMap<&'static str, Counter>>,
 }
@@ -59,6 +63,10 @@ impl Metrics {
             persist_lag: metrics::gauge!("confab_persist_lag"),
             redis_roundtrip_seconds: metrics::histogram!("confab_redis_roundtrip_seconds"),
             accept_seconds: metrics::histogram!("confab_accept_seconds"),
+            retention_runs: metrics::counter!("confab_retention_runs_total"),
+            retention_deleted: metrics::counter!("confab_retention_deleted_total"),
+            analytics_counted: metrics::counter!("confab_analytics_counted_total"),
+            analytics_lag: metrics::gauge!("confab_analytics_lag"),
             rejected: Mutex::new(HashMap::new()),
         }
     }
@@ -77,8 +85,24 @@ impl Metrics {
             persist_lag: Gauge::noop(),
             redis_roundtrip_seconds: Histogram::noop(),
             accept_seconds: Histogram::noop(),
+            retention_runs: Counter::noop(),
+            retention_deleted: Counter::noop(),
+            analytics_counted: Counter::noop(),
+            analytics_lag: Gauge::noop(),
             rejected: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The analytics gauges of one room over one window ("1h" or "24h").
+    pub fn room_activity(&self, room: &str, window: &'static str, messages: u64, users: u64) {
+        if METRICS.get().is_none() || HANDLE.get().is_none_or(|h| h.is_none()) {
+            return;
+        }
+        let room = room.to_string();
+        metrics::gauge!("confab_room_messages", "room" => room.clone(), "window" => window)
+            .set(messages as f64);
+        metrics::gauge!("confab_room_active_users", "room" => room, "window" => window)
+            .set(users as f64);
     }
 
     /// Counts a refused send under its error code.
@@ -157,6 +181,30 @@ fn describe() {
         "Open WebSocket connections on this instance."
     );
     describe_gauge!("confab_rooms", "Rooms active on this instance.");
+    describe_gauge!(
+        "confab_room_messages",
+        "Messages in a room over the window (1h, 24h), from the analytics counters (cluster-wide)."
+    );
+    describe_gauge!(
+        "confab_room_active_users",
+        "Distinct posters in a room over the window (1h, 24h), from the analytics counters."
+    );
+    describe_gauge!(
+        "confab_analytics_lag",
+        "Messages persisted but not yet in the analytics counters."
+    );
+    describe_counter!(
+        "confab_analytics_counted_total",
+        "Messages this instance added to the analytics counters."
+    );
+    describe_counter!(
+        "confab_retention_runs_total",
+        "Retention passes run by this instance."
+    );
+    describe_counter!(
+        "confab_retention_deleted_total",
+        "Messages deleted by retention on this instance."
+    );
     describe_counter!(
         "confab_messages_accepted_total",
         "Sends accepted (acked) by this instance."

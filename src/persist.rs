@@ -56,6 +56,8 @@ pub struct Persist {
     busy_rooms: HashMap<String, usize>,
     timer: Option<SpawnHandle>,
     drain_waiters: Vec<oneshot::Sender<()>>,
+    /// Embedded mode: committed batches go on to the analytics stage.
+    analytics: Option<Recipient<crate::analytics::Committed>>,
 }
 
 impl Persist {
@@ -74,7 +76,14 @@ impl Persist {
             busy_rooms: HashMap::new(),
             timer: None,
             drain_waiters: Vec::new(),
+            analytics: None,
         }
+    }
+
+    /// Hands every committed batch on to `analytics`.
+    pub fn feeding(mut self, analytics: Recipient<crate::analytics::Committed>) -> Self {
+        self.analytics = Some(analytics);
+        self
     }
 
     /// Writes `rows` through Persist and waits for the commit.
@@ -192,6 +201,7 @@ impl Persist {
         self.in_flight_rows += row_count;
         let store = self.store.clone();
         let started = std::time::Instant::now();
+        let committed = self.analytics.as_ref().map(|_| rows.clone());
         ctx.spawn(
             async move { store.insert_batch(rows).await }
                 .into_actor(self)
@@ -217,6 +227,12 @@ impl Persist {
                     }
                     let outcome = match result {
                         Ok(()) => {
+                            if let (Some(analytics), Some(messages)) = (&act.analytics, committed) {
+                                analytics.do_send(crate::analytics::Committed {
+                                    messages,
+                                    entries: Vec::new(),
+                                });
+                            }
                             tracing::trace!(
                                 rows = row_count,
                                 elapsed_us = started.elapsed().as_micros() as u64,

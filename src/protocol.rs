@@ -25,6 +25,8 @@ pub enum ErrorCode {
     TooManyConnections,
     Unavailable,
     NotFound,
+    /// A stats `window` other than 1h, 24h or 7d.
+    InvalidWindow,
 }
 
 impl ErrorCode {
@@ -47,6 +49,7 @@ impl ErrorCode {
             ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::InvalidWindow => "invalid_window",
         }
     }
 
@@ -501,6 +504,13 @@ pub fn format_timestamp(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .unwrap_or_default()
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// A minute of the stats' `per_minute`: `2026-11-23T10:00:00Z`.
+pub fn rfc3339_minute(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 pub fn now_ms() -> i64 {

@@ -122,6 +122,9 @@ struct Member {
 struct Replay {
     token: u64,
     buffer: Vec<Arc<Delivered>>,
+    /// A recovery's `joined` (with the room's `last_seq` at the join) waits
+    /// for the store's answer; until it is sent the member gets nothing else.
+    joined_last: Option<u64>,
 }
 
 /// A user's connections to this room on this instance.
@@ -269,8 +272,12 @@ impl RoomActor {
     fn broadcast_except(&mut self, frame: ByteString, skip_user: Option<&str>) {
         let mut gone = Vec::new();
         for (id, m) in &self.members {
-            // Seed-compatible clients only ever receive messages.
-            if skip_user == Some(m.user.id.as_str()) || m.format != Format::V1 {
+            // Seed-compatible clients only ever receive messages; a member
+            // whose `joined` is still to come gets the current view in it.
+            if skip_user == Some(m.user.id.as_str())
+                || m.format != Format::V1
+                || m.replay.as_ref().is_some_and(|r| r.joined_last.is_some())
+            {
                 continue;
             }
             if !self.push(&m.to, vec![frame.clone()]) {
@@ -643,12 +650,17 @@ impl RoomActor {
         session: Uuid,
         after: u64,
         upto: u64,
+        joined_last: Option<u64>,
     ) {
         self.replay_tokens += 1;
         let token = self.replay_tokens;
         if let Some(m) = self.members.get_mut(&session) {
             let buffer = m.replay.take().map(|r| r.buffer).unwrap_or_default();
-            m.replay = Some(Replay { token, buffer });
+            m.replay = Some(Replay {
+                token,
+                buffer,
+                joined_last,
+            });
         }
         let (broker, store, room) = (
             self.deps.broker.clone(),
@@ -669,9 +681,30 @@ impl RoomActor {
                     let (to, format) = (m.to.clone(), m.format);
                     match result {
                         Ok(messages) => {
-                            let frames = messages
+                            // Every seq in the range is there, or some were deleted.
+                            let complete = messages.len() as u64 == upto - after;
+                            let joined = joined_last.map(|last| {
+                                let users = act.visible_users();
+                                ByteString::from(protocol::joined_json(
+                                    &act.name,
+                                    last,
+                                    Some(complete),
+                                    &users,
+                                ))
+                            });
+                            // An incomplete recovery replays nothing: the client pages history.
+                            let replayed = if complete || joined.is_none() {
+                                messages
+                            } else {
+                                Vec::new()
+                            };
+                            let frames = joined
                                 .into_iter()
-                                .map(|msg| Delivered::new(Arc::new(msg)).frame(format))
+                                .chain(
+                                    replayed
+                                        .into_iter()
+                                        .map(|msg| Delivered::new(Arc::new(msg)).frame(format)),
+                                )
                                 .chain(
                                     buffered
                                         .iter()
@@ -920,17 +953,26 @@ impl Handler<Join> for RoomActor {
                 (Some((last - n, last)), None)
             }
         };
-        if join.format == Format::V1 {
+        let replay = range
+            .filter(|(a, u)| a < u)
+            .map(|(a, u)| (a, u, self.replay_from_recent(join.format, a, u)));
+        // A recovery read from the store may find messages that retention
+        // deleted: whether it `recovered` is known only once the read is back,
+        // so its `joined` waits for it.
+        let defer_joined = join.format == Format::V1
+            && recovered == Some(true)
+            && matches!(replay, Some((_, _, None)));
+        if join.format == Format::V1 && !defer_joined {
             let frame = protocol::joined_json(&self.name, last, recovered, &self.visible_users());
             if !self.push(&join.to, vec![frame.into()]) {
                 self.remove_member(join.session, false);
                 return;
             }
         }
-        let Some((after, upto)) = range.filter(|(a, u)| a < u) else {
+        let Some((after, upto, from_recent)) = replay else {
             return;
         };
-        match self.replay_from_recent(join.format, after, upto) {
+        match from_recent {
             Some(mut frames) => {
                 // A rejoin mid-replay keeps its buffer: send what is newer than `upto` after.
                 if let Some(replay) = self
@@ -950,7 +992,13 @@ impl Handler<Join> for RoomActor {
                     self.remove_member(join.session, false);
                 }
             }
-            None => self.start_fetch_replay(ctx, join.session, after, upto),
+            None => self.start_fetch_replay(
+                ctx,
+                join.session,
+                after,
+                upto,
+                defer_joined.then_some(last),
+            ),
         }
     }
 }

@@ -59,7 +59,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     crate::metrics::install();
     let tls = tls_config(&config.server.tls)?;
     let auth = Arc::new(auth_for(&config)?);
-    let store = store::open(&config).await?;
+    let (store, pipeline) = store::open_with_pipeline(&config).await?;
 
     let refs = Arc::new(RefCache::default());
     let window_start = crate::protocol::now_ms() - REF_WINDOW.as_millis() as i64;
@@ -76,10 +76,19 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         config.storage.batch_max,
         Duration::from_millis(config.storage.flush_interval_ms),
     );
+    // Counted messages' stream ids come back to the analytics group's reader.
+    let (analytics_acks, acked) = tokio::sync::mpsc::unbounded_channel();
+    let analytics = crate::analytics::Analytics::new(
+        pipeline.clone(),
+        config.cluster_mode().then_some(analytics_acks),
+    )
+    .start();
     let persist = if config.cluster_mode() {
         persist
     } else {
-        persist.reporting_lag()
+        persist
+            .reporting_lag()
+            .feeding(analytics.clone().recipient())
     }
     .start();
     let registry = Registry::new().start();
@@ -94,6 +103,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             persist.clone(),
             instance,
             shutdown.clone(),
+            (analytics.clone(), acked),
         )?)
     } else {
         Arc::new(LocalBroker::new(
@@ -111,6 +121,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         config: config.clone(),
         auth,
         store,
+        pipeline: pipeline.clone(),
         broker,
         persist: persist.clone(),
         registry: registry.clone(),
@@ -133,6 +144,11 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         }
     });
     registry.do_send(Init(deps.clone()));
+    crate::retention::spawn(
+        pipeline.clone(),
+        config.storage.retention_days,
+        deps.shutdown.clone(),
+    );
 
     let listeners = bind(&config.server.bind)?;
     let stalled_after = Duration::from_secs(config.heartbeat.timeout_secs);

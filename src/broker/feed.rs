@@ -1,8 +1,10 @@
-//! Cluster mode's input to the Persist actor: a consumer of the persist stream
-//! in the group `persist`. Entries are read in batches, handed to Persist, and
-//! acknowledged (and deleted) only after their transaction committed; entries
-//! left pending by an instance that died are claimed after a while, so every
-//! message an instance acked reaches the database.
+//! Cluster mode's readers of the persist stream, each a consumer group:
+//! `persist` hands entries to the Persist actor and acknowledges them only
+//! after their transaction committed; `analytics` hands them to the analytics
+//! stage, which acknowledges them once counted. Entries left pending by an
+//! instance that died are claimed after a while, so every message an instance
+//! acked reaches the database and the counters. Entries leave the stream when
+//! both groups acknowledged them (`trim`).
 
 use super::redis::decode_body;
 use crate::persist::{Persist, PersistFailed};
@@ -16,6 +18,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub const GROUP: &str = "persist";
+pub const ANALYTICS_GROUP: &str = "analytics";
+/// Acknowledged entries are trimmed from the stream this often.
+const TRIM_EVERY: Duration = Duration::from_secs(5);
 /// Entries another consumer has held this long unacknowledged are taken over.
 const CLAIM_IDLE_MS: u64 = 15_000;
 const CLAIM_EVERY: Duration = Duration::from_secs(5);
@@ -26,6 +31,8 @@ const LAG_EVERY: Duration = Duration::from_secs(1);
 /// Batches handed to Persist but not yet acknowledged.
 const IN_FLIGHT: usize = 4;
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Entries the analytics reader takes at once.
+const ANALYTICS_READ: usize = 1_000;
 
 pub struct Feed {
     pub client: redis::Client,
@@ -34,25 +41,40 @@ pub struct Feed {
     pub persist: Addr<Persist>,
     pub batch_max: usize,
     pub shutdown: watch::Receiver<bool>,
+    pub analytics: Addr<crate::analytics::Analytics>,
+    /// Stream ids the analytics stage counted, to acknowledge.
+    pub analytics_acks: mpsc::UnboundedReceiver<Vec<String>>,
 }
 
-pub fn spawn(feed: Feed) {
+pub fn spawn(mut feed: Feed) {
     actix::spawn(report_lag(
         feed.client.clone(),
         feed.stream.clone(),
         feed.shutdown.clone(),
     ));
+    let (_, idle) = mpsc::unbounded_channel();
+    let acks = std::mem::replace(&mut feed.analytics_acks, idle);
+    actix::spawn(run_analytics(
+        feed.client.clone(),
+        feed.stream.clone(),
+        feed.consumer.clone(),
+        feed.analytics.clone(),
+        acks,
+        feed.shutdown.clone(),
+    ));
     actix::spawn(run(feed));
 }
 
-/// Entries leave the stream only once committed (XACK + XDEL), so its length
-/// is the cluster's persist lag. Measured on its own connection and task: the
-/// read loop stands still exactly when the lag grows (Postgres down, Persist
-/// full), and blocking reads would delay it.
+/// The persist lag: entries the group `persist` has not committed yet (read
+/// but pending, and not read at all). Measured on its own connection and
+/// task, which also trims the stream: the read loop stands still exactly when
+/// the lag grows (Postgres down, Persist full), and blocking reads would
+/// delay it.
 async fn report_lag(client: redis::Client, stream: String, shutdown: watch::Receiver<bool>) {
     let mut conn: Option<MultiplexedConnection> = None;
     let mut every = tokio::time::interval(LAG_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_trim: Option<Instant> = None;
     loop {
         every.tick().await;
         if *shutdown.borrow() {
@@ -61,11 +83,252 @@ async fn report_lag(client: redis::Client, stream: String, shutdown: watch::Rece
         if conn.is_none() {
             conn = client.get_multiplexed_async_connection().await.ok();
         }
-        if let Some(c) = conn.as_mut() {
-            match redis::cmd("XLEN").arg(&stream).query_async::<u64>(c).await {
-                Ok(len) => crate::metrics::get().persist_lag.set(len as f64),
-                Err(_) => conn = None,
+        let Some(c) = conn.as_mut() else { continue };
+        let groups: RedisResult<redis::streams::StreamInfoGroupsReply> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&stream)
+            .query_async(c)
+            .await;
+        let groups = match groups {
+            Ok(groups) => groups.groups,
+            Err(e) if e.code() == Some("ERR") => Vec::new(), // no stream yet
+            Err(_) => {
+                conn = None;
+                continue;
             }
+        };
+        if let Some(persist) = groups.iter().find(|g| g.name == GROUP) {
+            let waiting = match persist.lag {
+                Some(lag) => lag,
+                // Unknown after some deletions: everything in the stream is the bound.
+                None => redis::cmd("XLEN")
+                    .arg(&stream)
+                    .query_async::<usize>(c)
+                    .await
+                    .unwrap_or(0),
+            };
+            crate::metrics::get()
+                .persist_lag
+                .set((persist.pending + waiting) as f64);
+        }
+        if last_trim.is_none_or(|at| at.elapsed() >= TRIM_EVERY) {
+            last_trim = Some(Instant::now());
+            if let Err(error) = trim(c, &stream, &groups).await {
+                tracing::debug!(%error, "could not trim the persist stream");
+            }
+        }
+    }
+}
+
+/// Drops the entries every group has acknowledged: those below the oldest
+/// entry any group still holds pending, and not past any group's read point.
+async fn trim(
+    conn: &mut MultiplexedConnection,
+    stream: &str,
+    groups: &[redis::streams::StreamInfoGroup],
+) -> RedisResult<()> {
+    // Both groups must exist, or entries one of them never saw would go.
+    if [GROUP, ANALYTICS_GROUP]
+        .iter()
+        .any(|name| !groups.iter().any(|g| g.name == *name))
+    {
+        return Ok(());
+    }
+    let mut keep_from: Option<StreamIdKey> = None;
+    for group in groups {
+        let oldest_needed = if group.pending > 0 {
+            let pending: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
+                .arg(stream)
+                .arg(&group.name)
+                .query_async(conn)
+                .await?;
+            match pending {
+                redis::streams::StreamPendingReply::Data(data) => {
+                    StreamIdKey::parse(&data.start_id)
+                }
+                _ => StreamIdKey::parse(&group.last_delivered_id).map(StreamIdKey::next),
+            }
+        } else {
+            StreamIdKey::parse(&group.last_delivered_id).map(StreamIdKey::next)
+        };
+        let Some(oldest_needed) = oldest_needed else {
+            return Ok(()); // unreadable id: keep everything
+        };
+        keep_from = Some(keep_from.map_or(oldest_needed, |k| k.min(oldest_needed)));
+    }
+    if let Some(keep_from) = keep_from {
+        redis::cmd("XTRIM")
+            .arg(stream)
+            .arg("MINID")
+            .arg(keep_from.to_string())
+            .query_async::<()>(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// A stream entry id, `<ms>-<seq>`, ordered as Redis orders them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct StreamIdKey(u64, u64);
+
+impl StreamIdKey {
+    fn parse(id: &str) -> Option<Self> {
+        let (ms, seq) = id.split_once('-')?;
+        Some(Self(ms.parse().ok()?, seq.parse().ok()?))
+    }
+
+    fn next(self) -> Self {
+        match self.1.checked_add(1) {
+            Some(seq) => Self(self.0, seq),
+            None => Self(self.0 + 1, 0),
+        }
+    }
+}
+
+impl std::fmt::Display for StreamIdKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.0, self.1)
+    }
+}
+
+/// The analytics group's reader: hands entries to the analytics stage and
+/// acknowledges those it counted.
+async fn run_analytics(
+    client: redis::Client,
+    stream: String,
+    consumer: String,
+    analytics: Addr<crate::analytics::Analytics>,
+    mut acks: mpsc::UnboundedReceiver<Vec<String>>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        match analytics_session(
+            &client, &stream, &consumer, &analytics, &mut acks, &shutdown,
+        )
+        .await
+        {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(%error, "analytics feed interrupted; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+async fn create_group(
+    conn: &mut MultiplexedConnection,
+    stream: &str,
+    group: &str,
+) -> RedisResult<()> {
+    let created: RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(group)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(conn)
+        .await;
+    match created {
+        Err(e) if e.code() != Some("BUSYGROUP") => Err(e),
+        _ => Ok(()),
+    }
+}
+
+async fn analytics_session(
+    client: &redis::Client,
+    stream: &str,
+    consumer: &str,
+    analytics: &Addr<crate::analytics::Analytics>,
+    acks: &mut mpsc::UnboundedReceiver<Vec<String>>,
+    shutdown: &watch::Receiver<bool>,
+) -> RedisResult<()> {
+    let mut conn = connect(client).await?;
+    create_group(&mut conn, stream, ANALYTICS_GROUP).await?;
+    let mut last_claim: Option<Instant> = None;
+    loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        while let Ok(ids) = acks.try_recv() {
+            redis::cmd("XACK")
+                .arg(stream)
+                .arg(ANALYTICS_GROUP)
+                .arg(&ids)
+                .query_async::<()>(&mut conn)
+                .await?;
+        }
+        let mut entries: Vec<StreamId> = Vec::new();
+        if last_claim.is_none_or(|at| at.elapsed() >= CLAIM_EVERY) {
+            last_claim = Some(Instant::now());
+            let claimed: redis::streams::StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+                .arg(stream)
+                .arg(ANALYTICS_GROUP)
+                .arg(consumer)
+                .arg(CLAIM_IDLE_MS)
+                .arg("0-0")
+                .arg("COUNT")
+                .arg(ANALYTICS_READ)
+                .query_async(&mut conn)
+                .await?;
+            entries = claimed.claimed;
+        }
+        if entries.is_empty() {
+            let reply: Option<redis::streams::StreamReadReply> = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(ANALYTICS_GROUP)
+                .arg(consumer)
+                .arg("COUNT")
+                .arg(ANALYTICS_READ)
+                .arg("BLOCK")
+                .arg(READ_BLOCK_MS)
+                .arg("STREAMS")
+                .arg(stream)
+                .arg(">")
+                .query_async(&mut conn)
+                .await?;
+            entries = reply
+                .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
+                .unwrap_or_default();
+        }
+        if entries.is_empty() {
+            continue;
+        }
+        let mut messages = Vec::with_capacity(entries.len());
+        let mut ids = Vec::with_capacity(entries.len());
+        let mut unreadable = Vec::new();
+        for entry in entries {
+            match decode_entry(&entry) {
+                Some(m) => {
+                    ids.push((m.room.clone(), m.seq, entry.id));
+                    messages.push(Arc::new(m));
+                }
+                None => unreadable.push(entry.id),
+            }
+        }
+        if !unreadable.is_empty() {
+            redis::cmd("XACK")
+                .arg(stream)
+                .arg(ANALYTICS_GROUP)
+                .arg(&unreadable)
+                .query_async::<()>(&mut conn)
+                .await?;
+        }
+        // Waits while the stage's mailbox is full: backpressure on reading.
+        if analytics
+            .send(crate::analytics::Committed {
+                messages,
+                entries: ids,
+            })
+            .await
+            .is_err()
+        {
+            return Ok(()); // the stage stopped: shutting down
         }
     }
 }
@@ -105,19 +368,7 @@ async fn connect(client: &redis::Client) -> RedisResult<MultiplexedConnection> {
 
 async fn session(feed: &Feed) -> RedisResult<()> {
     let mut conn = connect(&feed.client).await?;
-    let created: RedisResult<()> = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&feed.stream)
-        .arg(GROUP)
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(&mut conn)
-        .await;
-    if let Err(e) = created {
-        if e.code() != Some("BUSYGROUP") {
-            return Err(e);
-        }
-    }
+    create_group(&mut conn, &feed.stream, GROUP).await?;
     // Acknowledging runs beside reading, so the next batch is read while the
     // previous one is being written.
     let (handed_tx, handed_rx) = mpsc::channel::<Handed>(IN_FLIGHT);
@@ -245,7 +496,8 @@ async fn hand_over(
         .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "persist feed stopped")))
 }
 
-/// Waits for each batch's commit, in order, then XACKs and XDELs its entries.
+/// Waits for each batch's commit, in order, then XACKs its entries (they leave
+/// the stream once the analytics group has them too: `trim`).
 /// A failed batch is written again (with backoff) before anything after it is
 /// acknowledged; nothing is acknowledged before it is in the database.
 async fn acknowledge(
@@ -270,22 +522,30 @@ async fn acknowledge(
             backoff = (backoff * 2).min(BACKOFF_MAX);
             outcome = Persist::write(&persist, batch.rows.clone()).await;
         }
-        let acked: RedisResult<()> = redis::pipe()
-            .atomic()
-            .cmd("XACK")
+        let acked: RedisResult<()> = redis::cmd("XACK")
             .arg(&stream)
             .arg(GROUP)
             .arg(&batch.ids)
-            .ignore()
-            .cmd("XDEL")
-            .arg(&stream)
-            .arg(&batch.ids)
-            .ignore()
             .query_async(&mut conn)
             .await;
         if let Err(error) = acked {
             // The entries stay pending and are written again later (a no-op).
             tracing::warn!(%error, "could not acknowledge persisted entries");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StreamIdKey;
+
+    #[test]
+    fn stream_ids_order_and_step_like_redis() {
+        let a = StreamIdKey::parse("1700000000000-5").expect("id");
+        let b = StreamIdKey::parse("1700000000001-0").expect("id");
+        assert!(a < b);
+        assert_eq!(a.next().to_string(), "1700000000000-6");
+        assert_eq!(StreamIdKey(7, u64::MAX).next().to_string(), "8-0");
+        assert!(StreamIdKey::parse("nonsense").is_none());
     }
 }

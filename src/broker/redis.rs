@@ -221,6 +221,10 @@ impl RedisBroker {
         persist: Addr<Persist>,
         instance: Arc<str>,
         shutdown: tokio::sync::watch::Receiver<bool>,
+        analytics: (
+            Addr<crate::analytics::Analytics>,
+            mpsc::UnboundedReceiver<Vec<String>>,
+        ),
     ) -> Result<Self, BrokerError> {
         let url = &config.broker.redis_url;
         let client = redis::Client::open(url.as_str()).map_err(unavailable)?;
@@ -250,6 +254,8 @@ impl RedisBroker {
             persist,
             batch_max: config.storage.batch_max,
             shutdown,
+            analytics: analytics.0,
+            analytics_acks: analytics.1,
         });
         let (announcer, queue) = mpsc::unbounded_channel();
         actix::spawn(run_announcer(

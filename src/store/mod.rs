@@ -68,6 +68,109 @@ pub trait Store: Send + Sync + 'static {
 
 pub type SharedStore = Arc<dyn Store>;
 
+/// The pipeline's side of the store, off the message path: export, import,
+/// retention and the analytics counters.
+#[async_trait]
+pub trait Pipeline: Send + Sync + 'static {
+    /// Messages with `seq > after`, oldest first, at most `limit`: export pages
+    /// through a room with this, so it never holds more than a page.
+    async fn after(
+        &self,
+        room: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<ChatMessage>, StoreError>;
+    /// Inserts messages that may already be there (import): a (room, seq)
+    /// that exists is left as it is, and a room's head never moves back.
+    async fn import_batch(&self, batch: Vec<Arc<ChatMessage>>) -> Result<(), StoreError>;
+    /// Deletes at most `limit` messages older than `cutoff_ms`; how many went.
+    async fn delete_older_than(&self, cutoff_ms: i64, limit: u32) -> Result<usize, StoreError>;
+    /// Adds rooms' messages to the analytics counters, exactly once (see
+    /// [`Tally`]); returns each room's counted seq afterwards.
+    async fn count_activity(
+        &self,
+        rooms: Vec<RoomActivity>,
+    ) -> Result<Vec<(String, u64)>, StoreError>;
+    /// The seq each room's counters include (0 when none): what the analytics
+    /// stage still has to count.
+    async fn uncounted_rooms(&self) -> Result<Vec<(String, u64, u64)>, StoreError>;
+    /// Every counter row of a room from `since_ms` on.
+    async fn activity(&self, room: &str, since_ms: i64) -> Result<Vec<ActivityRow>, StoreError>;
+    /// Per room: messages and distinct posters from `since_ms` on (the gauges).
+    async fn activity_totals(&self, since_ms: i64) -> Result<Vec<(String, u64, u64)>, StoreError>;
+    /// Drops counter rows older than any stats window needs.
+    async fn prune_activity(&self, before_ms: i64) -> Result<usize, StoreError>;
+}
+
+pub type SharedPipeline = Arc<dyn Pipeline>;
+
+/// One message as the analytics counters see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CountedMessage {
+    pub seq: u64,
+    pub timestamp_ms: i64,
+    pub user_id: String,
+    pub user_name: String,
+    /// ISO 639-3 code, or "und".
+    pub lang: String,
+}
+
+/// A room's messages for the counters, in seq order.
+#[derive(Debug, Clone)]
+pub struct RoomActivity {
+    pub room: String,
+    pub messages: Vec<CountedMessage>,
+    /// Count from the first message above the counted seq even when seqs
+    /// are missing in between (they were deleted or can't be read).
+    pub skip_gap: bool,
+}
+
+/// One counter: a room's messages in one minute by one poster in one language.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActivityRow {
+    pub minute_ms: i64,
+    pub user_id: String,
+    pub user_name: String,
+    pub lang: String,
+    pub messages: u64,
+}
+
+/// What counting a room adds, given the seq its counters already include:
+/// only messages above it, and only while seqs follow on without a gap
+/// (unless `skip_gap`), so a message is never counted twice or skipped.
+/// `None` when nothing can be counted yet.
+pub fn tally(activity: &RoomActivity, counted_seq: u64) -> Option<(u64, Vec<ActivityRow>)> {
+    let mut next = counted_seq + 1;
+    let mut rows: Vec<ActivityRow> = Vec::new();
+    for m in activity.messages.iter().filter(|m| m.seq > counted_seq) {
+        if m.seq < next {
+            continue; // a duplicate in the input
+        }
+        if m.seq > next && !(activity.skip_gap && rows.is_empty()) {
+            break;
+        }
+        next = m.seq + 1;
+        let minute_ms = m.timestamp_ms - m.timestamp_ms.rem_euclid(60_000);
+        match rows
+            .iter_mut()
+            .find(|r| r.minute_ms == minute_ms && r.user_id == m.user_id && r.lang == m.lang)
+        {
+            Some(row) => {
+                row.messages += 1;
+                row.user_name.clone_from(&m.user_name);
+            }
+            None => rows.push(ActivityRow {
+                minute_ms,
+                user_id: m.user_id.clone(),
+                user_name: m.user_name.clone(),
+                lang: m.lang.clone(),
+                messages: 1,
+            }),
+        }
+    }
+    (!rows.is_empty()).then_some((next - 1, rows))
+}
+
 /// One row of `messages`, as both backends read and write it.
 #[derive(Debug, Clone, diesel::Queryable, diesel::Selectable, diesel::Insertable)]
 #[diesel(table_name = schema::messages)]
@@ -112,6 +215,69 @@ impl From<MessageRow> for ChatMessage {
     }
 }
 
+/// Rooms whose newest seq is above what their counters include. `?`-free so
+/// both backends run it as is.
+const UNCOUNTED_ROOMS: &str = "SELECT r.name AS room, COALESCE(a.counted_seq, 0) AS counted_seq, \
+     r.last_seq AS last_seq FROM rooms r LEFT JOIN analytics_rooms a ON a.room = r.name \
+     WHERE r.last_seq > COALESCE(a.counted_seq, 0)";
+
+#[derive(diesel::QueryableByName)]
+struct UncountedRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    room: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    counted_seq: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    last_seq: i64,
+}
+
+impl UncountedRow {
+    fn into_tuple(self) -> (String, u64, u64) {
+        (
+            self.room,
+            self.counted_seq.max(0) as u64,
+            self.last_seq.max(0) as u64,
+        )
+    }
+}
+
+/// Per room from a minute on: messages and distinct posters. `$1` is SQLite's
+/// `?` too (numbered parameters).
+const ACTIVITY_TOTALS: &str = "SELECT room, CAST(SUM(messages) AS BIGINT) AS messages, \
+     COUNT(DISTINCT user_id) AS users FROM room_activity WHERE minute_ms >= $1 GROUP BY room";
+
+#[derive(diesel::QueryableByName)]
+struct TotalsRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    room: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    messages: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    users: i64,
+}
+
+impl TotalsRow {
+    fn into_tuple(self) -> (String, u64, u64) {
+        (
+            self.room,
+            self.messages.max(0) as u64,
+            self.users.max(0) as u64,
+        )
+    }
+}
+
+fn activity_row(
+    (minute_ms, user_id, user_name, lang, messages): (i64, String, String, String, i64),
+) -> ActivityRow {
+    ActivityRow {
+        minute_ms,
+        user_id,
+        user_name,
+        lang,
+        messages: messages.max(0) as u64,
+    }
+}
+
 /// The newest seq per room in a batch, for the `rooms` table.
 fn room_heads(batch: &[Arc<ChatMessage>]) -> Vec<(String, i64, i64)> {
     let mut heads: Vec<(String, i64, i64)> = Vec::new();
@@ -126,6 +292,13 @@ fn room_heads(batch: &[Arc<ChatMessage>]) -> Vec<(String, i64, i64)> {
 
 /// Opens the configured store, running pending migrations first.
 pub async fn open(config: &crate::config::Config) -> Result<SharedStore, StoreError> {
+    open_with_pipeline(config).await.map(|(store, _)| store)
+}
+
+/// [`open`], and the same store's [`Pipeline`] side.
+pub async fn open_with_pipeline(
+    config: &crate::config::Config,
+) -> Result<(SharedStore, SharedPipeline), StoreError> {
     use crate::config::StoreLocation;
     match config
         .storage
@@ -133,12 +306,12 @@ pub async fn open(config: &crate::config::Config) -> Result<SharedStore, StoreEr
         .map_err(|e| StoreError::Connect(e.to_string()))?
     {
         StoreLocation::Sqlite(path) => {
-            let store = sqlite::SqliteStore::open(&path, config.storage.pool_size).await?;
-            Ok(Arc::new(store))
+            let store = Arc::new(sqlite::SqliteStore::open(&path, config.storage.pool_size).await?);
+            Ok((store.clone(), store))
         }
         StoreLocation::Postgres(url) => {
-            let store = postgres::PgStore::open(&url, config.storage.pool_size).await?;
-            Ok(Arc::new(store))
+            let store = Arc::new(postgres::PgStore::open(&url, config.storage.pool_size).await?);
+            Ok((store.clone(), store))
         }
     }
 }
@@ -153,5 +326,79 @@ pub async fn migrate(config: &crate::config::Config) -> Result<(), StoreError> {
     {
         StoreLocation::Postgres(url) => postgres::migrate(&url).await,
         StoreLocation::Sqlite(_) => open(config).await.map(|_| ()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(seq: u64, ts: i64, user: &str) -> CountedMessage {
+        CountedMessage {
+            seq,
+            timestamp_ms: ts,
+            user_id: user.into(),
+            user_name: user.to_uppercase(),
+            lang: "eng".into(),
+        }
+    }
+
+    fn room(messages: Vec<CountedMessage>, skip_gap: bool) -> RoomActivity {
+        RoomActivity {
+            room: "r".into(),
+            messages,
+            skip_gap,
+        }
+    }
+
+    #[test]
+    fn counts_only_above_the_counted_seq_and_groups_by_minute_user_and_language() {
+        let a = room(
+            vec![
+                msg(1, 60_000, "a"),
+                msg(2, 60_500, "a"),
+                msg(3, 120_000, "b"),
+                msg(4, 119_999, "a"),
+            ],
+            false,
+        );
+        let (counted, rows) = tally(&a, 1).expect("something to count");
+        assert_eq!(counted, 4);
+        assert_eq!(rows.len(), 2);
+        assert_eq!((rows[0].minute_ms, rows[0].messages), (60_000, 2)); // seqs 2 and 4
+        assert_eq!(
+            (rows[1].minute_ms, rows[1].user_id.as_str()),
+            (120_000, "b")
+        );
+        assert!(tally(&a, 4).is_none(), "everything was counted already");
+    }
+
+    #[test]
+    fn stops_at_a_gap_unless_told_to_skip_it() {
+        let gappy = room(vec![msg(3, 0, "a"), msg(4, 0, "a"), msg(6, 0, "a")], false);
+        assert!(tally(&gappy, 1).is_none(), "seq 2 is missing: wait for it");
+        let (counted, rows) = tally(&gappy, 2).expect("3 follows 2");
+        assert_eq!(
+            (counted, rows[0].messages),
+            (4, 2),
+            "stops before the gap at 5"
+        );
+        let skipping = RoomActivity {
+            skip_gap: true,
+            ..gappy
+        };
+        let (counted, rows) = tally(&skipping, 1).expect("skips to 3");
+        assert_eq!(
+            (counted, rows[0].messages),
+            (4, 2),
+            "skips the first gap only"
+        );
+    }
+
+    #[test]
+    fn negative_timestamps_still_land_on_their_minute() {
+        let a = room(vec![msg(1, -1, "a")], false);
+        let (_, rows) = tally(&a, 0).expect("counted");
+        assert_eq!(rows[0].minute_ms, -60_000);
     }
 }

@@ -4,8 +4,11 @@
 //! Only `diesel_async::RunQueryDsl` is imported here; importing
 //! `diesel::prelude::*` next to it makes `.execute` ambiguous.
 
-use super::schema::{messages, rooms};
-use super::{room_heads, MessageRow, RecentRef, RoomSummary, Store, StoreError};
+use super::schema::{analytics_rooms, messages, room_activity, rooms};
+use super::{
+    room_heads, tally, ActivityRow, MessageRow, Pipeline, RecentRef, RoomActivity, RoomSummary,
+    Store, StoreError, UncountedRow,
+};
 use crate::protocol::ChatMessage;
 use async_trait::async_trait;
 use diesel::connection::SimpleConnection;
@@ -343,6 +346,163 @@ impl Store for PgStore {
         let mut conn = self.conn().await?;
         SimpleAsyncConnection::batch_execute(&mut *conn, "SELECT 1").await?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl Pipeline for PgStore {
+    async fn after(
+        &self,
+        room: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        let mut conn = self.conn().await?;
+        let rows: Vec<MessageRow> = messages::table
+            .filter(messages::room.eq(room))
+            .filter(messages::seq.gt(after.min(i64::MAX as u64) as i64))
+            .order(messages::seq.asc())
+            .limit(i64::from(limit))
+            .select(MessageRow::as_select())
+            .load(&mut conn)
+            .await?;
+        Ok(rows.into_iter().map(ChatMessage::from).collect())
+    }
+
+    /// `insert_batch` already keeps existing rows and never moves a head back.
+    async fn import_batch(&self, batch: Vec<Arc<ChatMessage>>) -> Result<(), StoreError> {
+        self.insert_batch(batch).await
+    }
+
+    async fn delete_older_than(&self, cutoff_ms: i64, limit: u32) -> Result<usize, StoreError> {
+        let mut conn = self.conn().await?;
+        Ok(diesel::sql_query(
+            "DELETE FROM messages WHERE ctid IN \
+             (SELECT ctid FROM messages WHERE created_at_ms < $1 LIMIT $2)",
+        )
+        .bind::<BigInt, _>(cutoff_ms)
+        .bind::<BigInt, _>(i64::from(limit))
+        .execute(&mut conn)
+        .await?)
+    }
+
+    async fn count_activity(
+        &self,
+        rooms: Vec<RoomActivity>,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut rooms = rooms;
+        // One lock order for every instance: no deadlock between two counters.
+        rooms.sort_by(|a, b| a.room.cmp(&b.room));
+        let mut conn = self.conn().await?;
+        let counted = conn
+            .transaction::<_, diesel::result::Error, _>(async |c| {
+                let mut counted = Vec::with_capacity(rooms.len());
+                for activity in &rooms {
+                    // The row must exist to be locked: two instances counting
+                    // a new room's first messages queue on it.
+                    diesel::insert_into(analytics_rooms::table)
+                        .values((
+                            analytics_rooms::room.eq(&activity.room),
+                            analytics_rooms::counted_seq.eq(0i64),
+                        ))
+                        .on_conflict_do_nothing()
+                        .execute(c)
+                        .await?;
+                    let before: i64 = analytics_rooms::table
+                        .filter(analytics_rooms::room.eq(&activity.room))
+                        .select(analytics_rooms::counted_seq)
+                        .for_update()
+                        .first(c)
+                        .await?;
+                    let before = before.max(0) as u64;
+                    let Some((after, rows)) = tally(activity, before) else {
+                        counted.push((activity.room.clone(), before));
+                        continue;
+                    };
+                    let values: Vec<_> = rows
+                        .iter()
+                        .map(|row| {
+                            (
+                                room_activity::room.eq(activity.room.as_str()),
+                                room_activity::minute_ms.eq(row.minute_ms),
+                                room_activity::user_id.eq(row.user_id.as_str()),
+                                room_activity::lang.eq(row.lang.as_str()),
+                                room_activity::user_name.eq(row.user_name.as_str()),
+                                room_activity::messages.eq(row.messages as i64),
+                            )
+                        })
+                        .collect();
+                    diesel::insert_into(room_activity::table)
+                        .values(values)
+                        .on_conflict((
+                            room_activity::room,
+                            room_activity::minute_ms,
+                            room_activity::user_id,
+                            room_activity::lang,
+                        ))
+                        .do_update()
+                        .set((
+                            room_activity::messages.eq(room_activity::messages
+                                + diesel::upsert::excluded(room_activity::messages)),
+                            room_activity::user_name
+                                .eq(diesel::upsert::excluded(room_activity::user_name)),
+                        ))
+                        .execute(c)
+                        .await?;
+                    diesel::update(analytics_rooms::table)
+                        .filter(analytics_rooms::room.eq(&activity.room))
+                        .set(analytics_rooms::counted_seq.eq(after as i64))
+                        .execute(c)
+                        .await?;
+                    counted.push((activity.room.clone(), after));
+                }
+                Ok(counted)
+            })
+            .await?;
+        Ok(counted)
+    }
+
+    async fn uncounted_rooms(&self) -> Result<Vec<(String, u64, u64)>, StoreError> {
+        let mut conn = self.conn().await?;
+        let rows: Vec<UncountedRow> = diesel::sql_query(super::UNCOUNTED_ROOMS)
+            .load(&mut conn)
+            .await?;
+        Ok(rows.into_iter().map(UncountedRow::into_tuple).collect())
+    }
+
+    async fn activity(&self, room: &str, since_ms: i64) -> Result<Vec<ActivityRow>, StoreError> {
+        let mut conn = self.conn().await?;
+        let rows: Vec<(i64, String, String, String, i64)> = room_activity::table
+            .filter(room_activity::room.eq(room))
+            .filter(room_activity::minute_ms.ge(since_ms))
+            .select((
+                room_activity::minute_ms,
+                room_activity::user_id,
+                room_activity::user_name,
+                room_activity::lang,
+                room_activity::messages,
+            ))
+            .load(&mut conn)
+            .await?;
+        Ok(rows.into_iter().map(super::activity_row).collect())
+    }
+
+    async fn activity_totals(&self, since_ms: i64) -> Result<Vec<(String, u64, u64)>, StoreError> {
+        let mut conn = self.conn().await?;
+        let rows: Vec<super::TotalsRow> = diesel::sql_query(super::ACTIVITY_TOTALS)
+            .bind::<BigInt, _>(since_ms)
+            .load(&mut conn)
+            .await?;
+        Ok(rows.into_iter().map(super::TotalsRow::into_tuple).collect())
+    }
+
+    async fn prune_activity(&self, before_ms: i64) -> Result<usize, StoreError> {
+        let mut conn = self.conn().await?;
+        Ok(
+            diesel::delete(room_activity::table.filter(room_activity::minute_ms.lt(before_ms)))
+                .execute(&mut conn)
+                .await?,
+        )
     }
 }
 

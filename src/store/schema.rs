@@ -21,4 +21,21 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(messages, rooms);
+diesel::table! {
+    room_activity (room, minute_ms, user_id, lang) {
+        room -> Text,
+        minute_ms -> BigInt,
+        user_id -> Text,
+        lang -> Text,
+        user_name -> Text,
+        messages -> BigInt,
+    }
+}
+
+diesel::table! {
+    analytics_rooms (room) {
+        room -> Text,
+        counted_seq -> BigInt,
+    }
+}
+diesel::allow_tables_to_appear_in_same_query!(messages, rooms, room_activity, analytics_rooms);

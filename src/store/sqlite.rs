@@ -2,8 +2,11 @@
 //! diesel-async's `SyncConnectionWrapper`, so every query runs on the blocking
 //! pool and never on an actor thread.
 
-use super::schema::{messages, rooms};
-use super::{room_heads, MessageRow, RecentRef, RoomSummary, Store, StoreError};
+use super::schema::{analytics_rooms, messages, room_activity, rooms};
+use super::{
+    room_heads, tally, ActivityRow, MessageRow, Pipeline, RecentRef, RoomActivity, RoomSummary,
+    Store, StoreError, UncountedRow,
+};
 use crate::protocol::ChatMessage;
 use async_trait::async_trait;
 use diesel::connection::SimpleConnection;
@@ -293,5 +296,185 @@ impl Store for SqliteStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.with_conn(|c| c.batch_execute("SELECT 1")).await
+    }
+}
+
+#[async_trait]
+impl Pipeline for SqliteStore {
+    async fn after(
+        &self,
+        room: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        let room = room.to_string();
+        self.with_conn(move |c| {
+            let rows: Vec<MessageRow> = messages::table
+                .filter(messages::room.eq(&room))
+                .filter(messages::seq.gt(after.min(i64::MAX as u64) as i64))
+                .order(messages::seq.asc())
+                .limit(i64::from(limit))
+                .select(MessageRow::as_select())
+                .load(c)?;
+            Ok(rows.into_iter().map(ChatMessage::from).collect())
+        })
+        .await
+    }
+
+    async fn import_batch(&self, batch: Vec<Arc<ChatMessage>>) -> Result<(), StoreError> {
+        Self::on(&self.writer, move |c| {
+            let heads = room_heads(&batch);
+            c.immediate_transaction(|c| {
+                for m in &batch {
+                    diesel::insert_or_ignore_into(messages::table)
+                        .values((
+                            messages::room.eq(&m.room),
+                            messages::seq.eq(m.seq as i64),
+                            messages::id.eq(&m.id),
+                            messages::user_id.eq(&m.user_id),
+                            messages::user_name.eq(&m.user_name),
+                            messages::content.eq(&m.content),
+                            messages::created_at_ms.eq(m.timestamp_ms),
+                            messages::client_ref.eq(m.client_ref.as_deref()),
+                        ))
+                        .execute(c)?;
+                }
+                for (room, last_seq, created_at_ms) in heads {
+                    diesel::insert_into(rooms::table)
+                        .values((
+                            rooms::name.eq(room),
+                            rooms::last_seq.eq(last_seq),
+                            rooms::created_at_ms.eq(created_at_ms),
+                        ))
+                        .on_conflict(rooms::name)
+                        .do_update()
+                        .set(
+                            rooms::last_seq.eq(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+                                "MAX(rooms.last_seq, excluded.last_seq)",
+                            )),
+                        )
+                        .execute(c)?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn delete_older_than(&self, cutoff_ms: i64, limit: u32) -> Result<usize, StoreError> {
+        Self::on(&self.writer, move |c| {
+            diesel::sql_query(
+                "DELETE FROM messages WHERE rowid IN \
+                 (SELECT rowid FROM messages WHERE created_at_ms < ? LIMIT ?)",
+            )
+            .bind::<diesel::sql_types::BigInt, _>(cutoff_ms)
+            .bind::<diesel::sql_types::BigInt, _>(i64::from(limit))
+            .execute(c)
+        })
+        .await
+    }
+
+    async fn count_activity(
+        &self,
+        rooms: Vec<RoomActivity>,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        Self::on(&self.writer, move |c| {
+            c.immediate_transaction(|c| {
+                let mut counted = Vec::with_capacity(rooms.len());
+                for activity in &rooms {
+                    let before: Option<i64> = analytics_rooms::table
+                        .filter(analytics_rooms::room.eq(&activity.room))
+                        .select(analytics_rooms::counted_seq)
+                        .first(c)
+                        .optional()?;
+                    let before = before.unwrap_or(0).max(0) as u64;
+                    let Some((after, rows)) = tally(activity, before) else {
+                        counted.push((activity.room.clone(), before));
+                        continue;
+                    };
+                    for row in rows {
+                        diesel::insert_into(room_activity::table)
+                            .values((
+                                room_activity::room.eq(&activity.room),
+                                room_activity::minute_ms.eq(row.minute_ms),
+                                room_activity::user_id.eq(&row.user_id),
+                                room_activity::lang.eq(&row.lang),
+                                room_activity::user_name.eq(&row.user_name),
+                                room_activity::messages.eq(row.messages as i64),
+                            ))
+                            .on_conflict((
+                                room_activity::room,
+                                room_activity::minute_ms,
+                                room_activity::user_id,
+                                room_activity::lang,
+                            ))
+                            .do_update()
+                            .set((
+                                room_activity::messages
+                                    .eq(room_activity::messages + row.messages as i64),
+                                room_activity::user_name.eq(&row.user_name),
+                            ))
+                            .execute(c)?;
+                    }
+                    diesel::insert_into(analytics_rooms::table)
+                        .values((
+                            analytics_rooms::room.eq(&activity.room),
+                            analytics_rooms::counted_seq.eq(after as i64),
+                        ))
+                        .on_conflict(analytics_rooms::room)
+                        .do_update()
+                        .set(analytics_rooms::counted_seq.eq(after as i64))
+                        .execute(c)?;
+                    counted.push((activity.room.clone(), after));
+                }
+                Ok(counted)
+            })
+        })
+        .await
+    }
+
+    async fn uncounted_rooms(&self) -> Result<Vec<(String, u64, u64)>, StoreError> {
+        self.with_conn(|c| {
+            let rows: Vec<UncountedRow> = diesel::sql_query(super::UNCOUNTED_ROOMS).load(c)?;
+            Ok(rows.into_iter().map(UncountedRow::into_tuple).collect())
+        })
+        .await
+    }
+
+    async fn activity(&self, room: &str, since_ms: i64) -> Result<Vec<ActivityRow>, StoreError> {
+        let room = room.to_string();
+        self.with_conn(move |c| {
+            let rows: Vec<(i64, String, String, String, i64)> = room_activity::table
+                .filter(room_activity::room.eq(&room))
+                .filter(room_activity::minute_ms.ge(since_ms))
+                .select((
+                    room_activity::minute_ms,
+                    room_activity::user_id,
+                    room_activity::user_name,
+                    room_activity::lang,
+                    room_activity::messages,
+                ))
+                .load(c)?;
+            Ok(rows.into_iter().map(super::activity_row).collect())
+        })
+        .await
+    }
+
+    async fn activity_totals(&self, since_ms: i64) -> Result<Vec<(String, u64, u64)>, StoreError> {
+        self.with_conn(move |c| {
+            let rows: Vec<super::TotalsRow> = diesel::sql_query(super::ACTIVITY_TOTALS)
+                .bind::<diesel::sql_types::BigInt, _>(since_ms)
+                .load(c)?;
+            Ok(rows.into_iter().map(super::TotalsRow::into_tuple).collect())
+        })
+        .await
+    }
+
+    async fn prune_activity(&self, before_ms: i64) -> Result<usize, StoreError> {
+        Self::on(&self.writer, move |c| {
+            diesel::delete(room_activity::table.filter(room_activity::minute_ms.lt(before_ms)))
+                .execute(c)
+        })
+        .await
     }
 }

@@ -227,3 +227,14 @@ impl Drop for RedisServer {
         self.stop();
     }
 }
+
+/// A command against the shared Redis; its output as text.
+#[allow(dead_code)]
+pub fn redis_cli(args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", "6379"])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}

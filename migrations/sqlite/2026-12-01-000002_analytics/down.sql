@@ -1,0 +1,2 @@
+DROP TABLE analytics_rooms;
+DROP TABLE room_activity;
