@@ -456,19 +456,25 @@ pub async fn stats(
     let since = minute_of(crate::protocol::now_ms() - span_ms);
     let rows = pipeline.activity(room, since).await?;
     let mut messages = 0u64;
-    let mut posters: HashMap<&str, (&str, u64)> = HashMap::new();
+    // Per poster: the name at their latest minute, and their messages.
+    let mut posters: HashMap<&str, (&str, i64, u64)> = HashMap::new();
     let mut languages: HashMap<&str, u64> = HashMap::new();
     let mut minutes: BTreeMap<i64, u64> = BTreeMap::new();
     for row in &rows {
         messages += row.messages;
-        let poster = posters.entry(&row.user_id).or_insert((&row.user_name, 0));
-        poster.1 += row.messages;
+        let poster = posters
+            .entry(&row.user_id)
+            .or_insert((&row.user_name, row.minute_ms, 0));
+        if row.minute_ms > poster.1 {
+            (poster.0, poster.1) = (&row.user_name, row.minute_ms);
+        }
+        poster.2 += row.messages;
         *languages.entry(&row.lang).or_insert(0) += row.messages;
         *minutes.entry(row.minute_ms).or_insert(0) += row.messages;
     }
     let mut top: Vec<(&str, &str, u64)> = posters
         .iter()
-        .map(|(id, (name, n))| (*id, *name, *n))
+        .map(|(id, (name, _, n))| (*id, *name, *n))
         .collect();
     top.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(b.0)));
     let active_users = top.len();

@@ -652,3 +652,45 @@ async fn cluster_import_raises_the_rooms_redis_seq() {
     assert_eq!(history[1]["content"], "imported 2");
     assert_eq!(history[10]["content"], "after");
 }
+
+/// An import into a room that is open on a running embedded server hands the
+/// room seqs it already handed out: its next sends must be refused
+/// (`unavailable`), never acknowledged and then dropped.
+async fn import_into_an_open_room_never_loses_an_ack(backend: Backend) {
+    let node = Node::start(backend);
+    let mut c = node.server.ws_user(&uid("ann"), "ann").await;
+    c.join("open").await;
+    let ack = c.send_msg("open", "before the import", "o1").await;
+    assert_eq!(ack["seq"], 1, "{ack}");
+    let lines: Vec<String> = (1..=5).map(|seq| line("open", seq, "imported")).collect();
+    let file = write_file(node.server.dir(), "open.ndjson", &lines.join("\n"));
+    let out = node.import(&file);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    // The room still numbers from 1: seq 2 now holds an imported message.
+    c.send_json(json!({"type":"send","room":"open","content":"after","ref":"o2"}))
+        .await;
+    let answer = loop {
+        let frame = c.recv_json().await;
+        if frame["type"] == "ack" || frame["type"] == "error" {
+            break frame;
+        }
+    };
+    assert_eq!(answer["type"], "error", "must not be acked: {answer}");
+    assert_eq!(answer["code"], "unavailable", "{answer}");
+    // Whatever history holds at seq 2 is the imported message: nothing acked was lost.
+    let history = node.server.history_all("open", &token("r", "r")).await;
+    assert!(
+        history.iter().all(|m| m["content"] != "after"),
+        "a refused send is not stored: {history:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_import_into_an_open_room_never_loses_an_ack() {
+    import_into_an_open_room_never_loses_an_ack(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_import_into_an_open_room_never_loses_an_ack() {
+    import_into_an_open_room_never_loses_an_ack(Backend::Postgres).await;
+}

@@ -310,7 +310,12 @@ pub async fn open_with_pipeline(
             Ok((store.clone(), store))
         }
         StoreLocation::Postgres(url) => {
-            let store = Arc::new(postgres::PgStore::open(&url, config.storage.pool_size).await?);
+            let store = postgres::PgStore::open(&url, config.storage.pool_size).await?;
+            let store = Arc::new(if config.cluster_mode() {
+                store
+            } else {
+                store.refusing_taken_seqs()
+            });
             Ok((store.clone(), store))
         }
     }

@@ -43,6 +43,11 @@ pub struct PgStore {
     pool_size: usize,
     /// The URL without its password, for error messages.
     target: String,
+    /// Without Redis this instance numbers messages itself: a (room, seq)
+    /// that already holds another message (an import into an open room) must
+    /// fail the batch, never be acked and dropped. In cluster mode a
+    /// re-delivered entry is expected to be there already.
+    refuse_taken_seqs: bool,
 }
 
 impl PgStore {
@@ -74,7 +79,14 @@ impl PgStore {
             pool,
             pool_size,
             target: redact(url),
+            refuse_taken_seqs: false,
         })
+    }
+
+    /// See `refuse_taken_seqs`: for a single instance without Redis.
+    pub fn refusing_taken_seqs(mut self) -> Self {
+        self.refuse_taken_seqs = true;
+        self
     }
 
     async fn conn(&self) -> Result<Object<AsyncPgConnection>, StoreError> {
@@ -184,6 +196,17 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// Rows of a batch whose (room, seq) holds a message with another id.
+const TAKEN_SEQS: &str = "SELECT count(*) AS taken FROM messages m \
+     JOIN unnest($1::text[], $2::int8[], $3::text[]) AS b(room, seq, id) \
+     ON m.room = b.room AND m.seq = b.seq WHERE m.id <> b.id";
+
+#[derive(diesel::QueryableByName)]
+struct Taken {
+    #[diesel(sql_type = BigInt)]
+    taken: i64,
+}
+
 const INSERT_UNNEST: &str = "INSERT INTO messages \
      (room, seq, id, user_id, user_name, content, created_at_ms, client_ref) \
      SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], \
@@ -199,9 +222,14 @@ fn one_line(message: &str) -> String {
     message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-#[async_trait]
-impl Store for PgStore {
-    async fn insert_batch(&self, batch: Vec<Arc<ChatMessage>>) -> Result<(), StoreError> {
+impl PgStore {
+    /// One transaction for the batch; rows already there are skipped, or
+    /// (with `refuse_taken`) fail the batch when they hold another message.
+    async fn insert_rows(
+        &self,
+        batch: Vec<Arc<ChatMessage>>,
+        refuse_taken: bool,
+    ) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -217,7 +245,7 @@ impl Store for PgStore {
             // One statement with eight array parameters, whatever the batch
             // size: far cheaper to parse and plan than a multi-row VALUES list.
             // A re-delivered entry (cluster mode after a crash) is a no-op.
-            diesel::sql_query(INSERT_UNNEST)
+            let inserted = diesel::sql_query(INSERT_UNNEST)
                 .bind::<Array<Text>, _>(column(&rows, |r| r.room.clone()))
                 .bind::<Array<BigInt>, _>(column(&rows, |r| r.seq))
                 .bind::<Array<Text>, _>(column(&rows, |r| r.id.clone()))
@@ -228,6 +256,24 @@ impl Store for PgStore {
                 .bind::<Array<Nullable<Text>>, _>(column(&rows, |r| r.client_ref.clone()))
                 .execute(c)
                 .await?;
+            if refuse_taken && inserted < rows.len() {
+                let taken: Taken = diesel::sql_query(TAKEN_SEQS)
+                    .bind::<Array<Text>, _>(column(&rows, |r| r.room.clone()))
+                    .bind::<Array<BigInt>, _>(column(&rows, |r| r.seq))
+                    .bind::<Array<Text>, _>(column(&rows, |r| r.id.clone()))
+                    .get_result(c)
+                    .await?;
+                if taken.taken > 0 {
+                    return Err(diesel::result::Error::QueryBuilderError(
+                        format!(
+                            "{} message(s) in the batch have a seq another message holds \
+                             (an import into an open room?); nothing in it is stored",
+                            taken.taken
+                        )
+                        .into(),
+                    ));
+                }
+            }
             let head_rows: Vec<_> = heads
                 .iter()
                 .map(|(room, last_seq, created_at_ms)| {
@@ -254,6 +300,13 @@ impl Store for PgStore {
         })
         .await?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn insert_batch(&self, batch: Vec<Arc<ChatMessage>>) -> Result<(), StoreError> {
+        self.insert_rows(batch, self.refuse_taken_seqs).await
     }
 
     async fn last_seq(&self, room: &str) -> Result<u64, StoreError> {
@@ -369,9 +422,9 @@ impl Pipeline for PgStore {
         Ok(rows.into_iter().map(ChatMessage::from).collect())
     }
 
-    /// `insert_batch` already keeps existing rows and never moves a head back.
+    /// Existing rows are kept (import is idempotent); heads never move back.
     async fn import_batch(&self, batch: Vec<Arc<ChatMessage>>) -> Result<(), StoreError> {
-        self.insert_batch(batch).await
+        self.insert_rows(batch, false).await
     }
 
     async fn delete_older_than(&self, cutoff_ms: i64, limit: u32) -> Result<usize, StoreError> {
