@@ -307,18 +307,22 @@ async fn list_rooms(req: HttpRequest, deps: web::Data<AppDeps>) -> HttpResponse 
     json(serde_json::json!({ "rooms": visible }).to_string())
 }
 
-async fn room_messages(req: HttpRequest, deps: web::Data<AppDeps>) -> HttpResponse {
+/// The `{room}` of a REST read, when it is valid and the request may read it
+/// (the history rules: a token if guests are off, its `rooms` claim).
+fn readable_room(req: &HttpRequest, deps: &AppDeps) -> Result<String, Rejection> {
     let room = req.match_info().get("room").unwrap_or_default().to_string();
-    if let Err(e) = protocol::check_room(&room) {
-        return error_response(&e);
+    protocol::check_room(&room)?;
+    if let Some(identity) = reader_identity(req, deps)? {
+        identity.rooms.check(&room)?;
     }
-    let identity = match reader_identity(&req, &deps) {
-        Ok(identity) => identity,
+    Ok(room)
+}
+
+async fn room_messages(req: HttpRequest, deps: web::Data<AppDeps>) -> HttpResponse {
+    let room = match readable_room(&req, &deps) {
+        Ok(room) => room,
         Err(e) => return error_response(&e),
     };
-    if let Some(Err(e)) = identity.map(|i| i.rooms.check(&room)) {
-        return error_response(&e);
-    }
     let query = query_params(&req);
     let cursor = |key: &str| {
         query
@@ -348,17 +352,10 @@ async fn room_messages(req: HttpRequest, deps: web::Data<AppDeps>) -> HttpRespon
 /// The analytics counters of a room over `window` (1h, 24h or 7d; default
 /// 24h). Same token rules as history.
 async fn room_stats(req: HttpRequest, deps: web::Data<AppDeps>) -> HttpResponse {
-    let room = req.match_info().get("room").unwrap_or_default().to_string();
-    if let Err(e) = protocol::check_room(&room) {
-        return error_response(&e);
-    }
-    let identity = match reader_identity(&req, &deps) {
-        Ok(identity) => identity,
+    let room = match readable_room(&req, &deps) {
+        Ok(room) => room,
         Err(e) => return error_response(&e),
     };
-    if let Some(Err(e)) = identity.map(|i| i.rooms.check(&room)) {
-        return error_response(&e);
-    }
     let query = query_params(&req);
     let window = query.get("window").map_or("24h", String::as_str);
     let Some((window, span_ms)) = crate::analytics::WINDOWS

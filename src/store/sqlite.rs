@@ -153,6 +153,62 @@ pub fn migrate_blocking(path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// One transaction for a batch: the messages, then each room's head (never
+/// moved back). A (room, seq) that exists fails the batch, or with
+/// `keep_existing` (import) is left as it is.
+fn write_batch(
+    c: &mut SqliteConnection,
+    batch: &[Arc<ChatMessage>],
+    keep_existing: bool,
+) -> QueryResult<()> {
+    let heads = room_heads(batch);
+    c.immediate_transaction(|c| {
+        // One cached prepared statement for every row: a multi-row INSERT
+        // would be parsed again for every batch size and need SQLite's
+        // statement journal, and a derived Insertable leaves a NULL
+        // `client_ref` out of the column list, which makes the SQL vary and
+        // defeats the statement cache.
+        for m in batch {
+            let row = (
+                messages::room.eq(&m.room),
+                messages::seq.eq(m.seq as i64),
+                messages::id.eq(&m.id),
+                messages::user_id.eq(&m.user_id),
+                messages::user_name.eq(&m.user_name),
+                messages::content.eq(&m.content),
+                messages::created_at_ms.eq(m.timestamp_ms),
+                messages::client_ref.eq(m.client_ref.as_deref()),
+            );
+            if keep_existing {
+                diesel::insert_or_ignore_into(messages::table)
+                    .values(row)
+                    .execute(c)?;
+            } else {
+                diesel::insert_into(messages::table)
+                    .values(row)
+                    .execute(c)?;
+            }
+        }
+        for (room, last_seq, created_at_ms) in heads {
+            diesel::insert_into(rooms::table)
+                .values((
+                    rooms::name.eq(room),
+                    rooms::last_seq.eq(last_seq),
+                    rooms::created_at_ms.eq(created_at_ms),
+                ))
+                .on_conflict(rooms::name)
+                .do_update()
+                .set(
+                    rooms::last_seq.eq(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+                        "MAX(rooms.last_seq, excluded.last_seq)",
+                    )),
+                )
+                .execute(c)?;
+        }
+        Ok(())
+    })
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     fn concurrent_writes(&self) -> usize {
@@ -160,44 +216,7 @@ impl Store for SqliteStore {
     }
 
     async fn insert_batch(&self, batch: Vec<Arc<ChatMessage>>) -> Result<(), StoreError> {
-        Self::on(&self.writer, move |c| {
-            let heads = room_heads(&batch);
-            c.immediate_transaction(|c| {
-                // One cached prepared statement for every row: a multi-row
-                // INSERT would be parsed again for every batch size and need
-                // SQLite's statement journal, and a derived Insertable leaves
-                // a NULL `client_ref` out of the column list, which makes the
-                // SQL vary and defeats the statement cache.
-                for m in &batch {
-                    diesel::insert_into(messages::table)
-                        .values((
-                            messages::room.eq(&m.room),
-                            messages::seq.eq(m.seq as i64),
-                            messages::id.eq(&m.id),
-                            messages::user_id.eq(&m.user_id),
-                            messages::user_name.eq(&m.user_name),
-                            messages::content.eq(&m.content),
-                            messages::created_at_ms.eq(m.timestamp_ms),
-                            messages::client_ref.eq(m.client_ref.as_deref()),
-                        ))
-                        .execute(c)?;
-                }
-                for (room, last_seq, created_at_ms) in heads {
-                    diesel::insert_into(rooms::table)
-                        .values((
-                            rooms::name.eq(room),
-                            rooms::last_seq.eq(last_seq),
-                            rooms::created_at_ms.eq(created_at_ms),
-                        ))
-                        .on_conflict(rooms::name)
-                        .do_update()
-                        .set(rooms::last_seq.eq(last_seq))
-                        .execute(c)?;
-                }
-                Ok(())
-            })
-        })
-        .await
+        Self::on(&self.writer, move |c| write_batch(c, &batch, false)).await
     }
 
     async fn last_seq(&self, room: &str) -> Result<u64, StoreError> {
@@ -322,43 +341,7 @@ impl Pipeline for SqliteStore {
     }
 
     async fn import_batch(&self, batch: Vec<Arc<ChatMessage>>) -> Result<(), StoreError> {
-        Self::on(&self.writer, move |c| {
-            let heads = room_heads(&batch);
-            c.immediate_transaction(|c| {
-                for m in &batch {
-                    diesel::insert_or_ignore_into(messages::table)
-                        .values((
-                            messages::room.eq(&m.room),
-                            messages::seq.eq(m.seq as i64),
-                            messages::id.eq(&m.id),
-                            messages::user_id.eq(&m.user_id),
-                            messages::user_name.eq(&m.user_name),
-                            messages::content.eq(&m.content),
-                            messages::created_at_ms.eq(m.timestamp_ms),
-                            messages::client_ref.eq(m.client_ref.as_deref()),
-                        ))
-                        .execute(c)?;
-                }
-                for (room, last_seq, created_at_ms) in heads {
-                    diesel::insert_into(rooms::table)
-                        .values((
-                            rooms::name.eq(room),
-                            rooms::last_seq.eq(last_seq),
-                            rooms::created_at_ms.eq(created_at_ms),
-                        ))
-                        .on_conflict(rooms::name)
-                        .do_update()
-                        .set(
-                            rooms::last_seq.eq(diesel::dsl::sql::<diesel::sql_types::BigInt>(
-                                "MAX(rooms.last_seq, excluded.last_seq)",
-                            )),
-                        )
-                        .execute(c)?;
-                }
-                Ok(())
-            })
-        })
-        .await
+        Self::on(&self.writer, move |c| write_batch(c, &batch, true)).await
     }
 
     async fn delete_older_than(&self, cutoff_ms: i64, limit: u32) -> Result<usize, StoreError> {
