@@ -373,3 +373,31 @@ async fn retention_off_keeps_everything() {
     let all = server.history_all("forever", &token("u-f", "f")).await;
     assert_eq!(all.len(), 15, "retention_days = 0 keeps everything");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_counts_exactly_once_when_an_instance_dies_mid_count() {
+    let env = ClusterEnv::new();
+    let mut a = roomy(env.builder()).start();
+    let b = roomy(env.builder()).start();
+    let room = "crash-stats";
+    let mut alice = a.ws_user("u-alice", "alice").await;
+    alice.join(room).await;
+    for i in 0..30 {
+        alice
+            .send_msg(room, &format!("{ENGLISH} {i}"), &format!("k{i}"))
+            .await;
+    }
+    // Killed right after the acks: its entries may sit read but uncounted
+    // (and unpersisted) in its name. The other instance takes them over.
+    a.kill();
+    let stats = stats_when(&b, room, "", 30, Duration::from_secs(45)).await;
+    assert_eq!(stats["messages"], 30, "{stats}");
+    // The dead instance comes back with its old entries: still counted once.
+    a.restart();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for server in [&a, &b] {
+        let stats = stats_when(server, room, "", 30, Duration::from_secs(1)).await;
+        assert_eq!(stats["messages"], 30, "counted once: {stats}");
+        assert_eq!(stats["top_posters"][0]["messages"], 30);
+    }
+}
