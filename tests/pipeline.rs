@@ -260,6 +260,19 @@ fn old_and_new(room: &str) -> Vec<Arc<ChatMessage>> {
         .collect()
 }
 
+/// Stops the server, writes ten-day-old and hour-old messages into its SQLite
+/// file, and starts it again.
+async fn seed_stopped_sqlite(server: &mut Server, room: &str) {
+    server.kill();
+    let path = server.dir().join("confab.db");
+    let store = confab::store::sqlite::SqliteStore::open(&path, 1)
+        .await
+        .expect("open");
+    store.insert_batch(old_and_new(room)).await.expect("insert");
+    drop(store);
+    server.restart();
+}
+
 async fn retention_scenario(server: &Server, room: &str) {
     let tok = token("u-r", "r");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -322,18 +335,7 @@ async fn retention_deletes_old_messages_and_keeps_boundaries_exact_sqlite() {
     let mut server = Server::builder()
         .set("storage", "retention_days", "2")
         .start();
-    // Write old messages into the server's database while it is stopped.
-    server.kill();
-    let path = server.dir().join("confab.db");
-    let store = confab::store::sqlite::SqliteStore::open(&path, 1)
-        .await
-        .expect("open");
-    store
-        .insert_batch(old_and_new("kept"))
-        .await
-        .expect("insert");
-    drop(store);
-    server.restart();
+    seed_stopped_sqlite(&mut server, "kept").await;
     retention_scenario(&server, "kept").await;
 }
 
@@ -358,17 +360,7 @@ async fn retention_deletes_old_messages_and_keeps_boundaries_exact_postgres() {
 #[tokio::test]
 async fn retention_off_keeps_everything() {
     let mut server = Server::start();
-    server.kill();
-    let path = server.dir().join("confab.db");
-    let store = confab::store::sqlite::SqliteStore::open(&path, 1)
-        .await
-        .expect("open");
-    store
-        .insert_batch(old_and_new("forever"))
-        .await
-        .expect("insert");
-    drop(store);
-    server.restart();
+    seed_stopped_sqlite(&mut server, "forever").await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let all = server.history_all("forever", &token("u-f", "f")).await;
     assert_eq!(all.len(), 15, "retention_days = 0 keeps everything");
