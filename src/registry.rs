@@ -125,6 +125,27 @@ impl Handler<RoomIdle> for Registry {
     }
 }
 
+/// Resolves once every live room handled what was sent to it before (see
+/// `room::Settle`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SettleRooms;
+
+impl Handler<SettleRooms> for Registry {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: SettleRooms, _: &mut Self::Context) -> Self::Result {
+        let rooms: Vec<_> = self
+            .rooms
+            .values()
+            .map(|e| e.addr.send(crate::room::Settle))
+            .collect();
+        Box::pin(async move {
+            futures_util::future::join_all(rooms).await;
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ActiveRoom {
     pub name: String,

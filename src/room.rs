@@ -93,6 +93,18 @@ pub struct Leave {
     pub notify: bool,
 }
 
+/// Answered once everything sent to the room before it was handled (a
+/// shutdown waits for the closing sessions' `Leave`s this way).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Settle;
+
+impl Handler<Settle> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Settle, _: &mut Self::Context) {}
+}
+
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Send {

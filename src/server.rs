@@ -197,6 +197,8 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     let deadline = Arc::new(std::sync::OnceLock::new());
     actix_web::rt::spawn(graceful_shutdown(
         server.handle(),
+        registry.clone(),
+        deps.broker.clone(),
         shutdown_tx,
         sessions,
         grace,
@@ -330,6 +332,8 @@ fn cut_off_stalled_readers(conn: &dyn std::any::Any, after: Duration) {
 /// `deadline`), so the process exits within `shutdown_grace_secs`.
 async fn graceful_shutdown(
     server: actix_web::dev::ServerHandle,
+    registry: actix::Addr<Registry>,
+    broker: SharedBroker,
     shutdown: tokio::sync::watch::Sender<bool>,
     sessions: Arc<AtomicUsize>,
     grace: Duration,
@@ -350,6 +354,15 @@ async fn graceful_shutdown(
     // Connections that didn't close by then (a client that stopped reading
     // can't receive its close frame) are dropped.
     let drained = sessions.load(Ordering::SeqCst) == 0;
+    // Rooms live on the workers: let them handle the closed sessions' Leaves
+    // and send the goodbyes while the workers still run (Redis connections
+    // opened on a worker's runtime close with it).
+    let settle_by = (started + grace.mul_f64(0.8)).max(tokio::time::Instant::now());
+    let settle = async {
+        let _ = registry.send(crate::registry::SettleRooms).await;
+        broker.drain().await;
+    };
+    let _ = tokio::time::timeout_at(settle_by, settle).await;
     server.stop(drained).await;
 }
 

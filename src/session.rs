@@ -520,14 +520,16 @@ impl Actor for Session {
     fn stopped(&mut self, _: &mut Self::Context) {
         let span = self.span.clone();
         let _entered = span.enter();
-        self.deps.sessions.fetch_sub(1, Ordering::SeqCst);
-        crate::metrics::get().connections.decrement(1.0);
         for addr in self.rooms.values() {
             addr.do_send(room::Leave {
                 session: self.id,
                 notify: false,
             });
         }
+        // After the Leaves are queued: a shutdown that sees no sessions left
+        // can settle the rooms and know every goodbye is announced.
+        self.deps.sessions.fetch_sub(1, Ordering::SeqCst);
+        crate::metrics::get().connections.decrement(1.0);
         tracing::debug!(session = %self.id, user = %self.user.id, "session ended");
     }
 }
