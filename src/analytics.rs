@@ -343,7 +343,12 @@ async fn count(
                 continue;
             }
         };
-        let stored: Vec<Arc<ChatMessage>> = stored.into_iter().map(Arc::new).collect();
+        // What already waits here has its language: detect the rest only.
+        let stored: Vec<Arc<ChatMessage>> = stored
+            .into_iter()
+            .filter(|m| !w.messages.contains_key(&m.seq))
+            .map(Arc::new)
+            .collect();
         let languages = detect(stored.clone()).await;
         let mut all: BTreeMap<u64, CountedMessage> = stored
             .iter()

@@ -103,7 +103,10 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             persist.clone(),
             instance,
             shutdown.clone(),
-            (analytics.clone(), acked),
+            crate::broker::AnalyticsFeed {
+                analytics: analytics.clone(),
+                acks: acked,
+            },
         )?)
     } else {
         Arc::new(LocalBroker::new(

@@ -23,22 +23,20 @@ use actix_web::dev::{AppConfig, ServiceResponse};
 use actix_web_actors::ws;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use std::cell::Cell;
 use std::rc::Rc;
 use tokio::io::AsyncWriteExt;
 
 /// What a WebSocket handler attaches to its 101 response: the session to run
-/// on the socket once the 101 is written. A `Cell` because response
-/// extensions hand out shared references and the session is taken once.
+/// on the socket once the 101 is written.
 pub struct Accepted {
-    session: Cell<Option<Session>>,
+    session: Session,
     max_frame_bytes: usize,
 }
 
 impl Accepted {
     pub fn new(session: Session, max_frame_bytes: usize) -> Self {
         Self {
-            session: Cell::new(Some(session)),
+            session,
             max_frame_bytes,
         }
     }
@@ -102,7 +100,7 @@ where
     };
     let accepted = response.extensions_mut().remove::<Accepted>();
     let (mut head, body) = response.into_parts();
-    let accepted = accepted.and_then(|a| a.session.take().map(|s| (s, a.max_frame_bytes)));
+    let accepted = accepted.map(|a| (a.session, a.max_frame_bytes));
     if accepted.is_none() {
         // Refused upgrades end the connection after the answer.
         head.head_mut().set_connection_type(ConnectionType::Close);

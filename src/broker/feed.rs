@@ -41,25 +41,27 @@ pub struct Feed {
     pub persist: Addr<Persist>,
     pub batch_max: usize,
     pub shutdown: watch::Receiver<bool>,
-    pub analytics: Addr<crate::analytics::Analytics>,
-    /// Stream ids the analytics stage counted, to acknowledge.
-    pub analytics_acks: mpsc::UnboundedReceiver<Vec<String>>,
 }
 
-pub fn spawn(mut feed: Feed) {
+/// The analytics group's reader: the stage it feeds, and the stream ids the
+/// stage counted, to acknowledge.
+pub struct AnalyticsFeed {
+    pub analytics: Addr<crate::analytics::Analytics>,
+    pub acks: mpsc::UnboundedReceiver<Vec<String>>,
+}
+
+pub fn spawn(feed: Feed, analytics: AnalyticsFeed) {
     actix::spawn(report_lag(
         feed.client.clone(),
         feed.stream.clone(),
         feed.shutdown.clone(),
     ));
-    let (_, idle) = mpsc::unbounded_channel();
-    let acks = std::mem::replace(&mut feed.analytics_acks, idle);
     actix::spawn(run_analytics(
         feed.client.clone(),
         feed.stream.clone(),
         feed.consumer.clone(),
-        feed.analytics.clone(),
-        acks,
+        analytics.analytics,
+        analytics.acks,
         feed.shutdown.clone(),
     ));
     actix::spawn(run(feed));

@@ -9,6 +9,7 @@
 
 pub mod bridge;
 mod feed;
+pub use feed::AnalyticsFeed;
 pub mod local;
 pub mod redis;
 

@@ -221,10 +221,7 @@ impl RedisBroker {
         persist: Addr<Persist>,
         instance: Arc<str>,
         shutdown: tokio::sync::watch::Receiver<bool>,
-        analytics: (
-            Addr<crate::analytics::Analytics>,
-            mpsc::UnboundedReceiver<Vec<String>>,
-        ),
+        analytics: super::feed::AnalyticsFeed,
     ) -> Result<Self, BrokerError> {
         let url = &config.broker.redis_url;
         let client = redis::Client::open(url.as_str()).map_err(unavailable)?;
@@ -247,16 +244,17 @@ impl RedisBroker {
             relay_up.clone(),
         )
         .start();
-        super::feed::spawn(super::feed::Feed {
-            client,
-            stream: keys.persist(),
-            consumer: instance.to_string(),
-            persist,
-            batch_max: config.storage.batch_max,
-            shutdown,
-            analytics: analytics.0,
-            analytics_acks: analytics.1,
-        });
+        super::feed::spawn(
+            super::feed::Feed {
+                client,
+                stream: keys.persist(),
+                consumer: instance.to_string(),
+                persist,
+                batch_max: config.storage.batch_max,
+                shutdown,
+            },
+            analytics,
+        );
         let (announcer, queue) = mpsc::unbounded_channel();
         actix::spawn(run_announcer(
             pool.clone(),
