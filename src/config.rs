@@ -36,6 +36,7 @@ pub struct Config {
     pub moderation: ModerationConfig,
     pub heartbeat: HeartbeatConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -44,6 +45,8 @@ pub struct ServerConfig {
     pub bind: String,
     pub allowed_origins: Vec<String>,
     pub shutdown_grace_secs: u64,
+    /// Longest one HTTP request (head and body) may take to arrive.
+    pub request_timeout_secs: u64,
     pub tls: TlsConfig,
 }
 
@@ -53,6 +56,7 @@ impl Default for ServerConfig {
             bind: "127.0.0.1:8080".into(),
             allowed_origins: Vec::new(),
             shutdown_grace_secs: 10,
+            request_timeout_secs: 10,
             tls: TlsConfig::default(),
         }
     }
@@ -180,6 +184,16 @@ pub struct LimitsConfig {
     pub message_burst: u32,
     pub connections_per_ip: u32,
     pub session_queue: usize,
+    /// Bytes waiting for one client (frames and history replies) before it is closed with 1013.
+    pub session_queue_bytes: usize,
+    /// Rooms one connection may have joined at once (over it: `too_many_rooms`).
+    pub rooms_per_connection: usize,
+    /// Rooms active on this instance at once (over it: `too_many_rooms`).
+    pub rooms_per_instance: usize,
+    /// Joins and leaves per user per second, sustained (burst: 4x).
+    pub joins_per_sec: u32,
+    /// Guest logins per client IP per minute (0 = unlimited).
+    pub logins_per_minute: u32,
 }
 
 impl Default for LimitsConfig {
@@ -192,6 +206,11 @@ impl Default for LimitsConfig {
             message_burst: 10,
             connections_per_ip: 1000,
             session_queue: 1024,
+            session_queue_bytes: 8 << 20,
+            rooms_per_connection: 100,
+            rooms_per_instance: 100_000,
+            joins_per_sec: 10,
+            logins_per_minute: 60,
         }
     }
 }
@@ -271,6 +290,27 @@ impl Default for LogConfig {
         Self {
             format: LogFormat::Text,
             level: LogLevel::Info,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Empty: `/metrics` on `server.bind`; else its own HOST:PORT (and not on `server.bind`).
+    pub bind: String,
+    /// Set: `/metrics` needs `Authorization: Bearer <token>`.
+    pub token: String,
+    /// Rooms with their own `confab_room_*` series: the busiest N (0 = none).
+    pub room_series: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            bind: String::new(),
+            token: String::new(),
+            room_series: 50,
         }
     }
 }
@@ -361,7 +401,28 @@ impl Config {
             return Err(invalid("server.bind", "expected HOST:PORT"));
         }
         // Upper bounds keep arithmetic and allocations sane; all are far above real use.
-        let bounds: [(&str, u64, u64); 12] = [
+        let bounds: [(&str, u64, u64); 17] = [
+            (
+                "server.request_timeout_secs",
+                c.server.request_timeout_secs,
+                3600,
+            ),
+            (
+                "limits.session_queue_bytes",
+                c.limits.session_queue_bytes as u64,
+                1 << 30,
+            ),
+            (
+                "limits.rooms_per_connection",
+                c.limits.rooms_per_connection as u64,
+                1_000_000,
+            ),
+            (
+                "limits.rooms_per_instance",
+                c.limits.rooms_per_instance as u64,
+                100_000_000,
+            ),
+            ("metrics.room_series", c.metrics.room_series as u64, 100_000),
             (
                 "server.shutdown_grace_secs",
                 c.server.shutdown_grace_secs,
@@ -451,6 +512,32 @@ impl Config {
         if l.session_queue == 0 {
             return Err(invalid("limits.session_queue", "must be at least 1"));
         }
+        if l.session_queue_bytes < 4096 {
+            return Err(invalid(
+                "limits.session_queue_bytes",
+                "must be at least 4096",
+            ));
+        }
+        if l.rooms_per_connection == 0 {
+            return Err(invalid("limits.rooms_per_connection", "must be at least 1"));
+        }
+        if l.rooms_per_instance == 0 {
+            return Err(invalid("limits.rooms_per_instance", "must be at least 1"));
+        }
+        if l.joins_per_sec == 0 {
+            return Err(invalid("limits.joins_per_sec", "must be at least 1"));
+        }
+        if c.server.request_timeout_secs == 0 {
+            return Err(invalid("server.request_timeout_secs", "must be at least 1"));
+        }
+        if !c.metrics.bind.is_empty()
+            && c.metrics
+                .bind
+                .rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        {
+            return Err(invalid("metrics.bind", "expected HOST:PORT, or empty"));
+        }
         if c.moderation.spam_repeats == 0 {
             return Err(invalid("moderation.spam_repeats", "must be at least 1"));
         }
@@ -474,6 +561,9 @@ impl Config {
         }
         shown.storage.url = redact_url_password(&shown.storage.url);
         shown.broker.redis_url = redact_url_password(&shown.broker.redis_url);
+        if !shown.metrics.token.is_empty() {
+            shown.metrics.token = "<redacted>".into();
+        }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 

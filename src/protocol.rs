@@ -23,6 +23,8 @@ pub enum ErrorCode {
     Unauthorized,
     Forbidden,
     TooManyConnections,
+    /// Over `limits.rooms_per_connection` or `limits.rooms_per_instance`.
+    TooManyRooms,
     Unavailable,
     NotFound,
     /// A stats `window` other than 1h, 24h or 7d.
@@ -47,6 +49,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::TooManyRooms => "too_many_rooms",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::NotFound => "not_found",
             ErrorCode::InvalidWindow => "invalid_window",
@@ -59,7 +62,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => 401,
             ErrorCode::Forbidden | ErrorCode::ForbiddenRoom => 403,
             ErrorCode::NotFound => 404,
-            ErrorCode::RateLimited | ErrorCode::TooManyConnections => 429,
+            ErrorCode::RateLimited | ErrorCode::TooManyConnections | ErrorCode::TooManyRooms => 429,
             ErrorCode::Unavailable => 503,
             _ => 400,
         }
