@@ -146,6 +146,9 @@ pub struct Session {
     span: tracing::Span,
     /// The user id as the rate limiter's key (shared, so no copy per send).
     limiter_key: Arc<str>,
+    /// Frames decoded and handled so far: the socket reader reads on only
+    /// once every whole frame it passed on was handled (`websocket.rs`).
+    frames_handled: Arc<std::sync::atomic::AtomicU64>,
 }
 
 struct Fragments {
@@ -179,7 +182,12 @@ impl Session {
             fragments: None,
             _slot: None,
             backlog: Arc::default(),
+            frames_handled: Arc::default(),
         }
+    }
+
+    pub fn frames_handled(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.frames_handled.clone()
     }
 
     /// The session holds its place under the per-IP connection cap.
@@ -538,6 +546,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
     fn handle(&mut self, item: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
         let span = self.span.clone();
         let _entered = span.enter();
+        self.frames_handled.fetch_add(1, Ordering::Release);
         self.last_heard = Instant::now();
         let msg = match item {
             Ok(msg) => msg,

@@ -24,6 +24,8 @@ use actix_web_actors::ws;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 
 /// What a WebSocket handler attaches to its 101 response: the session to run
@@ -159,6 +161,7 @@ where
         reader,
         early: (!early.is_empty()).then_some(early),
         ended: false,
+        frames: FrameGate::new(max_frame_bytes, session.frames_handled()),
     };
     let codec = actix_http::ws::Codec::new().max_size(max_frame_bytes);
     let mut output = std::pin::pin!(ws::WebsocketContext::with_codec(session, input, codec));
@@ -182,6 +185,7 @@ struct SocketInput<R> {
     /// What arrived behind the upgrade request, handed over first.
     early: Option<Bytes>,
     ended: bool,
+    frames: FrameGate,
 }
 
 /// One read's worth: a frame larger than this arrives in several reads.
@@ -196,11 +200,17 @@ impl<R: AsyncRead + Unpin> futures_util::Stream for SocketInput<R> {
     ) -> std::task::Poll<Option<Self::Item>> {
         use std::task::Poll;
         let this = &mut *self;
-        if let Some(early) = this.early.take() {
-            return Poll::Ready(Some(Ok(early)));
-        }
         if this.ended {
             return Poll::Ready(None);
+        }
+        if let Some(early) = this.early.take() {
+            return Poll::Ready(Some(Ok(this.frames.pass(early, &mut this.ended))));
+        }
+        // The decoder still holds whole frames the session hasn't taken: it
+        // decodes one of them right after this (so nothing waits on a wake-up),
+        // and reading more now would only grow its buffer.
+        if this.frames.backlogged() {
+            return Poll::Pending;
         }
         let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
         let mut buf = tokio::io::ReadBuf::uninit(&mut chunk);
@@ -210,11 +220,197 @@ impl<R: AsyncRead + Unpin> futures_util::Stream for SocketInput<R> {
                 this.ended = true;
                 Poll::Ready(None)
             }
-            Poll::Ready(Ok(())) => Poll::Ready(Some(Ok(Bytes::copy_from_slice(buf.filled())))),
+            Poll::Ready(Ok(())) => {
+                let bytes = Bytes::copy_from_slice(buf.filled());
+                Poll::Ready(Some(Ok(this.frames.pass(bytes, &mut this.ended))))
+            }
             Poll::Ready(Err(error)) => {
                 this.ended = true;
                 Poll::Ready(Some(Err(PayloadError::Io(error))))
             }
         }
+    }
+}
+
+/// Follows the frame boundaries of what the client sends, so the decoder's
+/// buffer never holds more than one partial frame and one read:
+/// actix-web-actors' decoder reads its input until it would block before
+/// decoding anything, so a client streaming one endless frame (or a flood of
+/// tiny ones) grew it without bound. A header declaring more than
+/// `max_frame_bytes` ends the input right behind it, so the decoder refuses it
+/// (1009) before any of its payload is read.
+struct FrameGate {
+    max_frame_bytes: u64,
+    /// Bytes of the current frame still to come (header included while it is
+    /// incomplete: see `header`).
+    remaining: u64,
+    /// The current frame's header so far, while it is incomplete.
+    header: [u8; 14],
+    header_len: usize,
+    /// Whole frames handed to the decoder.
+    complete: u64,
+    /// Frames the session has handled (it counts every decoded item).
+    handled: Arc<AtomicU64>,
+}
+
+impl FrameGate {
+    fn new(max_frame_bytes: usize, handled: Arc<AtomicU64>) -> Self {
+        Self {
+            max_frame_bytes: max_frame_bytes as u64,
+            remaining: 0,
+            header: [0; 14],
+            header_len: 0,
+            complete: 0,
+            handled,
+        }
+    }
+
+    fn backlogged(&self) -> bool {
+        self.complete > self.handled.load(Ordering::Acquire)
+    }
+
+    /// Scans `bytes`; returns what to hand the decoder (all of it, or up to
+    /// the end of an oversized header, setting `ended`).
+    fn pass(&mut self, bytes: Bytes, ended: &mut bool) -> Bytes {
+        match self.scan(&bytes) {
+            Some(cut) => {
+                *ended = true;
+                bytes.slice(..cut)
+            }
+            None => bytes,
+        }
+    }
+
+    /// Counts the frames `bytes` completes; `Some(end)` when a header in it
+    /// declares an oversized frame (`end`: just past that header).
+    fn scan(&mut self, bytes: &[u8]) -> Option<usize> {
+        let mut at = 0;
+        while at < bytes.len() {
+            if self.remaining > 0 {
+                let take = self.remaining.min((bytes.len() - at) as u64);
+                self.remaining -= take;
+                at += take as usize;
+                if self.remaining == 0 {
+                    self.complete += 1;
+                }
+                continue;
+            }
+            self.header[self.header_len] = bytes[at];
+            self.header_len += 1;
+            at += 1;
+            let Some((header_size, payload)) = header_size(&self.header[..self.header_len]) else {
+                continue;
+            };
+            if self.header_len < header_size {
+                continue;
+            }
+            self.header_len = 0;
+            if payload > self.max_frame_bytes {
+                return Some(at);
+            }
+            if payload == 0 {
+                self.complete += 1;
+            } else {
+                self.remaining = payload;
+            }
+        }
+        None
+    }
+}
+
+/// A frame header's full size and its declared payload length, once enough
+/// of it is there to know them.
+fn header_size(header: &[u8]) -> Option<(usize, u64)> {
+    let second = *header.get(1)?;
+    let mask = if second & 0x80 != 0 { 4 } else { 0 };
+    let (extended, payload) = match second & 0x7f {
+        126 => {
+            let b = header.get(2..4)?;
+            (2, u64::from(u16::from_be_bytes([b[0], b[1]])))
+        }
+        127 => {
+            let b: [u8; 8] = header.get(2..10)?.try_into().ok()?;
+            (8, u64::from_be_bytes(b))
+        }
+        n => (0, u64::from(n)),
+    };
+    Some((2 + extended + mask, payload))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate(max: usize) -> FrameGate {
+        FrameGate::new(max, Arc::default())
+    }
+
+    fn masked_frame(payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0x81];
+        match payload.len() {
+            n if n < 126 => f.push(0x80 | n as u8),
+            n if n <= 0xffff => {
+                f.push(0x80 | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(0x80 | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(&[1, 2, 3, 4]);
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[test]
+    fn counts_whole_frames_across_any_split() {
+        let mut stream = Vec::new();
+        for len in [0usize, 5, 125, 126, 300, 70_000] {
+            stream.extend(masked_frame(&vec![b'x'; len]));
+        }
+        for split in [1usize, 2, 3, 7, 1000, stream.len()] {
+            let mut g = gate(100_000);
+            for piece in stream.chunks(split) {
+                assert_eq!(g.scan(piece), None);
+            }
+            assert_eq!(g.complete, 6, "split {split}");
+            assert_eq!(g.remaining, 0);
+        }
+    }
+
+    #[test]
+    fn an_oversized_header_is_cut_right_behind_it() {
+        let mut header = vec![0x81, 0x80 | 127];
+        header.extend_from_slice(&(1u64 << 62).to_be_bytes());
+        header.extend_from_slice(&[1, 2, 3, 4]);
+        let mut bytes = masked_frame(b"hi");
+        let small = bytes.len();
+        bytes.extend_from_slice(&header);
+        bytes.extend_from_slice(&[b'x'; 100]);
+        let mut g = gate(65_536);
+        assert_eq!(g.scan(&bytes), Some(small + header.len()));
+        assert_eq!(g.complete, 1);
+        // Split inside the header: found once the length is complete.
+        let mut g = gate(65_536);
+        assert_eq!(g.scan(&header[..5]), None);
+        assert_eq!(g.scan(&header[5..]), Some(header.len() - 5));
+    }
+
+    #[test]
+    fn backlogged_until_the_session_took_every_whole_frame() {
+        let handled = Arc::new(AtomicU64::new(0));
+        let mut g = FrameGate::new(1000, handled.clone());
+        let mut two = masked_frame(b"a");
+        two.extend(masked_frame(b"b"));
+        assert_eq!(g.scan(&two), None);
+        assert!(g.backlogged());
+        handled.store(1, Ordering::Release);
+        assert!(g.backlogged());
+        handled.store(2, Ordering::Release);
+        assert!(!g.backlogged());
+        // A partial frame alone never holds reading back.
+        assert_eq!(g.scan(&masked_frame(&[b'x'; 500])[..100]), None);
+        assert!(!g.backlogged());
     }
 }

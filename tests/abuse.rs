@@ -1,0 +1,223 @@
+//! Memory bombs and floods from one client (issue 15): every queue, buffer and
+//! per-client set has a limit, a clear error, and memory that comes back.
+//! Reproductions with numbers live in bench/abuse/; these tests hold the
+//! fixes in place with bounded counts and generous memory margins.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A WebSocket spoken by hand over TCP, for frames no library would send.
+struct RawWs {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawWs {
+    async fn upgrade(addr: &str, path: &str) -> RawWs {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let head_end = loop {
+            if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            let n = tokio::time::timeout(RECV_TIMEOUT, stream.read(&mut chunk))
+                .await
+                .expect("upgrade answer in time")
+                .unwrap();
+            assert!(n > 0, "closed during the upgrade");
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        assert!(head.starts_with("HTTP/1.1 101"), "upgrade refused: {head}");
+        RawWs {
+            stream,
+            buf: buf[head_end..].to_vec(),
+        }
+    }
+
+    /// A masked client frame header (FIN + opcode, declared length).
+    fn header(fin: bool, opcode: u8, len: u64) -> Vec<u8> {
+        let mut h = vec![if fin { 0x80 } else { 0 } | opcode];
+        if len < 126 {
+            h.push(0x80 | len as u8);
+        } else if len <= 0xffff {
+            h.push(0x80 | 126);
+            h.extend_from_slice(&(len as u16).to_be_bytes());
+        } else {
+            h.push(0x80 | 127);
+            h.extend_from_slice(&len.to_be_bytes());
+        }
+        h.extend_from_slice(&[0, 0, 0, 0]); // mask key 0: payload as is
+        h
+    }
+
+    fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = Self::header(fin, opcode, payload.len() as u64);
+        f.extend_from_slice(payload);
+        f
+    }
+
+    async fn text(&mut self, text: &str) {
+        let f = Self::frame(true, 1, text.as_bytes());
+        self.stream.write_all(&f).await.unwrap();
+    }
+
+    /// The next server frame (opcode, payload), or None when the stream ended.
+    async fn next_frame(&mut self, timeout: Duration) -> Option<(u8, Vec<u8>)> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.buf.len() >= 2 {
+                let opcode = self.buf[0] & 0x0f;
+                let (len, at) = match self.buf[1] & 0x7f {
+                    126 if self.buf.len() >= 4 => {
+                        (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
+                    }
+                    127 if self.buf.len() >= 10 => (
+                        u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize,
+                        10,
+                    ),
+                    126 | 127 => (usize::MAX, 0),
+                    n => (n as usize, 2),
+                };
+                if at > 0 && self.buf.len() >= at + len {
+                    let payload = self.buf[at..at + len].to_vec();
+                    self.buf.drain(..at + len);
+                    return Some((opcode, payload));
+                }
+            }
+            let mut chunk = vec![0u8; 64 * 1024];
+            let read = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await;
+            match read {
+                Ok(Ok(n)) if n > 0 => self.buf.extend_from_slice(&chunk[..n]),
+                _ => return None,
+            }
+        }
+    }
+
+    /// Reads until a close frame (its code) or the end of the stream (None).
+    async fn close_code(&mut self, timeout: Duration) -> Option<u16> {
+        while let Some((opcode, payload)) = self.next_frame(timeout).await {
+            if opcode == 8 {
+                return (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+            }
+        }
+        None
+    }
+}
+
+/// Writes `bytes` until the server stops taking them, for at most `limit`.
+async fn stream_junk(ws: &mut RawWs, limit: Duration) -> usize {
+    let chunk = vec![b'a'; 64 * 1024];
+    let started = Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < limit {
+        match tokio::time::timeout(Duration::from_millis(500), ws.stream.write_all(&chunk)).await {
+            Ok(Ok(())) => sent += chunk.len(),
+            Ok(Err(_)) => break,
+            Err(_) => {} // blocked: the server stopped reading
+        }
+    }
+    sent
+}
+
+#[tokio::test]
+async fn a_huge_declared_frame_length_is_refused_before_its_payload() {
+    let server = Server::start();
+    let pid = server.pid().unwrap();
+    let baseline = rss_kib(pid);
+    let mut ws = RawWs::upgrade(&server.addr(), "/ws/chat/general").await;
+    // 2^62 bytes of text declared, then data streamed behind it.
+    let header = RawWs::header(true, 1, 1 << 62);
+    ws.stream.write_all(&header).await.unwrap();
+    let sent = stream_junk(&mut ws, Duration::from_secs(2)).await;
+    let grown = rss_kib(pid).saturating_sub(baseline);
+    assert!(
+        grown < 64 * 1024,
+        "RSS grew by {grown} KiB while {sent} bytes of an oversized frame streamed in"
+    );
+    assert_eq!(ws.close_code(RECV_TIMEOUT).await, Some(1009));
+    // The server is fine.
+    assert_eq!(server.get("/healthz").await.status, 200);
+}
+
+#[tokio::test]
+async fn a_flood_of_tiny_frames_is_read_no_faster_than_it_is_handled() {
+    let server = Server::start();
+    let pid = server.pid().unwrap();
+    let baseline = rss_kib(pid);
+    let mut ws = RawWs::upgrade(&server.addr(), "/ws/chat/general").await;
+    // Pings are answered with pongs this client never reads: with the reader
+    // gated on handled frames, the socket backs up instead of the server.
+    let ping = RawWs::frame(true, 9, b"");
+    let flood: Vec<u8> = ping.iter().copied().cycle().take(ping.len() * 40_000).collect();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        match tokio::time::timeout(Duration::from_millis(500), ws.stream.write_all(&flood)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => break,
+            Err(_) => {}
+        }
+    }
+    let grown = rss_kib(pid).saturating_sub(baseline);
+    assert!(grown < 64 * 1024, "RSS grew by {grown} KiB under a ping flood");
+    drop(ws);
+    assert_eq!(server.get("/healthz").await.status, 200);
+}
+
+#[tokio::test]
+async fn a_fragmented_message_over_the_limit_closes_with_1009() {
+    let server = Server::builder()
+        .set("limits", "max_frame_bytes", "4096")
+        .start();
+    let mut ws = RawWs::upgrade(&server.addr(), "/ws/chat/general").await;
+    let piece = vec![b'x'; 1000];
+    let mut bytes = RawWs::frame(false, 1, &piece);
+    for _ in 0..10 {
+        bytes.extend(RawWs::frame(false, 0, &piece));
+    }
+    let _ = ws.stream.write_all(&bytes).await;
+    assert_eq!(ws.close_code(RECV_TIMEOUT).await, Some(1009));
+}
+
+#[tokio::test]
+async fn frames_pipelined_behind_the_upgrade_are_all_handled() {
+    let server = Server::start();
+    let mut ws = RawWs::upgrade(&server.addr(), "/ws/chat/pipelined").await;
+    let mut bytes = Vec::new();
+    for i in 0..50 {
+        bytes.extend(RawWs::frame(true, 1, format!("m{i}").as_bytes()));
+    }
+    ws.stream.write_all(&bytes).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 50 {
+        let (opcode, payload) = ws.next_frame(RECV_TIMEOUT).await.expect("a frame");
+        if opcode == 1 {
+            let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+            seen.push(v["message"].as_str().unwrap().to_string());
+        }
+    }
+    let want: Vec<String> = (0..50).map(|i| format!("m{i}")).collect();
+    assert_eq!(seen, want);
+}
