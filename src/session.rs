@@ -8,6 +8,7 @@ use crate::limits::ConnectionSlot;
 use crate::protocol::{self, ClientFrame, ErrorCode, Rejection, UserInfo};
 use crate::registry::JoinRoom;
 use crate::room::{self, RoomActor};
+use crate::websocket::InputState;
 use crate::AppDeps;
 use actix::prelude::*;
 use actix_web_actors::ws;
@@ -146,9 +147,10 @@ pub struct Session {
     span: tracing::Span,
     /// The user id as the rate limiter's key (shared, so no copy per send).
     limiter_key: Arc<str>,
-    /// Frames decoded and handled so far: the socket reader reads on only
-    /// once every whole frame it passed on was handled (`websocket.rs`).
-    frames_handled: Arc<std::sync::atomic::AtomicU64>,
+    /// Frames handled so far (the socket reader reads on only once every
+    /// whole frame it passed on was handled), and whether it met an
+    /// oversized one (`websocket.rs`).
+    input: Arc<InputState>,
 }
 
 struct Fragments {
@@ -182,12 +184,12 @@ impl Session {
             fragments: None,
             _slot: None,
             backlog: Arc::default(),
-            frames_handled: Arc::default(),
+            input: Arc::default(),
         }
     }
 
-    pub fn frames_handled(&self) -> Arc<std::sync::atomic::AtomicU64> {
-        self.frames_handled.clone()
+    pub fn input_state(&self) -> Arc<InputState> {
+        self.input.clone()
     }
 
     /// The session holds its place under the per-IP connection cap.
@@ -546,10 +548,13 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
     fn handle(&mut self, item: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
         let span = self.span.clone();
         let _entered = span.enter();
-        self.frames_handled.fetch_add(1, Ordering::Release);
+        self.input.handled.fetch_add(1, Ordering::Release);
         self.last_heard = Instant::now();
         let msg = match item {
             Ok(msg) => msg,
+            Err(_) if self.input.oversized.load(Ordering::Acquire) => {
+                return self.close(ctx, ws::CloseCode::Size, "message too big")
+            }
             Err(ws::ProtocolError::Overflow) => {
                 return self.close(ctx, ws::CloseCode::Size, "message too big")
             }

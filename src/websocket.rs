@@ -161,7 +161,7 @@ where
         reader,
         early: (!early.is_empty()).then_some(early),
         ended: false,
-        frames: FrameGate::new(max_frame_bytes, session.frames_handled()),
+        frames: FrameGate::new(max_frame_bytes, session.input_state()),
     };
     let codec = actix_http::ws::Codec::new().max_size(max_frame_bytes);
     let mut output = std::pin::pin!(ws::WebsocketContext::with_codec(session, input, codec));
@@ -204,7 +204,7 @@ impl<R: AsyncRead + Unpin> futures_util::Stream for SocketInput<R> {
             return Poll::Ready(None);
         }
         if let Some(early) = this.early.take() {
-            return Poll::Ready(Some(Ok(this.frames.pass(early, &mut this.ended))));
+            return Poll::Ready(Some(this.frames.pass(early, &mut this.ended)));
         }
         // The decoder still holds whole frames the session hasn't taken: it
         // decodes one of them right after this (so nothing waits on a wake-up),
@@ -222,7 +222,7 @@ impl<R: AsyncRead + Unpin> futures_util::Stream for SocketInput<R> {
             }
             Poll::Ready(Ok(())) => {
                 let bytes = Bytes::copy_from_slice(buf.filled());
-                Poll::Ready(Some(Ok(this.frames.pass(bytes, &mut this.ended))))
+                Poll::Ready(Some(this.frames.pass(bytes, &mut this.ended)))
             }
             Poll::Ready(Err(error)) => {
                 this.ended = true;
@@ -237,8 +237,9 @@ impl<R: AsyncRead + Unpin> futures_util::Stream for SocketInput<R> {
 /// actix-web-actors' decoder reads its input until it would block before
 /// decoding anything, so a client streaming one endless frame (or a flood of
 /// tiny ones) grew it without bound. A header declaring more than
-/// `max_frame_bytes` ends the input right behind it, so the decoder refuses it
-/// (1009) before any of its payload is read.
+/// `max_frame_bytes` ends the input there, before any of its payload is read
+/// (the decoder itself would wait for `max_frame_bytes` of it), and the
+/// session closes with 1009.
 struct FrameGate {
     max_frame_bytes: u64,
     /// Bytes of the current frame still to come (header included while it is
@@ -249,35 +250,46 @@ struct FrameGate {
     header_len: usize,
     /// Whole frames handed to the decoder.
     complete: u64,
+    /// Shared with the session: frames it handled, and the oversize flag.
+    state: Arc<InputState>,
+}
+
+/// What the socket reader and the session know of each other.
+#[derive(Debug, Default)]
+pub struct InputState {
     /// Frames the session has handled (it counts every decoded item).
-    handled: Arc<AtomicU64>,
+    pub handled: AtomicU64,
+    /// A frame header declared more than `max_frame_bytes`.
+    pub oversized: std::sync::atomic::AtomicBool,
 }
 
 impl FrameGate {
-    fn new(max_frame_bytes: usize, handled: Arc<AtomicU64>) -> Self {
+    fn new(max_frame_bytes: usize, state: Arc<InputState>) -> Self {
         Self {
             max_frame_bytes: max_frame_bytes as u64,
             remaining: 0,
             header: [0; 14],
             header_len: 0,
             complete: 0,
-            handled,
+            state,
         }
     }
 
     fn backlogged(&self) -> bool {
-        self.complete > self.handled.load(Ordering::Acquire)
+        self.complete > self.state.handled.load(Ordering::Acquire)
     }
 
-    /// Scans `bytes`; returns what to hand the decoder (all of it, or up to
-    /// the end of an oversized header, setting `ended`).
-    fn pass(&mut self, bytes: Bytes, ended: &mut bool) -> Bytes {
+    /// Scans `bytes`: they go to the decoder, unless they hold an oversized
+    /// frame's header (then the input ends with an error the session
+    /// answers with 1009; the whole frames before it are dropped with it).
+    fn pass(&mut self, bytes: Bytes, ended: &mut bool) -> Result<Bytes, PayloadError> {
         match self.scan(&bytes) {
-            Some(cut) => {
+            Some(_) => {
                 *ended = true;
-                bytes.slice(..cut)
+                self.state.oversized.store(true, Ordering::Release);
+                Err(PayloadError::Overflow)
             }
-            None => bytes,
+            None => Ok(bytes),
         }
     }
 
@@ -345,6 +357,10 @@ mod tests {
         FrameGate::new(max, Arc::default())
     }
 
+    fn handled(state: &InputState, n: u64) {
+        state.handled.store(n, Ordering::Release);
+    }
+
     fn masked_frame(payload: &[u8]) -> Vec<u8> {
         let mut f = vec![0x81];
         match payload.len() {
@@ -399,15 +415,15 @@ mod tests {
 
     #[test]
     fn backlogged_until_the_session_took_every_whole_frame() {
-        let handled = Arc::new(AtomicU64::new(0));
-        let mut g = FrameGate::new(1000, handled.clone());
+        let state = Arc::new(InputState::default());
+        let mut g = FrameGate::new(1000, state.clone());
         let mut two = masked_frame(b"a");
         two.extend(masked_frame(b"b"));
         assert_eq!(g.scan(&two), None);
         assert!(g.backlogged());
-        handled.store(1, Ordering::Release);
+        handled(&state, 1);
         assert!(g.backlogged());
-        handled.store(2, Ordering::Release);
+        handled(&state, 2);
         assert!(!g.backlogged());
         // A partial frame alone never holds reading back.
         assert_eq!(g.scan(&masked_frame(&[b'x'; 500])[..100]), None);

@@ -6,7 +6,6 @@
 mod common;
 
 use common::*;
-use serde_json::json;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -24,7 +23,13 @@ fn rss_kib(pid: u32) -> u64 {
 
 /// A WebSocket spoken by hand over TCP, for frames no library would send.
 struct RawWs {
-    stream: TcpStream,
+    write: tokio::net::tcp::OwnedWriteHalf,
+    read: FrameReader,
+}
+
+/// The server's frames, read by hand.
+struct FrameReader {
+    stream: tokio::net::tcp::OwnedReadHalf,
     buf: Vec<u8>,
 }
 
@@ -51,9 +56,13 @@ impl RawWs {
         };
         let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
         assert!(head.starts_with("HTTP/1.1 101"), "upgrade refused: {head}");
+        let (read, write) = stream.into_split();
         RawWs {
-            stream,
-            buf: buf[head_end..].to_vec(),
+            write,
+            read: FrameReader {
+                stream: read,
+                buf: buf[head_end..].to_vec(),
+            },
         }
     }
 
@@ -78,12 +87,9 @@ impl RawWs {
         f.extend_from_slice(payload);
         f
     }
+}
 
-    async fn text(&mut self, text: &str) {
-        let f = Self::frame(true, 1, text.as_bytes());
-        self.stream.write_all(&f).await.unwrap();
-    }
-
+impl FrameReader {
     /// The next server frame (opcode, payload), or None when the stream ended.
     async fn next_frame(&mut self, timeout: Duration) -> Option<(u8, Vec<u8>)> {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -127,37 +133,36 @@ impl RawWs {
     }
 }
 
-/// Writes `bytes` until the server stops taking them, for at most `limit`.
-async fn stream_junk(ws: &mut RawWs, limit: Duration) -> usize {
-    let chunk = vec![b'a'; 64 * 1024];
-    let started = Instant::now();
-    let mut sent = 0;
-    while started.elapsed() < limit {
-        match tokio::time::timeout(Duration::from_millis(500), ws.stream.write_all(&chunk)).await {
-            Ok(Ok(())) => sent += chunk.len(),
-            Ok(Err(_)) => break,
-            Err(_) => {} // blocked: the server stopped reading
-        }
-    }
-    sent
-}
-
 #[tokio::test]
 async fn a_huge_declared_frame_length_is_refused_before_its_payload() {
     let server = Server::start();
     let pid = server.pid().unwrap();
     let baseline = rss_kib(pid);
-    let mut ws = RawWs::upgrade(&server.addr(), "/ws/chat/general").await;
+    let RawWs {
+        mut write,
+        read: mut reader,
+    } = RawWs::upgrade(&server.addr(), "/ws/chat/general").await;
+    // The close frame is read while the junk streams: once the server hangs
+    // up on unread junk, the kernel resets the connection.
+    let closed = tokio::spawn(async move { reader.close_code(RECV_TIMEOUT).await });
     // 2^62 bytes of text declared, then data streamed behind it.
-    let header = RawWs::header(true, 1, 1 << 62);
-    ws.stream.write_all(&header).await.unwrap();
-    let sent = stream_junk(&mut ws, Duration::from_secs(2)).await;
+    write.write_all(&RawWs::header(true, 1, 1 << 62)).await.unwrap();
+    let chunk = vec![b'a'; 64 * 1024];
+    let started = Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < Duration::from_secs(2) {
+        match tokio::time::timeout(Duration::from_millis(200), write.write_all(&chunk)).await {
+            Ok(Ok(())) => sent += chunk.len(),
+            Ok(Err(_)) => break,
+            Err(_) => {}
+        }
+    }
     let grown = rss_kib(pid).saturating_sub(baseline);
     assert!(
         grown < 64 * 1024,
         "RSS grew by {grown} KiB while {sent} bytes of an oversized frame streamed in"
     );
-    assert_eq!(ws.close_code(RECV_TIMEOUT).await, Some(1009));
+    assert_eq!(closed.await.unwrap(), Some(1009));
     // The server is fine.
     assert_eq!(server.get("/healthz").await.status, 200);
 }
@@ -174,7 +179,7 @@ async fn a_flood_of_tiny_frames_is_read_no_faster_than_it_is_handled() {
     let flood: Vec<u8> = ping.iter().copied().cycle().take(ping.len() * 40_000).collect();
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(3) {
-        match tokio::time::timeout(Duration::from_millis(500), ws.stream.write_all(&flood)).await {
+        match tokio::time::timeout(Duration::from_millis(500), ws.write.write_all(&flood)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => break,
             Err(_) => {}
@@ -197,8 +202,8 @@ async fn a_fragmented_message_over_the_limit_closes_with_1009() {
     for _ in 0..10 {
         bytes.extend(RawWs::frame(false, 0, &piece));
     }
-    let _ = ws.stream.write_all(&bytes).await;
-    assert_eq!(ws.close_code(RECV_TIMEOUT).await, Some(1009));
+    let _ = ws.write.write_all(&bytes).await;
+    assert_eq!(ws.read.close_code(RECV_TIMEOUT).await, Some(1009));
 }
 
 #[tokio::test]
@@ -209,10 +214,10 @@ async fn frames_pipelined_behind_the_upgrade_are_all_handled() {
     for i in 0..50 {
         bytes.extend(RawWs::frame(true, 1, format!("m{i}").as_bytes()));
     }
-    ws.stream.write_all(&bytes).await.unwrap();
+    ws.write.write_all(&bytes).await.unwrap();
     let mut seen = Vec::new();
     while seen.len() < 50 {
-        let (opcode, payload) = ws.next_frame(RECV_TIMEOUT).await.expect("a frame");
+        let (opcode, payload) = ws.read.next_frame(RECV_TIMEOUT).await.expect("a frame");
         if opcode == 1 {
             let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
             seen.push(v["message"].as_str().unwrap().to_string());
