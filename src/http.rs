@@ -228,12 +228,19 @@ fn upgrade(session: Session, req: &HttpRequest, deps: &AppDeps) -> HttpResponse 
 
 // ---------------------------------------------------------------------- REST
 
-async fn login(body: web::Bytes, deps: web::Data<AppDeps>) -> HttpResponse {
+async fn login(req: HttpRequest, body: web::Bytes, deps: web::Data<AppDeps>) -> HttpResponse {
     if !deps.config.auth.guest {
         return error_response(&Rejection::new(
             ErrorCode::Forbidden,
             "guest login is disabled on this server",
         ));
+    }
+    // Each guest is a fresh user id with its own send allowance: logins are
+    // what has to be limited, per address.
+    if let Some(peer) = req.peer_addr() {
+        if let Err(e) = deps.login_limiter.check(peer.ip()) {
+            return error_response(&e);
+        }
     }
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) else {
         return error_response(&Rejection::new(
@@ -299,13 +306,31 @@ async fn list_rooms(req: HttpRequest, deps: web::Data<AppDeps>) -> HttpResponse 
             }
         }
     }
-    let visible = rooms
+    // One page, in name order: `?after=NAME` continues where `next_after` ended.
+    let query = query_params(&req);
+    let limit = match query.get("limit").map(|raw| protocol::parse_cursor_param("limit", raw)) {
+        None => ROOMS_PAGE_DEFAULT,
+        Some(Ok(n)) => (n as usize).min(ROOMS_PAGE_MAX),
+        Some(Err(e)) => return error_response(&e),
+    };
+    let after = query.get("after").cloned().unwrap_or_default();
+    let mut page = rooms
         .into_iter()
+        .filter(|(name, _)| *name > after)
         .filter(|(name, _)| identity.as_ref().is_none_or(|i| i.rooms.allows(name)))
+        .take(limit + 1)
         .map(|(name, (last_seq, online))| serde_json::json!({"name": name, "last_seq": last_seq, "online": online}))
         .collect::<Vec<_>>();
-    json(serde_json::json!({ "rooms": visible }).to_string())
+    let next_after = (page.len() > limit).then(|| {
+        page.truncate(limit);
+        page.last().map(|r| r["name"].clone())
+    });
+    json(serde_json::json!({ "rooms": page, "next_after": next_after.flatten() }).to_string())
 }
+
+/// `GET /api/rooms` pages: 100 rooms unless `limit` says otherwise, at most 1000.
+const ROOMS_PAGE_DEFAULT: usize = 100;
+const ROOMS_PAGE_MAX: usize = 1000;
 
 /// The `{room}` of a REST read, when it is valid and the request may read it
 /// (the history rules: a token if guests are off, its `rooms` claim).

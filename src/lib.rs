@@ -43,6 +43,10 @@ pub struct AppDeps {
     pub refs: Arc<dedupe::RefCache>,
     /// Per-user send rate, across the user's connections on this instance.
     pub send_limiter: Arc<limits::SendLimiter>,
+    /// Per-user joins and leaves: toggling a room can't flood its members.
+    pub join_limiter: Arc<limits::SendLimiter>,
+    /// Guest logins per client IP.
+    pub login_limiter: Arc<limits::IpLimiter>,
     pub moderation: Arc<limits::Moderation>,
     pub connections: Arc<limits::ConnectionCounter>,
     /// Flips to true when a graceful shutdown begins; sessions close with 1001.

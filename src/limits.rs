@@ -61,6 +61,44 @@ impl SendLimiter {
     }
 }
 
+/// Requests per client IP (guest logins: `limits.logins_per_minute`, 0 = off).
+pub struct IpLimiter {
+    limiter: Option<DefaultKeyedRateLimiter<std::net::IpAddr>>,
+    clock: DefaultClock,
+}
+
+impl IpLimiter {
+    pub fn per_minute(n: u32) -> Self {
+        Self {
+            limiter: NonZeroU32::new(n).map(|n| DefaultKeyedRateLimiter::keyed(Quota::per_minute(n))),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    /// Takes one request from `ip`'s allowance, or refuses with `rate_limited`.
+    pub fn check(&self, ip: std::net::IpAddr) -> Result<(), Rejection> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        limiter.check_key(&ip).map_err(|not_until| {
+            let wait = not_until.wait_time_from(self.clock.now());
+            let mut rejection = Rejection::new(
+                ErrorCode::RateLimited,
+                "too many logins from this address; wait and try again",
+            );
+            rejection.retry_after_ms = Some((wait.as_millis() as u64).max(1));
+            rejection
+        })
+    }
+
+    pub fn sweep(&self) {
+        if let Some(limiter) = &self.limiter {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
+}
+
 /// `moderation.prohibited_words`: case-insensitive, whole words (an entry may
 /// be a phrase).
 pub struct Moderation {

@@ -3,6 +3,7 @@
 //! has received every join the registry sent it.
 
 use crate::room::{Join, RoomActor};
+use crate::protocol::{ErrorCode, Rejection};
 use crate::AppDeps;
 use actix::prelude::*;
 use std::collections::HashMap;
@@ -67,17 +68,19 @@ impl Handler<Init> for Registry {
 /// then share a thread: a send and its deliveries need no cross-thread
 /// wake-up, which profiles showed as a large share of the per-message cost.
 #[derive(Message)]
-#[rtype(result = "Option<Addr<RoomActor>>")]
+#[rtype(result = "Result<Addr<RoomActor>, Rejection>")]
 pub struct JoinRoom {
     pub join: Join,
     pub home: actix::ArbiterHandle,
 }
 
 impl Handler<JoinRoom> for Registry {
-    type Result = Option<Addr<RoomActor>>;
+    type Result = Result<Addr<RoomActor>, Rejection>;
 
     fn handle(&mut self, JoinRoom { join, home }: JoinRoom, _: &mut Self::Context) -> Self::Result {
-        let deps = self.deps.clone()?;
+        let deps = self.deps.clone().ok_or_else(|| {
+            Rejection::new(ErrorCode::Unavailable, "the server is not ready")
+        })?;
         let name = join.room.clone();
         // A room whose arbiter went away (a worker restarted) is started again.
         if self
@@ -86,6 +89,13 @@ impl Handler<JoinRoom> for Registry {
             .is_some_and(|entry| !entry.addr.connected())
         {
             self.rooms.remove(&name);
+        }
+        let cap = deps.config.limits.rooms_per_instance;
+        if !self.rooms.contains_key(&name) && self.rooms.len() >= cap {
+            return Err(Rejection::new(
+                ErrorCode::TooManyRooms,
+                format!("this server has {cap} rooms open, its limit; try again later"),
+            ));
         }
         let entry = self.rooms.entry(name.clone()).or_insert_with(|| {
             let occupancy = Arc::new(Occupancy::default());
@@ -98,7 +108,7 @@ impl Handler<JoinRoom> for Registry {
         });
         entry.leases += 1;
         entry.addr.do_send(join);
-        Some(entry.addr.clone())
+        Ok(entry.addr.clone())
     }
 }
 
@@ -117,6 +127,10 @@ impl Handler<RoomIdle> for Registry {
         match self.rooms.get(&idle.room) {
             Some(entry) if entry.leases == idle.joins_seen => {
                 self.rooms.remove(&idle.room);
+                // A burst of rooms must not keep its table's memory for good.
+                if self.rooms.capacity() > 64 && self.rooms.len() < self.rooms.capacity() / 4 {
+                    self.rooms.shrink_to(self.rooms.len() * 2);
+                }
                 true
             }
             Some(_) => false,

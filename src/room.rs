@@ -33,6 +33,8 @@ const PRESENCE_REFRESH: Duration = Duration::from_secs(5);
 const GAP_WAIT: Duration = Duration::from_millis(150);
 /// After the broker failed a batch, look for messages it may have accepted anyway.
 const RESYNC_AFTER_FAILURE: Duration = Duration::from_secs(1);
+/// Presence changes within this window go out as one net `presence` frame.
+const PRESENCE_WINDOW: Duration = Duration::from_millis(100);
 /// Most sends in one broker call.
 const SEND_BATCH_MAX: usize = 512;
 
@@ -203,6 +205,25 @@ pub struct RoomActor {
     replay_tokens: u64,
     idle_timer: Option<SpawnHandle>,
     spam: SpamWindow,
+    /// Users whose visibility changed since the last presence frame, with
+    /// whether they were visible before.
+    presence_changes: FastMap<String, (Arc<UserInfo>, bool)>,
+    presence_flush_due: bool,
+    /// The room's own address, to schedule presence frames from anywhere.
+    me: Option<Addr<RoomActor>>,
+}
+
+/// Asks the room to send its presence changes after [`PRESENCE_WINDOW`].
+#[derive(Message)]
+#[rtype(result = "()")]
+struct FlushPresenceSoon;
+
+impl Handler<FlushPresenceSoon> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, _: FlushPresenceSoon, ctx: &mut Self::Context) {
+        ctx.run_later(PRESENCE_WINDOW, |act, _| act.flush_presence());
+    }
 }
 
 /// Frames per session, sent as one mailbox item each.
@@ -230,6 +251,9 @@ impl RoomActor {
             joins_seen: 0,
             replay_tokens: 0,
             idle_timer: None,
+            presence_changes: FastMap::default(),
+            presence_flush_due: false,
+            me: None,
             spam: SpamWindow::new(
                 deps.config.moderation.spam_repeats,
                 deps.config.moderation.spam_window_secs,
@@ -301,14 +325,75 @@ impl RoomActor {
         }
     }
 
-    fn broadcast_presence(&mut self, user: &UserInfo, joined: bool) {
-        let frame = if joined {
-            protocol::presence_json(&self.name, &[user], &[])
-        } else {
-            protocol::presence_json(&self.name, &[], &[user])
-        };
-        self.broadcast_except(frame.into(), Some(user.id.as_str()).filter(|_| joined));
+    /// Notes that `user` just became visible (`joined`) or not. Changes go
+    /// out together after [`PRESENCE_WINDOW`], and a user who joined and left
+    /// within it (or the reverse) is not announced at all: join/leave
+    /// toggling can't multiply frames to every member.
+    fn broadcast_presence(&mut self, user: &Arc<UserInfo>, joined: bool) {
+        self.presence_changes
+            .entry(user.id.clone())
+            .or_insert_with(|| (user.clone(), !joined));
         self.report_occupancy();
+        if !self.presence_flush_due {
+            self.presence_flush_due = true;
+            if let Some(me) = &self.me {
+                me.do_send(FlushPresenceSoon);
+            }
+        }
+    }
+
+    /// Sends one `presence` frame with the net changes since the last one.
+    fn flush_presence(&mut self) {
+        self.presence_flush_due = false;
+        let changes = std::mem::take(&mut self.presence_changes);
+        let (mut joined, mut left) = (Vec::new(), Vec::new());
+        for (id, (user, was_visible)) in changes {
+            match (was_visible, self.visible(&id)) {
+                (false, true) => joined.push(user),
+                (true, false) => left.push(user),
+                _ => {}
+            }
+        }
+        if joined.is_empty() && left.is_empty() {
+            return;
+        }
+        let by_name = |a: &Arc<UserInfo>, b: &Arc<UserInfo>| a.name.cmp(&b.name).then(a.id.cmp(&b.id));
+        joined.sort_by(by_name);
+        left.sort_by(by_name);
+        let left_refs: Vec<&UserInfo> = left.iter().map(|u| u.as_ref()).collect();
+        let joined_refs: Vec<&UserInfo> = joined.iter().map(|u| u.as_ref()).collect();
+        let frame = ByteString::from(protocol::presence_json(&self.name, &joined_refs, &left_refs));
+        // A user's own connections aren't told they joined: they got `joined`.
+        let mut personal: FastMap<String, ByteString> = FastMap::default();
+        let mut gone = Vec::new();
+        for (id, m) in &self.members {
+            if m.format != Format::V1 || m.replay.as_ref().is_some_and(|r| r.joined_last.is_some()) {
+                continue;
+            }
+            let frame = if joined.iter().any(|u| u.id == m.user.id) {
+                let own = personal.entry(m.user.id.clone()).or_insert_with(|| {
+                    let others: Vec<&UserInfo> =
+                        joined.iter().filter(|u| u.id != m.user.id).map(|u| u.as_ref()).collect();
+                    if others.is_empty() && left.is_empty() {
+                        ByteString::new()
+                    } else {
+                        protocol::presence_json(&self.name, &others, &left_refs).into()
+                    }
+                });
+                if own.is_empty() {
+                    continue;
+                }
+                own.clone()
+            } else {
+                frame.clone()
+            };
+            if !self.push(&m.to, vec![frame]) {
+                gone.push(*id);
+            }
+        }
+        for id in gone {
+            self.remove_member(id, false);
+        }
     }
 
     fn report_occupancy(&self) {
@@ -852,6 +937,7 @@ impl Actor for RoomActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         crate::metrics::get().rooms.increment(1.0);
+        self.me = Some(ctx.address());
         ctx.run_interval(SWEEP_INTERVAL, |act, ctx| {
             let gone: Vec<Uuid> = act
                 .members

@@ -6,7 +6,7 @@ use crate::broker::redis::RedisBroker;
 use crate::broker::SharedBroker;
 use crate::config::Config;
 use crate::dedupe::{RefCache, REF_WINDOW};
-use crate::limits::{Moderation, SendLimiter};
+use crate::limits::{IpLimiter, Moderation, SendLimiter};
 use crate::persist::{Drain, Persist};
 use crate::registry::{Init, Registry};
 use crate::store::{self, StoreError};
@@ -133,17 +133,28 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             config.limits.messages_per_sec,
             config.limits.message_burst,
         )),
+        join_limiter: Arc::new(SendLimiter::new(
+            config.limits.joins_per_sec,
+            config.limits.joins_per_sec.saturating_mul(4),
+        )),
+        login_limiter: Arc::new(IpLimiter::per_minute(config.limits.logins_per_minute)),
         moderation: Arc::new(Moderation::new(&config.moderation.prohibited_words)),
         connections: Arc::default(),
         shutdown,
         sessions: sessions.clone(),
     };
-    let limiter = deps.send_limiter.clone();
+    let limiters = (
+        deps.send_limiter.clone(),
+        deps.join_limiter.clone(),
+        deps.login_limiter.clone(),
+    );
     actix_web::rt::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(60));
         loop {
             every.tick().await;
-            limiter.sweep();
+            limiters.0.sweep();
+            limiters.1.sweep();
+            limiters.2.sweep();
         }
     });
     registry.do_send(Init(deps.clone()));

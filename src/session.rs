@@ -252,6 +252,15 @@ impl Session {
             addr.do_send(make_join(self, ctx, false));
             return;
         }
+        let cap = self.deps.config.limits.rooms_per_connection;
+        if self.rooms.len() >= cap {
+            let e = Rejection::new(
+                ErrorCode::TooManyRooms,
+                format!("a connection may be in at most {cap} rooms; leave one first"),
+            )
+            .in_room(Some(&room));
+            return self.send_rejection(ctx, &e);
+        }
         // The registry forwards the join itself, so a lease can't be lost if this
         // session dies while waiting; the room sweeps such members later.
         let ask = self.deps.registry.send(JoinRoom {
@@ -261,12 +270,15 @@ impl Session {
         ctx.wait(
             ask.into_actor(self)
                 .map(move |answer, act, ctx| match answer {
-                    Ok(Some(addr)) => {
+                    Ok(Ok(addr)) => {
                         act.rooms.insert(room, addr);
                     }
-                    _ => {
-                        let r = Rejection::new(ErrorCode::Unavailable, "the server is not ready")
-                            .in_room(Some(&room));
+                    refused => {
+                        let r = match refused {
+                            Ok(Err(rejection)) => rejection,
+                            _ => Rejection::new(ErrorCode::Unavailable, "the server is not ready"),
+                        }
+                        .in_room(Some(&room));
                         act.send_rejection(ctx, &r);
                         if act.format == Format::Seed {
                             act.close(ctx, ws::CloseCode::Error, "unavailable");
@@ -400,16 +412,26 @@ impl Session {
                 if let Err(e) = self.identity.rooms.check(&room) {
                     return self.send_rejection(ctx, &e);
                 }
+                if let Err(e) = self.deps.join_limiter.check(&self.limiter_key) {
+                    return self.send_rejection(ctx, &e.in_room(Some(&room)));
+                }
                 let history = history.unwrap_or(self.deps.config.rooms.join_history);
                 self.join(ctx, room, history, since);
             }
-            ClientFrame::Leave { room } => match self.rooms.remove(&room) {
-                Some(addr) => addr.do_send(room::Leave {
-                    session: self.id,
-                    notify: true,
-                }),
-                None => self.not_joined(ctx, &room),
-            },
+            ClientFrame::Leave { room } => {
+                if !self.rooms.contains_key(&room) {
+                    return self.not_joined(ctx, &room);
+                }
+                if let Err(e) = self.deps.join_limiter.check(&self.limiter_key) {
+                    return self.send_rejection(ctx, &e.in_room(Some(&room)));
+                }
+                if let Some(addr) = self.rooms.remove(&room) {
+                    addr.do_send(room::Leave {
+                        session: self.id,
+                        notify: true,
+                    });
+                }
+            }
             ClientFrame::Send {
                 room,
                 content,

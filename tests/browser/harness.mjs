@@ -50,6 +50,8 @@ export async function startServer({ port = 0, dir = tempDir() } = {}) {
     CONFAB__LIMITS__MESSAGES_PER_SEC: "100000",
     CONFAB__LIMITS__MESSAGE_BURST: "100000",
     CONFAB__MODERATION__SPAM_REPEATS: "1000000",
+    CONFAB__LIMITS__JOINS_PER_SEC: "100000",
+    CONFAB__LIMITS__LOGINS_PER_MINUTE: "0",
     CONFAB__SERVER__SHUTDOWN_GRACE_SECS: "2",
   });
   const child = spawn(BINARY, ["serve"], { cwd: dir, env, stdio: ["ignore", "ignore", "pipe"] });
