@@ -308,7 +308,10 @@ async fn list_rooms(req: HttpRequest, deps: web::Data<AppDeps>) -> HttpResponse 
     }
     // One page, in name order: `?after=NAME` continues where `next_after` ended.
     let query = query_params(&req);
-    let limit = match query.get("limit").map(|raw| protocol::parse_cursor_param("limit", raw)) {
+    let limit = match query
+        .get("limit")
+        .map(|raw| protocol::parse_cursor_param("limit", raw))
+    {
         None => ROOMS_PAGE_DEFAULT,
         Some(Ok(n)) => (n as usize).min(ROOMS_PAGE_MAX),
         Some(Err(e)) => return error_response(&e),

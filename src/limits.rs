@@ -70,7 +70,8 @@ pub struct IpLimiter {
 impl IpLimiter {
     pub fn per_minute(n: u32) -> Self {
         Self {
-            limiter: NonZeroU32::new(n).map(|n| DefaultKeyedRateLimiter::keyed(Quota::per_minute(n))),
+            limiter: NonZeroU32::new(n)
+                .map(|n| DefaultKeyedRateLimiter::keyed(Quota::per_minute(n))),
             clock: DefaultClock::default(),
         }
     }

@@ -2,8 +2,8 @@
 //! every first join itself, counting them, so an idle room may stop only once it
 //! has received every join the registry sent it.
 
-use crate::room::{Join, RoomActor};
 use crate::protocol::{ErrorCode, Rejection};
+use crate::room::{Join, RoomActor};
 use crate::AppDeps;
 use actix::prelude::*;
 use std::collections::HashMap;
@@ -78,9 +78,10 @@ impl Handler<JoinRoom> for Registry {
     type Result = Result<Addr<RoomActor>, Rejection>;
 
     fn handle(&mut self, JoinRoom { join, home }: JoinRoom, _: &mut Self::Context) -> Self::Result {
-        let deps = self.deps.clone().ok_or_else(|| {
-            Rejection::new(ErrorCode::Unavailable, "the server is not ready")
-        })?;
+        let deps = self
+            .deps
+            .clone()
+            .ok_or_else(|| Rejection::new(ErrorCode::Unavailable, "the server is not ready"))?;
         let name = join.room.clone();
         // A room whose arbiter went away (a worker restarted) is started again.
         if self

@@ -357,23 +357,32 @@ impl RoomActor {
         if joined.is_empty() && left.is_empty() {
             return;
         }
-        let by_name = |a: &Arc<UserInfo>, b: &Arc<UserInfo>| a.name.cmp(&b.name).then(a.id.cmp(&b.id));
+        let by_name =
+            |a: &Arc<UserInfo>, b: &Arc<UserInfo>| a.name.cmp(&b.name).then(a.id.cmp(&b.id));
         joined.sort_by(by_name);
         left.sort_by(by_name);
         let left_refs: Vec<&UserInfo> = left.iter().map(|u| u.as_ref()).collect();
         let joined_refs: Vec<&UserInfo> = joined.iter().map(|u| u.as_ref()).collect();
-        let frame = ByteString::from(protocol::presence_json(&self.name, &joined_refs, &left_refs));
+        let frame = ByteString::from(protocol::presence_json(
+            &self.name,
+            &joined_refs,
+            &left_refs,
+        ));
         // A user's own connections aren't told they joined: they got `joined`.
         let mut personal: FastMap<String, ByteString> = FastMap::default();
         let mut gone = Vec::new();
         for (id, m) in &self.members {
-            if m.format != Format::V1 || m.replay.as_ref().is_some_and(|r| r.joined_last.is_some()) {
+            if m.format != Format::V1 || m.replay.as_ref().is_some_and(|r| r.joined_last.is_some())
+            {
                 continue;
             }
             let frame = if joined.iter().any(|u| u.id == m.user.id) {
                 let own = personal.entry(m.user.id.clone()).or_insert_with(|| {
-                    let others: Vec<&UserInfo> =
-                        joined.iter().filter(|u| u.id != m.user.id).map(|u| u.as_ref()).collect();
+                    let others: Vec<&UserInfo> = joined
+                        .iter()
+                        .filter(|u| u.id != m.user.id)
+                        .map(|u| u.as_ref())
+                        .collect();
                     if others.is_empty() && left.is_empty() {
                         ByteString::new()
                     } else {

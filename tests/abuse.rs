@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use serde_json::json;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -146,7 +147,10 @@ async fn a_huge_declared_frame_length_is_refused_before_its_payload() {
     // up on unread junk, the kernel resets the connection.
     let closed = tokio::spawn(async move { reader.close_code(RECV_TIMEOUT).await });
     // 2^62 bytes of text declared, then data streamed behind it.
-    write.write_all(&RawWs::header(true, 1, 1 << 62)).await.unwrap();
+    write
+        .write_all(&RawWs::header(true, 1, 1 << 62))
+        .await
+        .unwrap();
     let chunk = vec![b'a'; 64 * 1024];
     let started = Instant::now();
     let mut sent = 0;
@@ -176,7 +180,12 @@ async fn a_flood_of_tiny_frames_is_read_no_faster_than_it_is_handled() {
     // Pings are answered with pongs this client never reads: with the reader
     // gated on handled frames, the socket backs up instead of the server.
     let ping = RawWs::frame(true, 9, b"");
-    let flood: Vec<u8> = ping.iter().copied().cycle().take(ping.len() * 40_000).collect();
+    let flood: Vec<u8> = ping
+        .iter()
+        .copied()
+        .cycle()
+        .take(ping.len() * 40_000)
+        .collect();
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(3) {
         match tokio::time::timeout(Duration::from_millis(500), ws.write.write_all(&flood)).await {
@@ -186,7 +195,10 @@ async fn a_flood_of_tiny_frames_is_read_no_faster_than_it_is_handled() {
         }
     }
     let grown = rss_kib(pid).saturating_sub(baseline);
-    assert!(grown < 64 * 1024, "RSS grew by {grown} KiB under a ping flood");
+    assert!(
+        grown < 64 * 1024,
+        "RSS grew by {grown} KiB under a ping flood"
+    );
     drop(ws);
     assert_eq!(server.get("/healthz").await.status, 200);
 }
@@ -225,4 +237,211 @@ async fn frames_pipelined_behind_the_upgrade_are_all_handled() {
     }
     let want: Vec<String> = (0..50).map(|i| format!("m{i}")).collect();
     assert_eq!(seen, want);
+}
+
+// ------------------------------------------------------------------ rooms
+
+#[tokio::test]
+async fn a_connection_may_join_at_most_rooms_per_connection() {
+    let server = Server::builder()
+        .set("limits", "rooms_per_connection", "3")
+        .start();
+    let mut c = server.ws_user(&uid("u"), "u").await;
+    for room in ["a", "b", "c"] {
+        c.join_with(json!({"type":"join","room":room,"history":0}))
+            .await;
+    }
+    c.send_json(json!({"type":"join","room":"d"})).await;
+    let e = c.recv_error().await;
+    assert_eq!(e["code"], "too_many_rooms", "{e}");
+    assert_eq!(e["room"], "d", "{e}");
+    // Rejoining a room it is in is no new room; leaving one makes space.
+    c.join_with(json!({"type":"join","room":"a","history":0}))
+        .await;
+    c.send_json(json!({"type":"leave","room":"b"})).await;
+    assert_eq!(c.recv_type("left").await["room"], "b");
+    c.join_with(json!({"type":"join","room":"d","history":0}))
+        .await;
+}
+
+#[tokio::test]
+async fn an_instance_opens_at_most_rooms_per_instance_and_idle_rooms_stop() {
+    let server = Server::builder()
+        .set("limits", "rooms_per_instance", "3")
+        .start();
+    let mut a = server.ws_user(&uid("a"), "a").await;
+    let mut b = server.ws_user(&uid("b"), "b").await;
+    for room in ["r1", "r2"] {
+        a.join_with(json!({"type":"join","room":room,"history":0}))
+            .await;
+    }
+    b.join_with(json!({"type":"join","room":"r3","history":0}))
+        .await;
+    // Open rooms can still be joined; a fourth can't be opened.
+    b.join_with(json!({"type":"join","room":"r1","history":0}))
+        .await;
+    b.send_json(json!({"type":"join","room":"r4"})).await;
+    let e = b.recv_error().await;
+    assert_eq!(e["code"], "too_many_rooms", "{e}");
+    assert_eq!(e["room"], "r4", "{e}");
+    // Once everyone left, the rooms stop (after their linger) and free
+    // their places.
+    a.close().await;
+    b.close().await;
+    let deadline = Instant::now() + Duration::from_secs(25);
+    loop {
+        let metrics = server.get("/metrics").await.text();
+        let open = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("confab_rooms "))
+            .map(|v| v.trim().to_string());
+        if open.as_deref() == Some("0") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rooms still open: {open:?}");
+        sleep_ms(500).await;
+    }
+    let mut c = server.ws_user(&uid("c"), "c").await;
+    c.join_with(json!({"type":"join","room":"r4","history":0}))
+        .await;
+}
+
+#[tokio::test]
+async fn room_listing_pages_by_name() {
+    let server = Server::start();
+    let mut c = server.ws_user(&uid("u"), "u").await;
+    for room in ["p1", "p2", "p3", "p4", "p5"] {
+        c.join_with(json!({"type":"join","room":room,"history":0}))
+            .await;
+    }
+    let mut names = Vec::new();
+    let mut after = String::new();
+    loop {
+        let r = server
+            .get(&format!("/api/rooms?limit=2&after={after}"))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        let page = v["rooms"].as_array().unwrap();
+        assert!(page.len() <= 2, "{v}");
+        names.extend(page.iter().map(|r| r["name"].as_str().unwrap().to_string()));
+        match v["next_after"].as_str() {
+            Some(next) => after = next.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(names, ["p1", "p2", "p3", "p4", "p5"]);
+    let all = server.get("/api/rooms").await.json();
+    assert_eq!(all["rooms"].as_array().unwrap().len(), 5);
+    assert!(all["next_after"].is_null(), "{all}");
+    let bad = server.get("/api/rooms?limit=0").await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.error_code(), "invalid_cursor");
+}
+
+// --------------------------------------------------------------- presence
+
+#[tokio::test]
+async fn join_leave_toggling_is_coalesced_for_the_other_members() {
+    let server = Server::start();
+    let mut member = server.ws_user(&uid("m"), "member").await;
+    member
+        .join_with(json!({"type":"join","room":"toggle","history":0}))
+        .await;
+    let mut toggler = server.ws_user(&uid("t"), "toggler").await;
+    for _ in 0..300 {
+        toggler
+            .send_json(json!({"type":"join","room":"toggle","history":0}))
+            .await;
+        toggler
+            .send_json(json!({"type":"leave","room":"toggle"}))
+            .await;
+    }
+    // The toggler ends outside the room: it sees 300 joined + 300 left.
+    let mut lefts = 0;
+    while lefts < 300 {
+        if toggler.recv_main().await["type"] == "left" {
+            lefts += 1;
+        }
+    }
+    // The member hears a few net changes at most, never 600 frames, and
+    // whatever it heard nets to "not present".
+    let mut frames = 0;
+    let mut present = false;
+    while let Some(Frame::Json(v)) = member.next_frame(Duration::from_millis(700)).await {
+        if v["type"] == "presence" {
+            frames += 1;
+            if !v["joined"].as_array().unwrap().is_empty() {
+                present = true;
+            }
+            if !v["left"].as_array().unwrap().is_empty() {
+                present = false;
+            }
+        }
+    }
+    assert!(frames <= 40, "{frames} presence frames for 600 toggles");
+    assert!(!present, "the toggler left last");
+}
+
+#[tokio::test]
+async fn presence_changes_in_one_window_arrive_as_one_frame() {
+    let server = Server::start();
+    let mut member = server.ws_user(&uid("m"), "member").await;
+    member
+        .join_with(json!({"type":"join","room":"burst","history":0}))
+        .await;
+    let mut others = Vec::new();
+    for i in 0..3 {
+        let mut c = server.ws_user(&uid("o"), &format!("o{i}")).await;
+        c.send_json(json!({"type":"join","room":"burst","history":0}))
+            .await;
+        others.push(c);
+    }
+    let mut joined = 0;
+    let mut frames = 0;
+    while joined < 3 {
+        let v = member.recv_type("presence").await;
+        frames += 1;
+        joined += v["joined"].as_array().unwrap().len();
+    }
+    assert!(
+        frames < 3,
+        "three joins within the window came as {frames} frames"
+    );
+}
+
+#[tokio::test]
+async fn joins_and_leaves_are_rate_limited_per_user() {
+    let server = Server::builder()
+        .set("limits", "joins_per_sec", "1")
+        .start();
+    let mut c = server.ws_user(&uid("u"), "u").await;
+    // Burst 4: join, leave, join, leave; the fifth is refused.
+    for _ in 0..2 {
+        c.join_with(json!({"type":"join","room":"rl","history":0}))
+            .await;
+        c.send_json(json!({"type":"leave","room":"rl"})).await;
+        c.recv_type("left").await;
+    }
+    c.send_json(json!({"type":"join","room":"rl"})).await;
+    let e = c.recv_error().await;
+    assert_eq!(e["code"], "rate_limited", "{e}");
+    assert_eq!(e["room"], "rl", "{e}");
+    assert!(e["retry_after_ms"].as_u64().unwrap() > 0, "{e}");
+}
+
+#[tokio::test]
+async fn guest_logins_are_limited_per_address() {
+    let server = Server::builder()
+        .set("limits", "logins_per_minute", "5")
+        .start();
+    for i in 0..5 {
+        let r = server
+            .post_json("/api/login", &json!({"name": format!("g{i}")}))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let r = server.post_json("/api/login", &json!({"name":"g6"})).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.error_code(), "rate_limited");
 }
