@@ -54,3 +54,12 @@ pub struct AppDeps {
     /// Live WebSocket sessions, so shutdown can wait for their close frames.
     pub sessions: Arc<AtomicUsize>,
 }
+
+/// jemalloc's options (read at its start-up): a background thread returns
+/// freed memory to the system within about a second, so what a burst or an
+/// abusive client allocated doesn't stay resident after it is gone.
+#[cfg(feature = "jemalloc")]
+#[used]
+#[export_name = "_rjem_malloc_conf"]
+pub static JEMALLOC_CONF: &[u8; 60] =
+    b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";

@@ -279,12 +279,12 @@ impl RoomActor {
     /// (1013) instead of slowing the room: `false` means drop it.
     fn push(&self, to: &Outlet, frames: Vec<ByteString>) -> bool {
         let weight = frames.len();
-        to.push(frames, weight, self.deps.config.limits.session_queue)
+        to.push(frames, weight)
     }
 
     /// A join's replay counts as one queued frame, however long it is.
     fn push_replay(&self, to: &Outlet, frames: Vec<ByteString>) -> bool {
-        to.push(frames, 1, self.deps.config.limits.session_queue)
+        to.push(frames, 1)
     }
 
     /// Present in the room: connected here or through another instance.

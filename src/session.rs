@@ -18,6 +18,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
+/// `history` requests one connection may have in flight; more wait (and the
+/// connection's input with them), so pipelined requests can't pile up pages
+/// in memory.
+const HISTORY_IN_FLIGHT: usize = 4;
+
+struct HistoryRequest {
+    room: String,
+    before: Option<u64>,
+    limit: Option<u32>,
+}
+
 /// Which wire format a member reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -33,11 +44,12 @@ pub enum ToSession {
     /// session that just left, `left`); not counted in the backlog.
     Frame(ByteString),
     /// Ready-to-write frames (shared bytes; the session adds nothing), of
-    /// which `queued` were counted in the session's [`Backlog`]: each live
-    /// frame counts, a join's whole replay counts as one.
+    /// which `queued` frames and `bytes` bytes were counted in the session's
+    /// [`Backlog`]: each live frame counts, a join's whole replay counts as one.
     Frames {
         frames: Vec<ByteString>,
         queued: usize,
+        bytes: usize,
     },
     /// The room dropped this session (a failed join or replay): forget it.
     Detached(String),
@@ -47,35 +59,72 @@ pub enum ToSession {
     SlowConsumer,
 }
 
-/// Frames rooms queued for a session that it has not yet handed to its
-/// socket. Counted in frames, not mailbox items, because rooms batch several
-/// frames into one item; `limits.session_queue` is the contract's bound.
-#[derive(Debug, Default)]
-pub struct Backlog(AtomicUsize);
+/// What rooms queued for a session that it has not yet handed to its
+/// socket, in frames (`limits.session_queue`, the contract's bound; rooms
+/// batch several frames into one mailbox item) and in bytes
+/// (`limits.session_queue_bytes`: a replay or history page of long messages
+/// weighs what it weighs).
+#[derive(Debug)]
+pub struct Backlog {
+    frames: AtomicUsize,
+    bytes: AtomicUsize,
+    max_frames: usize,
+    max_bytes: usize,
+}
 
 impl Backlog {
-    /// Counts `n` more frames unless that would exceed `cap`. A session with
-    /// nothing waiting takes any batch: one busy moment in a room is not a
-    /// client failing to read.
-    pub fn reserve(&self, n: usize, cap: usize) -> bool {
-        self.0
+    pub fn new(max_frames: usize, max_bytes: usize) -> Self {
+        Self {
+            frames: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
+            max_frames,
+            max_bytes,
+        }
+    }
+
+    /// Counts `frames` and `bytes` more unless that would go over a limit. A
+    /// session with nothing waiting takes any batch: one busy moment in a
+    /// room is not a client failing to read.
+    pub fn reserve(&self, frames: usize, bytes: usize) -> bool {
+        let fits =
+            |queued: usize, n: usize, cap: usize| queued == 0 || queued.saturating_add(n) <= cap;
+        if self
+            .frames
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
-                let total = queued.saturating_add(n);
-                (queued == 0 || total <= cap).then_some(total)
+                fits(queued, frames, self.max_frames).then(|| queued.saturating_add(frames))
             })
-            .is_ok()
-    }
-
-    pub fn release(&self, n: usize) {
-        let _ = self
-            .0
+            .is_err()
+        {
+            return false;
+        }
+        let took_bytes = self
+            .bytes
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
-                Some(queued.saturating_sub(n))
-            });
+                fits(queued, bytes, self.max_bytes).then(|| queued.saturating_add(bytes))
+            })
+            .is_ok();
+        if !took_bytes {
+            Self::sub(&self.frames, frames);
+        }
+        took_bytes
     }
 
-    pub fn queued(&self) -> usize {
-        self.0.load(Ordering::Acquire)
+    pub fn release(&self, frames: usize, bytes: usize) {
+        Self::sub(&self.frames, frames);
+        Self::sub(&self.bytes, bytes);
+    }
+
+    fn sub(counter: &AtomicUsize, n: usize) {
+        let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+            Some(queued.saturating_sub(n))
+        });
+    }
+
+    pub fn queued(&self) -> (usize, usize) {
+        (
+            self.frames.load(Ordering::Acquire),
+            self.bytes.load(Ordering::Acquire),
+        )
     }
 }
 
@@ -93,25 +142,27 @@ impl Outlet {
         Self { recipient, backlog }
     }
 
-    /// Queues `frames`, counting `weight` of them against the backlog. A
-    /// member over `cap` is told it is a slow consumer (it closes with 1013)
-    /// and `false` comes back, as it does for a member that is gone; the
-    /// room then drops it instead of slowing down.
-    pub fn push(&self, frames: Vec<ByteString>, weight: usize, cap: usize) -> bool {
+    /// Queues `frames`, counting `weight` of them (and all their bytes)
+    /// against the backlog. A member over its limits is told it is a slow
+    /// consumer (it closes with 1013) and `false` comes back, as it does for
+    /// a member that is gone; the room then drops it instead of slowing down.
+    pub fn push(&self, frames: Vec<ByteString>, weight: usize) -> bool {
         if frames.is_empty() {
             return true;
         }
-        if !self.backlog.reserve(weight, cap) {
+        let bytes = frames.iter().map(|f| f.len()).sum();
+        if !self.backlog.reserve(weight, bytes) {
             self.recipient.do_send(ToSession::SlowConsumer);
             return false;
         }
         match self.recipient.try_send(ToSession::Frames {
             frames,
             queued: weight,
+            bytes,
         }) {
             Ok(()) => true,
             Err(SendError::Full(_)) => {
-                self.backlog.release(weight);
+                self.backlog.release(weight, bytes);
                 self.recipient.do_send(ToSession::SlowConsumer);
                 false
             }
@@ -143,6 +194,12 @@ pub struct Session {
     /// Counts against `limits.connections_per_ip` while the session lives.
     _slot: Option<ConnectionSlot>,
     backlog: Arc<Backlog>,
+    /// `history` requests whose page is being read.
+    history_in_flight: usize,
+    /// `history` requests waiting for one of those to finish. Reading from
+    /// the socket stops while any wait, so this holds at most what one read
+    /// brought in.
+    history_waiting: std::collections::VecDeque<HistoryRequest>,
     /// Every log line about this connection carries its session and user id.
     span: tracing::Span,
     /// The user id as the rate limiter's key (shared, so no copy per send).
@@ -169,6 +226,10 @@ impl Session {
 
     fn new(identity: Identity, deps: AppDeps, format: Format, seed: Option<(String, u32)>) -> Self {
         let id = Uuid::new_v4();
+        let backlog = Arc::new(Backlog::new(
+            deps.config.limits.session_queue,
+            deps.config.limits.session_queue_bytes,
+        ));
         let span = tracing::info_span!("session", session = %id, user = %identity.user.id);
         Self {
             id,
@@ -183,7 +244,9 @@ impl Session {
             last_heard: Instant::now(),
             fragments: None,
             _slot: None,
-            backlog: Arc::default(),
+            backlog,
+            history_in_flight: 0,
+            history_waiting: Default::default(),
             input: Arc::default(),
         }
     }
@@ -375,6 +438,16 @@ impl Session {
         if let Err(e) = self.identity.rooms.check(&room) {
             return self.send_rejection(ctx, &e);
         }
+        if self.history_in_flight >= HISTORY_IN_FLIGHT {
+            self.input.defer_one();
+            self.history_waiting.push_back(HistoryRequest {
+                room,
+                before,
+                limit,
+            });
+            return;
+        }
+        self.history_in_flight += 1;
         let store = self.deps.store.clone();
         let page_max = self.deps.config.limits.history_page_max;
         let fut = async move {
@@ -383,12 +456,35 @@ impl Session {
                 .map(|p| (room.clone(), p))
                 .map_err(|e| (room, e))
         };
-        ctx.spawn(fut.into_actor(self).map(|result, act, ctx| match result {
-            Ok((room, (messages, next))) => {
-                ctx.text(protocol::history_json(&room, &messages, next, true))
+        ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
+            act.history_in_flight -= 1;
+            if let Some(next) = act.history_waiting.pop_front() {
+                act.input.resume_one();
+                act.history(ctx, next.room, next.before, next.limit);
             }
-            Err((room, e)) => act.send_rejection(ctx, &e.in_room(Some(&room))),
+            match result {
+                Ok((room, (messages, next))) => {
+                    let page = protocol::history_json(&room, &messages, next, true);
+                    // A page counts against the same budget as what rooms queue.
+                    if !act.backlog.reserve(1, page.len()) {
+                        return act.slow_consumer(ctx);
+                    }
+                    act.backlog.release(1, page.len());
+                    ctx.text(page)
+                }
+                Err((room, e)) => act.send_rejection(ctx, &e.in_room(Some(&room))),
+            }
         }));
+    }
+
+    fn slow_consumer(&self, ctx: &mut ws::WebsocketContext<Self>) {
+        crate::metrics::get().slow_consumer_disconnects.increment(1);
+        tracing::info!(session = %self.id, user = %self.user.id, "slow consumer disconnected");
+        self.close(
+            ctx,
+            ws::CloseCode::Again,
+            "slow consumer: reconnect and join with since",
+        )
     }
 
     fn handle_text(&mut self, ctx: &mut ws::WebsocketContext<Self>, text: &str) {
@@ -612,9 +708,13 @@ impl Handler<ToSession> for Session {
         let _entered = span.enter();
         match msg {
             ToSession::Frame(frame) => ctx.text(frame),
-            ToSession::Frames { frames, queued } => {
+            ToSession::Frames {
+                frames,
+                queued,
+                bytes,
+            } => {
                 frames.into_iter().for_each(|frame| ctx.text(frame));
-                self.backlog.release(queued);
+                self.backlog.release(queued, bytes);
             }
             ToSession::Detached(room) => {
                 self.rooms.remove(&room);
@@ -623,15 +723,7 @@ impl Handler<ToSession> for Session {
                 }
             }
             ToSession::Reject(rejection) => self.send_rejection(ctx, &rejection),
-            ToSession::SlowConsumer => {
-                crate::metrics::get().slow_consumer_disconnects.increment(1);
-                tracing::info!(session = %self.id, user = %self.user.id, "slow consumer disconnected");
-                self.close(
-                    ctx,
-                    ws::CloseCode::Again,
-                    "slow consumer: reconnect and join with since",
-                )
-            }
+            ToSession::SlowConsumer => self.slow_consumer(ctx),
         }
     }
 }
@@ -642,23 +734,32 @@ mod tests {
 
     #[test]
     fn backlog_counts_up_to_the_cap_and_releases() {
-        let b = Backlog::default();
-        assert!(b.reserve(3, 4));
-        assert!(!b.reserve(2, 4), "3 + 2 is over the cap");
-        assert!(b.reserve(1, 4));
-        assert_eq!(b.queued(), 4);
-        b.release(4);
-        assert_eq!(b.queued(), 0);
-        b.release(1);
-        assert_eq!(b.queued(), 0, "never below zero");
+        let b = Backlog::new(4, 1000);
+        assert!(b.reserve(3, 30));
+        assert!(!b.reserve(2, 20), "3 + 2 frames is over the cap");
+        assert!(b.reserve(1, 10));
+        assert_eq!(b.queued(), (4, 40));
+        b.release(4, 40);
+        assert_eq!(b.queued(), (0, 0));
+        b.release(1, 1);
+        assert_eq!(b.queued(), (0, 0), "never below zero");
+    }
+
+    #[test]
+    fn backlog_counts_bytes_too() {
+        let b = Backlog::new(100, 1000);
+        assert!(b.reserve(1, 900));
+        assert!(!b.reserve(1, 200), "1100 bytes is over the cap");
+        assert_eq!(b.queued(), (1, 900), "a refused reserve takes nothing");
+        assert!(b.reserve(1, 100));
     }
 
     #[test]
     fn an_empty_backlog_takes_a_batch_larger_than_the_cap() {
-        let b = Backlog::default();
-        assert!(b.reserve(10, 4));
-        assert!(!b.reserve(1, 4));
-        b.release(10);
-        assert!(b.reserve(1, 4));
+        let b = Backlog::new(4, 100);
+        assert!(b.reserve(10, 1000));
+        assert!(!b.reserve(1, 1));
+        b.release(10, 1000);
+        assert!(b.reserve(1, 1));
     }
 }

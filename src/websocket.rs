@@ -206,11 +206,15 @@ impl<R: AsyncRead + Unpin> futures_util::Stream for SocketInput<R> {
         if let Some(early) = this.early.take() {
             return Poll::Ready(Some(this.frames.pass(early, &mut this.ended)));
         }
-        // The decoder still holds whole frames the session hasn't taken: it
-        // decodes one of them right after this (so nothing waits on a wake-up),
-        // and reading more now would only grow its buffer.
+        // The decoder still holds whole frames the session hasn't taken (it
+        // decodes one of them right after this), or the session put some
+        // aside: reading more now would only grow buffers.
         if this.frames.backlogged() {
-            return Poll::Pending;
+            // Woken when the session takes up a frame it put aside.
+            this.frames.state.reader.register(cx.waker());
+            if this.frames.backlogged() {
+                return Poll::Pending;
+            }
         }
         let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
         let mut buf = tokio::io::ReadBuf::uninit(&mut chunk);
@@ -261,6 +265,22 @@ pub struct InputState {
     pub handled: AtomicU64,
     /// A frame header declared more than `max_frame_bytes`.
     pub oversized: std::sync::atomic::AtomicBool,
+    /// The reader, parked while the session holds frames it has not
+    /// handled yet (it un-counts a frame it puts aside, see `Session`).
+    pub reader: futures_util::task::AtomicWaker,
+}
+
+impl InputState {
+    /// The session put a frame aside: don't read on until it is taken up.
+    pub fn defer_one(&self) {
+        self.handled.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// A frame put aside is handled now: reading may go on.
+    pub fn resume_one(&self) {
+        self.handled.fetch_add(1, Ordering::AcqRel);
+        self.reader.wake();
+    }
 }
 
 impl FrameGate {

@@ -445,3 +445,126 @@ async fn guest_logins_are_limited_per_address() {
     assert_eq!(r.status, 429, "{}", r.text());
     assert_eq!(r.error_code(), "rate_limited");
 }
+
+// ---------------------------------------------------------------- history
+
+/// `n` messages of about 1,900 characters in `room`.
+async fn long_messages(server: &Server, room: &str, n: usize) {
+    let mut c = server.ws_user(&uid("writer"), "writer").await;
+    c.join_with(json!({"type":"join","room":room,"history":0}))
+        .await;
+    for i in 0..n {
+        let content = format!("{i} {}", "y".repeat(1900));
+        c.send_json(json!({"type":"send","room":room,"content":content,"ref":format!("l{i}")}))
+            .await;
+    }
+    let mut acks = 0;
+    while acks < n {
+        if c.recv_main().await["type"] == "ack" {
+            acks += 1;
+        }
+    }
+    c.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_history_requests_wait_instead_of_piling_up_pages() {
+    let server = Server::start();
+    let pid = server.pid().unwrap();
+    long_messages(&server, "deep", 100).await;
+    let baseline = rss_kib(pid);
+    // 2,000 pages of ~190 KB asked for at once, and nothing read.
+    let mut ws = RawWs::upgrade(
+        &server.addr(),
+        &format!("/ws?token={}", token(&uid("r"), "reader")),
+    )
+    .await;
+    let request = RawWs::frame(
+        true,
+        1,
+        br#"{"type":"history","room":"deep","before":101,"limit":100}"#,
+    );
+    let all: Vec<u8> = request
+        .iter()
+        .copied()
+        .cycle()
+        .take(request.len() * 2000)
+        .collect();
+    let _ = tokio::time::timeout(Duration::from_secs(3), ws.write.write_all(&all)).await;
+    sleep_ms(1500).await;
+    let grown = rss_kib(pid).saturating_sub(baseline);
+    assert!(
+        grown < 96 * 1024,
+        "RSS grew by {grown} KiB with pipelined history requests"
+    );
+    // Reading again, the pages come: history frames, never an error.
+    let mut pages = 0;
+    while pages < 20 {
+        let (opcode, payload) = ws.read.next_frame(RECV_TIMEOUT).await.expect("a frame");
+        if opcode != 1 {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        if v["type"] == "welcome" {
+            continue;
+        }
+        assert_eq!(v["type"], "history", "{v}");
+        assert_eq!(v["messages"].as_array().unwrap().len(), 100);
+        pages += 1;
+    }
+    drop(ws);
+    // What the connection held comes back once it is gone.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rss_kib(pid).saturating_sub(baseline) > 32 * 1024 {
+        assert!(
+            Instant::now() < deadline,
+            "RSS still {} KiB over the baseline after the client left",
+            rss_kib(pid).saturating_sub(baseline)
+        );
+        sleep_ms(250).await;
+    }
+    assert_eq!(server.get("/healthz").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reader_over_the_byte_budget_is_closed_1013() {
+    // Frames are far below session_queue; their bytes are not.
+    let server = Server::builder()
+        .set("limits", "session_queue", "100000")
+        .set("limits", "session_queue_bytes", "65536")
+        .set("heartbeat", "interval_secs", "30")
+        .set("heartbeat", "timeout_secs", "120")
+        .start();
+    let mut stalled = server.ws_user_small_buffer(&uid("s"), "stalled").await;
+    stalled
+        .join_with(json!({"type":"join","room":"heavy","history":0}))
+        .await;
+    let mut sender = server.ws_user(&uid("w"), "sender").await;
+    sender
+        .join_with(json!({"type":"join","room":"heavy","history":0}))
+        .await;
+    // The sender reads as it goes (it is a member too, and the budget is small).
+    let content = "z".repeat(1900);
+    for batch in 0..400 {
+        for i in 0..20 {
+            sender
+                .send_json(json!({"type":"send","room":"heavy","content":content,"ref":format!("h{batch}-{i}")}))
+                .await;
+        }
+        let mut answers = 0;
+        while answers < 40 {
+            let v = sender.recv_main().await;
+            if v["type"] == "ack" || v["type"] == "message" {
+                answers += 1;
+            }
+        }
+    }
+    let how = loop {
+        match stalled.next_frame(Duration::from_secs(15)).await {
+            Some(Frame::Closed(how)) => break how,
+            Some(_) => {}
+            None => panic!("the stalled reader was not closed"),
+        }
+    };
+    assert_eq!(how.code(), Some(1013), "{how:?}");
+}
