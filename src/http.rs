@@ -2,7 +2,6 @@
 //! WebSocket upgrades (authenticated before the upgrade) and the embedded web UI.
 
 use crate::auth::Identity;
-use crate::limits::ConnectionCounter;
 use crate::protocol::{self, ErrorCode, Rejection, UserInfo};
 use crate::registry::ListActive;
 use crate::session::Session;
@@ -208,22 +207,62 @@ fn upgrade(session: Session, req: &HttpRequest, deps: &AppDeps) -> HttpResponse 
             return error_response(&rejection);
         }
     };
-    // Counted by the TCP peer: behind a proxy, cap at the proxy instead.
-    let session = match req.peer_addr() {
-        Some(peer) => match ConnectionCounter::acquire(
-            &deps.connections,
-            peer.ip(),
-            deps.config.limits.connections_per_ip,
-        ) {
-            Ok(slot) => session.holding(slot),
-            Err(e) => return error_response(&e),
-        },
+    // The connection's place under `connections_per_ip` (taken when it was
+    // accepted) goes with the session, which outlives the HTTP connection.
+    let session = match req.conn_data::<ConnectionPlace>() {
+        Some(place) => session.holding(place.0.clone()),
         None => session,
     };
     response
         .extensions_mut()
         .insert(Accepted::new(session, deps.config.limits.max_frame_bytes));
     response
+}
+
+/// A connection's place under `limits.connections_per_ip`, taken when it is
+/// accepted (`server.rs`) and held as long as the connection, or the
+/// WebSocket session it became.
+pub struct ConnectionPlace(pub Arc<crate::limits::ConnectionSlot>);
+
+/// Marks a connection accepted over `limits.connections_per_ip`: every
+/// request on it is answered 429 and the connection closed.
+pub struct OverConnectionCap(pub Rejection);
+
+/// Runs before every handler: refuses requests on connections over the
+/// per-IP cap, and answers 408 when a request (its body included) takes
+/// longer than `server.request_timeout_secs`.
+pub async fn guard(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<actix_web::body::BoxBody>,
+) -> Result<actix_web::dev::ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
+    let closing = |req: HttpRequest, rejection: &Rejection| {
+        let mut response = error_response(rejection);
+        response
+            .head_mut()
+            .set_connection_type(actix_web::http::ConnectionType::Close);
+        actix_web::dev::ServiceResponse::new(req, response)
+    };
+    if let Some(over) = req.conn_data::<OverConnectionCap>() {
+        let rejection = over.0.clone();
+        return Ok(closing(req.request().clone(), &rejection));
+    }
+    let timeout = req
+        .app_data::<web::Data<AppDeps>>()
+        .map(|deps| Duration::from_secs(deps.config.server.request_timeout_secs));
+    let request = req.request().clone();
+    match timeout {
+        Some(limit) => match tokio::time::timeout(limit, next.call(req)).await {
+            Ok(response) => response,
+            Err(_) => Ok(closing(
+                request,
+                &Rejection::new(
+                    ErrorCode::RequestTimeout,
+                    "the request took too long to arrive",
+                ),
+            )),
+        },
+        None => next.call(req).await,
+    }
 }
 
 // ---------------------------------------------------------------------- REST

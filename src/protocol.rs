@@ -29,6 +29,10 @@ pub enum ErrorCode {
     NotFound,
     /// A stats `window` other than 1h, 24h or 7d.
     InvalidWindow,
+    /// An HTTP request that took longer than `server.request_timeout_secs`.
+    RequestTimeout,
+    /// An HTTP request the parser refused: its head or body is too large.
+    TooLarge,
 }
 
 impl ErrorCode {
@@ -53,6 +57,8 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::NotFound => "not_found",
             ErrorCode::InvalidWindow => "invalid_window",
+            ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::TooLarge => "too_large",
         }
     }
 
@@ -62,6 +68,8 @@ impl ErrorCode {
             ErrorCode::Unauthorized => 401,
             ErrorCode::Forbidden | ErrorCode::ForbiddenRoom => 403,
             ErrorCode::NotFound => 404,
+            ErrorCode::RequestTimeout => 408,
+            ErrorCode::TooLarge => 413,
             ErrorCode::RateLimited | ErrorCode::TooManyConnections | ErrorCode::TooManyRooms => 429,
             ErrorCode::Unavailable => 503,
             _ => 400,

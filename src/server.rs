@@ -166,10 +166,13 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
 
     let listeners = bind(&config.server.bind)?;
     let stalled_after = Duration::from_secs(config.heartbeat.timeout_secs);
+    let request_timeout = Duration::from_secs(config.server.request_timeout_secs);
+    let (connections, per_ip) = (deps.connections.clone(), config.limits.connections_per_ip);
     let app_deps = deps.clone();
     let app = move || {
         App::new()
             .app_data(web::Data::new(app_deps.clone()))
+            .wrap(actix_web::middleware::from_fn(http::guard))
             .configure(http::routes)
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -181,21 +184,26 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         let addr = listener.local_addr()?;
         tracing::info!(mode, scheme, "listening on {addr}");
         let app = app.clone();
+        let connections = connections.clone();
         let name = format!("confab-{addr}");
         // The same service over TCP or TLS (the stream type differs).
         macro_rules! http_service {
-            () => {
+            () => {{
+                let connections = connections.clone();
                 HttpService::build()
                     // Chat frames are small and latency matters: no Nagle delay on acks.
                     .tcp_nodelay(true)
                     .client_disconnect_timeout(Duration::from_secs(1))
                     .local_addr(addr)
-                    .on_connect_ext(move |io: &_, _: &mut _| {
-                        cut_off_stalled_readers(io as &dyn std::any::Any, stalled_after)
+                    .client_request_timeout(request_timeout)
+                    .on_connect_ext(move |io: &_, data: &mut _| {
+                        let io = io as &dyn std::any::Any;
+                        cut_off_stalled_readers(io, stalled_after);
+                        take_place(io, data, &connections, per_ip);
                     })
                     .upgrade(websocket::upgrade_service(app.clone()))
                     .finish(map_config(app(), |_| AppConfig::default()))
-            };
+            }};
         }
         builder = match tls.clone() {
             Some(tls) => builder.listen(name, listener, move || {
@@ -338,6 +346,36 @@ fn cut_off_stalled_readers(conn: &dyn std::any::Any, after: Duration) {
     }
     #[cfg(not(target_os = "linux"))]
     let _ = (conn, after);
+}
+
+/// The TCP peer of an accepted connection (plain or TLS).
+fn peer_of(conn: &dyn std::any::Any) -> Option<std::net::SocketAddr> {
+    use actix_web::rt::net::TcpStream;
+    type TlsStream = actix_tls::accept::rustls_0_23::TlsStream<TcpStream>;
+    let tcp = conn
+        .downcast_ref::<TcpStream>()
+        .or_else(|| conn.downcast_ref::<TlsStream>().map(|s| s.get_ref().0))?;
+    tcp.peer_addr().ok()
+}
+
+/// Every accepted connection, HTTP or WebSocket, counts under
+/// `limits.connections_per_ip` (by TCP peer: behind a proxy, cap there). One
+/// over the cap is marked, and `http::guard` answers its requests with 429.
+fn take_place(
+    conn: &dyn std::any::Any,
+    data: &mut actix_http::Extensions,
+    counter: &Arc<crate::limits::ConnectionCounter>,
+    per_ip: u32,
+) {
+    let Some(peer) = peer_of(conn) else { return };
+    match crate::limits::ConnectionCounter::acquire(counter, peer.ip(), per_ip) {
+        Ok(slot) => {
+            data.insert(http::ConnectionPlace(Arc::new(slot)));
+        }
+        Err(rejection) => {
+            data.insert(http::OverConnectionCap(rejection));
+        }
+    }
 }
 
 /// SIGTERM or SIGINT: stop accepting, tell every session to close with 1001,

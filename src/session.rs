@@ -192,7 +192,7 @@ pub struct Session {
     /// A fragmented message being reassembled.
     fragments: Option<Fragments>,
     /// Counts against `limits.connections_per_ip` while the session lives.
-    _slot: Option<ConnectionSlot>,
+    _slot: Option<Arc<ConnectionSlot>>,
     backlog: Arc<Backlog>,
     /// `history` requests whose page is being read.
     history_in_flight: usize,
@@ -256,7 +256,7 @@ impl Session {
     }
 
     /// The session holds its place under the per-IP connection cap.
-    pub fn holding(mut self, slot: ConnectionSlot) -> Self {
+    pub fn holding(mut self, slot: Arc<ConnectionSlot>) -> Self {
         self._slot = Some(slot);
         self
     }

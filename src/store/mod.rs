@@ -56,7 +56,9 @@ pub trait Store: Send + Sync + 'static {
     async fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError>;
     /// Messages accepted since `since_ms` that carried a client ref.
     async fn recent_refs(&self, since_ms: i64) -> Result<Vec<RecentRef>, StoreError>;
-    /// Cheap round trip for `/readyz`.
+    /// For `/readyz`: a real write (one row of `confab_probe` updated and
+    /// committed), so a full disk or a read-only file shows, and an error if
+    /// a message batch failed to commit within the last [`WRITE_FAILURE_HOLD`].
     async fn ping(&self) -> Result<(), StoreError>;
     /// Transactions worth running at once: a second one overlaps the first's
     /// commit on a server with concurrent writers; SQLite has one writer, and
@@ -67,6 +69,49 @@ pub trait Store: Send + Sync + 'static {
 }
 
 pub type SharedStore = Arc<dyn Store>;
+
+/// How long a failed message write keeps `/readyz` at 503 (a probe row can
+/// still commit while message pages can't, e.g. a corrupted page). Bounded,
+/// so an instance taken out of rotation can become ready again.
+pub const WRITE_FAILURE_HOLD: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The outcome of the store's latest message writes, for `/readyz`.
+#[derive(Debug, Default)]
+pub struct WriteHealth {
+    /// When a batch last failed (ms since the epoch); 0 after a success.
+    failed_at_ms: std::sync::atomic::AtomicI64,
+}
+
+impl WriteHealth {
+    pub fn note<T>(&self, result: &Result<T, StoreError>) {
+        let at = match result {
+            Ok(_) => 0,
+            Err(_) => crate::protocol::now_ms(),
+        };
+        self.failed_at_ms
+            .store(at, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Err while the latest batch failed within [`WRITE_FAILURE_HOLD`].
+    pub fn check(&self) -> Result<(), StoreError> {
+        let at = self.failed_at_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let hold = WRITE_FAILURE_HOLD.as_millis() as i64;
+        if at != 0 && crate::protocol::now_ms() - at < hold {
+            return Err(StoreError::Connect(
+                "the latest message batch failed to commit".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The probe `/readyz` commits (both backends speak this upsert).
+pub fn probe_sql() -> String {
+    format!(
+        "INSERT INTO confab_probe (id, at) VALUES (1, {}) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+        crate::protocol::now_ms()
+    )
+}
 
 /// The pipeline's side of the store, off the message path: export, import,
 /// retention and the analytics counters.

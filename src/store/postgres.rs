@@ -48,6 +48,7 @@ pub struct PgStore {
     /// fail the batch, never be acked and dropped. In cluster mode a
     /// re-delivered entry is expected to be there already.
     refuse_taken_seqs: bool,
+    writes: super::WriteHealth,
 }
 
 impl PgStore {
@@ -80,6 +81,7 @@ impl PgStore {
             pool_size,
             target: redact(url),
             refuse_taken_seqs: false,
+            writes: super::WriteHealth::default(),
         })
     }
 
@@ -306,7 +308,9 @@ impl PgStore {
 #[async_trait]
 impl Store for PgStore {
     async fn insert_batch(&self, batch: Vec<Arc<ChatMessage>>) -> Result<(), StoreError> {
-        self.insert_rows(batch, self.refuse_taken_seqs).await
+        let result = self.insert_rows(batch, self.refuse_taken_seqs).await;
+        self.writes.note(&result);
+        result
     }
 
     async fn last_seq(&self, room: &str) -> Result<u64, StoreError> {
@@ -397,8 +401,8 @@ impl Store for PgStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
-        SimpleAsyncConnection::batch_execute(&mut *conn, "SELECT 1").await?;
-        Ok(())
+        SimpleAsyncConnection::batch_execute(&mut *conn, &super::probe_sql()).await?;
+        self.writes.check()
     }
 }
 

@@ -41,6 +41,7 @@ pub struct SqliteStore {
     /// time anyway, and a connection of its own keeps its page cache warm:
     /// pages another connection wrote must be read again.
     writer: Pool<Conn>,
+    writes: super::WriteHealth,
 }
 
 impl SqliteStore {
@@ -57,6 +58,7 @@ impl SqliteStore {
         Ok(Self {
             pool: connection_pool(&path, pool_size)?,
             writer: connection_pool(&path, 1)?,
+            writes: super::WriteHealth::default(),
         })
     }
 
@@ -216,7 +218,9 @@ impl Store for SqliteStore {
     }
 
     async fn insert_batch(&self, batch: Vec<Arc<ChatMessage>>) -> Result<(), StoreError> {
-        Self::on(&self.writer, move |c| write_batch(c, &batch, false)).await
+        let result = Self::on(&self.writer, move |c| write_batch(c, &batch, false)).await;
+        self.writes.note(&result);
+        result
     }
 
     async fn last_seq(&self, room: &str) -> Result<u64, StoreError> {
@@ -314,7 +318,9 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.with_conn(|c| c.batch_execute("SELECT 1")).await
+        let probe = super::probe_sql();
+        Self::on(&self.writer, move |c| c.batch_execute(&probe)).await?;
+        self.writes.check()
     }
 }
 

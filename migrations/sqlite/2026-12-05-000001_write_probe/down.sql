@@ -1,0 +1,1 @@
+DROP TABLE confab_probe;
