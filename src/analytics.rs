@@ -74,11 +74,18 @@ pub struct Analytics {
     last_prune: Option<Instant>,
     /// Cluster mode: stream ids to XACK in the group `analytics`.
     acks: Option<mpsc::UnboundedSender<Vec<String>>>,
+    /// `metrics.room_series`: how many rooms get their own gauges.
+    room_series: usize,
 }
 
 impl Analytics {
-    pub fn new(pipeline: SharedPipeline, acks: Option<mpsc::UnboundedSender<Vec<String>>>) -> Self {
+    pub fn new(
+        pipeline: SharedPipeline,
+        acks: Option<mpsc::UnboundedSender<Vec<String>>>,
+        room_series: usize,
+    ) -> Self {
         Self {
+            room_series,
             pipeline,
             waiting: HashMap::new(),
             held: 0,
@@ -119,11 +126,12 @@ impl Analytics {
         let waiting = std::mem::take(&mut self.waiting);
         self.held = 0;
         let pipeline = self.pipeline.clone();
+        let room_series = self.room_series;
         ctx.spawn(
             async move {
                 let result = count(&pipeline, waiting, scan).await;
                 if gauges {
-                    publish_gauges(&pipeline).await;
+                    publish_gauges(&pipeline, room_series).await;
                 }
                 if prune {
                     let before = crate::protocol::now_ms() - KEEP_MS;
@@ -433,18 +441,59 @@ async fn apply(
     Ok(counted)
 }
 
-async fn publish_gauges(pipeline: &SharedPipeline) {
+/// The per-room gauges of the busiest `top` rooms (by messages in the last
+/// hour, then the last day): a bounded number of series however many rooms
+/// exist, and a room that drops out of the top loses its series.
+async fn publish_gauges(pipeline: &SharedPipeline, top: usize) {
+    if top == 0 {
+        crate::metrics::set_room_series(Vec::new());
+        return;
+    }
     let now = crate::protocol::now_ms();
-    for (window, span) in &WINDOWS[..2] {
+    let mut totals = Vec::with_capacity(2);
+    for (_, span) in &WINDOWS[..2] {
         match pipeline.activity_totals(minute_of(now - span)).await {
-            Ok(rooms) => {
-                for (room, messages, users) in rooms {
-                    crate::metrics::get().room_activity(&room, window, messages, users);
-                }
+            Ok(rooms) => totals.push(rooms),
+            Err(error) => {
+                tracing::debug!(%error, "analytics gauges unavailable");
+                return;
             }
-            Err(error) => tracing::debug!(%error, "analytics gauges unavailable"),
         }
     }
+    let day = totals.pop().unwrap_or_default();
+    let hour: HashMap<String, (u64, u64)> = totals
+        .pop()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(room, messages, users)| (room, (messages, users)))
+        .collect();
+    crate::metrics::set_room_series(busiest_rooms(hour, day, top));
+}
+
+/// Picks the `top` busiest rooms: (room, last hour's, last day's totals).
+fn busiest_rooms(
+    hour: HashMap<String, (u64, u64)>,
+    day: Vec<(String, u64, u64)>,
+    top: usize,
+) -> Vec<crate::metrics::RoomSeries> {
+    let mut rooms: Vec<crate::metrics::RoomSeries> = day
+        .into_iter()
+        .map(|(room, messages, users)| {
+            let last_hour = hour.get(&room).copied().unwrap_or((0, 0));
+            crate::metrics::RoomSeries {
+                room,
+                hour: last_hour,
+                day: (messages, users),
+            }
+        })
+        .collect();
+    rooms.sort_unstable_by(|a, b| {
+        (b.hour.0, b.day.0)
+            .cmp(&(a.hour.0, a.day.0))
+            .then_with(|| a.room.cmp(&b.room))
+    });
+    rooms.truncate(top);
+    rooms
 }
 
 fn minute_of(ms: i64) -> i64 {
@@ -525,6 +574,28 @@ mod tests {
         );
         assert_eq!(language("ok"), "und");
         assert_eq!(language("👍👍"), "und");
+    }
+
+    #[test]
+    fn the_busiest_rooms_get_series_by_last_hour_then_day() {
+        let hour: HashMap<String, (u64, u64)> =
+            [("b".to_string(), (5, 1)), ("c".to_string(), (9, 2))].into();
+        let day = vec![
+            ("a".to_string(), 100, 3),
+            ("b".to_string(), 6, 1),
+            ("c".to_string(), 9, 2),
+            ("d".to_string(), 50, 1),
+        ];
+        let top: Vec<String> = busiest_rooms(hour.clone(), day.clone(), 3)
+            .into_iter()
+            .map(|r| r.room)
+            .collect();
+        assert_eq!(top, ["c", "b", "a"]);
+        let all = busiest_rooms(hour, day, 10);
+        assert_eq!(all.len(), 4);
+        assert_eq!(all[0].hour, (9, 2));
+        assert_eq!(all[2].hour, (0, 0));
+        assert_eq!(all[2].day, (100, 3));
     }
 
     #[test]

@@ -15,18 +15,36 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/", web::get().to(index))
-        .route("/assets/{path:.*}", web::get().to(asset))
+    cfg.route("/", get_or_head().to(index))
+        .route("/assets/{path:.*}", get_or_head().to(asset))
         .route("/ws", web::get().to(ws_v1))
         .route("/ws/chat/{room}", web::get().to(ws_seed))
         .route("/api/login", web::post().to(login))
-        .route("/api/rooms", web::get().to(list_rooms))
-        .route("/api/rooms/{room}/messages", web::get().to(room_messages))
-        .route("/api/rooms/{room}/stats", web::get().to(room_stats))
-        .route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics))
+        .route("/api/rooms", get_or_head().to(list_rooms))
+        .route("/api/rooms/{room}/messages", get_or_head().to(room_messages))
+        .route("/api/rooms/{room}/stats", get_or_head().to(room_stats))
+        .route("/healthz", get_or_head().to(healthz))
+        .route("/readyz", get_or_head().to(readyz))
+        .route("/metrics", get_or_head().to(metrics))
         .default_service(web::to(not_found));
+}
+
+/// The routes of the `metrics.bind` listener: `/metrics` and nothing else.
+pub fn metrics_routes(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(MetricsListener)
+        .route("/metrics", get_or_head().to(metrics))
+        .default_service(web::to(not_found));
+}
+
+/// Marks the App of the `metrics.bind` listener.
+#[derive(Clone, Copy)]
+struct MetricsListener;
+
+/// HEAD is answered like GET, without the body (actix-http drops it and
+/// keeps the length), so monitors that probe with HEAD work.
+fn get_or_head() -> actix_web::Route {
+    use actix_web::guard;
+    web::route().guard(guard::Any(guard::Get()).or(guard::Head()))
 }
 
 pub fn error_response(rejection: &Rejection) -> HttpResponse {
@@ -228,46 +246,128 @@ pub struct ConnectionPlace(pub Arc<crate::limits::ConnectionSlot>);
 /// request on it is answered 429 and the connection closed.
 pub struct OverConnectionCap(pub Rejection);
 
-/// Runs before every handler: refuses requests on connections over the
-/// per-IP cap, and answers 408 when a request (its body included) takes
-/// longer than `server.request_timeout_secs`.
+/// Runs around every handler: refuses requests on connections over the
+/// per-IP cap, turns actix-web's own plain-text errors (a bad header, an
+/// unknown method) into the contract's JSON errors, and marks every answer
+/// `nosniff`. (Slow heads are cut by actix-http's `client_request_timeout`,
+/// slow bodies where bodies are read: [`read_body`].)
 pub async fn guard(
     req: actix_web::dev::ServiceRequest,
     next: actix_web::middleware::Next<actix_web::body::BoxBody>,
 ) -> Result<actix_web::dev::ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
-    let closing = |req: HttpRequest, rejection: &Rejection| {
-        let mut response = error_response(rejection);
+    if let Some(over) = req.conn_data::<OverConnectionCap>() {
+        let mut response = error_response(&over.0);
         response
             .head_mut()
             .set_connection_type(actix_web::http::ConnectionType::Close);
-        actix_web::dev::ServiceResponse::new(req, response)
-    };
-    if let Some(over) = req.conn_data::<OverConnectionCap>() {
-        let rejection = over.0.clone();
-        return Ok(closing(req.request().clone(), &rejection));
+        return Ok(actix_web::dev::ServiceResponse::new(
+            req.request().clone(),
+            response,
+        ));
     }
-    let timeout = req
-        .app_data::<web::Data<AppDeps>>()
-        .map(|deps| Duration::from_secs(deps.config.server.request_timeout_secs));
-    let request = req.request().clone();
-    match timeout {
-        Some(limit) => match tokio::time::timeout(limit, next.call(req)).await {
-            Ok(response) => response,
-            Err(_) => Ok(closing(
-                request,
-                &Rejection::new(
-                    ErrorCode::RequestTimeout,
-                    "the request took too long to arrive",
-                ),
-            )),
-        },
-        None => next.call(req).await,
+    // No clone of the request may be alive here: routing needs it unshared.
+    let mut response = next.call(req).await?;
+    if response.status().is_client_error() || response.status().is_server_error() {
+        let is_json = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+        if !is_json {
+            response = response.map_body(|head, _| {
+                let rejection = rejection_for_status(head.status);
+                head.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("application/json"),
+                );
+                actix_web::body::BoxBody::new(rejection.to_http_body())
+            });
+        }
+    }
+    response.headers_mut().insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    Ok(response)
+}
+
+/// Reads a request body of at most `limit` bytes, all of it within
+/// `server.request_timeout_secs` of the handler's start: a client dripping
+/// its body can't hold the connection (408), a large one is refused as soon
+/// as it passes the limit (413).
+async fn read_body(
+    mut payload: web::Payload,
+    limit: usize,
+    deps: &AppDeps,
+) -> Result<web::Bytes, Rejection> {
+    use futures_util::StreamExt;
+    let deadline = Duration::from_secs(deps.config.server.request_timeout_secs);
+    let read = async {
+        let mut body = web::BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|_| {
+                Rejection::new(ErrorCode::BadRequest, "the request body could not be read")
+            })?;
+            if body.len() + chunk.len() > limit {
+                return Err(Rejection::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!("the request body is over {limit} bytes"),
+                ));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.freeze())
+    };
+    match tokio::time::timeout(deadline, read).await {
+        Ok(body) => body,
+        Err(_) => Err(Rejection::new(
+            ErrorCode::RequestTimeout,
+            "the request took too long to arrive",
+        )),
+    }
+}
+
+/// An error answer after which the connection closes: the rest of the
+/// request is not read.
+fn closing_error(rejection: &Rejection) -> HttpResponse {
+    let mut response = error_response(rejection);
+    response
+        .head_mut()
+        .set_connection_type(actix_web::http::ConnectionType::Close);
+    response
+}
+
+/// The contract's error for an HTTP status actix answered by itself.
+pub fn rejection_for_status(status: StatusCode) -> Rejection {
+    match status {
+        StatusCode::REQUEST_TIMEOUT => Rejection::new(
+            ErrorCode::RequestTimeout,
+            "the request took too long to arrive",
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            Rejection::new(ErrorCode::PayloadTooLarge, "the request body is too large")
+        }
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => Rejection::new(
+            ErrorCode::HeadersTooLarge,
+            "the request's headers are too large",
+        ),
+        StatusCode::NOT_FOUND => Rejection::new(ErrorCode::NotFound, "no such endpoint"),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            Rejection::new(ErrorCode::NotFound, "no such endpoint for this method")
+        }
+        s if s.is_server_error() => Rejection::new(
+            ErrorCode::Unavailable,
+            "the server could not answer this request",
+        ),
+        _ => Rejection::new(ErrorCode::BadRequest, "the request is malformed"),
     }
 }
 
 // ---------------------------------------------------------------------- REST
 
-async fn login(req: HttpRequest, body: web::Bytes, deps: web::Data<AppDeps>) -> HttpResponse {
+/// A login body is `{"name": …}`: a few hundred bytes at most.
+const LOGIN_BODY_MAX: usize = 4096;
+
+async fn login(req: HttpRequest, payload: web::Payload, deps: web::Data<AppDeps>) -> HttpResponse {
     if !deps.config.auth.guest {
         return error_response(&Rejection::new(
             ErrorCode::Forbidden,
@@ -281,6 +381,10 @@ async fn login(req: HttpRequest, body: web::Bytes, deps: web::Data<AppDeps>) -> 
             return error_response(&e);
         }
     }
+    let body = match read_body(payload, LOGIN_BODY_MAX, &deps).await {
+        Ok(body) => body,
+        Err(e) => return closing_error(&e),
+    };
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) else {
         return error_response(&Rejection::new(
             ErrorCode::InvalidJson,
@@ -446,8 +550,29 @@ async fn room_stats(req: HttpRequest, deps: web::Data<AppDeps>) -> HttpResponse 
     }
 }
 
-/// Prometheus text exposition (names in docs/operations.md).
-async fn metrics() -> HttpResponse {
+/// Prometheus text exposition (names in docs/operations.md). With
+/// `metrics.bind` set it is only on that listener; with `metrics.token` set it
+/// needs that bearer token.
+async fn metrics(req: HttpRequest, deps: web::Data<AppDeps>) -> HttpResponse {
+    let settings = &deps.config.metrics;
+    if !settings.bind.is_empty() && req.app_data::<MetricsListener>().is_none() {
+        return not_found().await;
+    }
+    if !settings.token.is_empty() {
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim)
+            .unwrap_or_default();
+        if !same_secret(presented.as_bytes(), settings.token.as_bytes()) {
+            return error_response(&Rejection::new(
+                ErrorCode::Unauthorized,
+                "/metrics needs the metrics token as Authorization: Bearer",
+            ));
+        }
+    }
     match crate::metrics::render() {
         Some(text) => HttpResponse::Ok()
             .content_type("text/plain; version=0.0.4; charset=utf-8")
@@ -457,6 +582,11 @@ async fn metrics() -> HttpResponse {
             "metrics are not available in this process",
         )),
     }
+}
+
+/// Compares secrets in time that depends on their length only.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn healthz() -> HttpResponse {
@@ -494,11 +624,20 @@ async fn readyz(deps: web::Data<AppDeps>) -> HttpResponse {
 #[folder = "web/"]
 struct WebAssets;
 
+/// The UI loads only its own scripts, styles and images, talks only to this
+/// origin (REST and WebSocket), and may not be framed (clickjacking).
+const UI_CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
+     style-src 'self'; img-src 'self' data:; connect-src 'self'; object-src 'none'; \
+     base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
 fn serve_asset(path: &str) -> HttpResponse {
     match WebAssets::get(path) {
         Some(file) => HttpResponse::Ok()
             .content_type(file.metadata.mimetype())
             .insert_header((header::CACHE_CONTROL, "no-cache"))
+            .insert_header((header::CONTENT_SECURITY_POLICY, UI_CONTENT_SECURITY_POLICY))
+            .insert_header((header::X_FRAME_OPTIONS, "DENY"))
+            .insert_header((header::REFERRER_POLICY, "no-referrer"))
             .body(file.data.into_owned()),
         None => error_response(&Rejection::new(ErrorCode::NotFound, "no such file")),
     }

@@ -4,6 +4,7 @@ pub mod analytics;
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod connection;
 pub mod dedupe;
 pub mod history;
 pub mod http;

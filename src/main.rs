@@ -158,7 +158,12 @@ fn token(
 fn init_logging(config: &Config) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("CONFAB_LOG").unwrap_or_else(|_| {
-        EnvFilter::new(format!("{},actix_server=warn", config.log.level.as_str()))
+        // actix-http logs every unparsable request at ERROR; confab's
+        // `connection` module warns about them instead, rate-limited.
+        EnvFilter::new(format!(
+            "{},actix_server=warn,actix_http::h1::dispatcher=off",
+            config.log.level.as_str()
+        ))
     });
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()

@@ -93,18 +93,6 @@ impl Metrics {
         }
     }
 
-    /// The analytics gauges of one room over one window ("1h" or "24h").
-    pub fn room_activity(&self, room: &str, window: &'static str, messages: u64, users: u64) {
-        if METRICS.get().is_none() || HANDLE.get().is_none_or(|h| h.is_none()) {
-            return;
-        }
-        let room = room.to_string();
-        metrics::gauge!("confab_room_messages", "room" => room.clone(), "window" => window)
-            .set(messages as f64);
-        metrics::gauge!("confab_room_active_users", "room" => room, "window" => window)
-            .set(users as f64);
-    }
-
     /// Counts a refused send under its error code.
     pub fn rejected(&self, code: &'static str) {
         let mut by_code = self.rejected.lock().unwrap_or_else(|p| p.into_inner());
@@ -160,9 +148,64 @@ pub fn install() -> bool {
         .is_some()
 }
 
+/// One room's analytics gauges: (messages, active users) over the last hour
+/// and the last day.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomSeries {
+    pub room: String,
+    pub hour: (u64, u64),
+    pub day: (u64, u64),
+}
+
+/// The rooms with their own series (`metrics.room_series`, the busiest N),
+/// rendered by [`render`] itself rather than registered with the recorder,
+/// which never forgets a series: a room that leaves the top N must vanish.
+static ROOM_SERIES: Mutex<Vec<RoomSeries>> = Mutex::new(Vec::new());
+
+/// Replaces the set of rooms exported with their own series.
+pub fn set_room_series(rooms: Vec<RoomSeries>) {
+    *ROOM_SERIES.lock().unwrap_or_else(|p| p.into_inner()) = rooms;
+}
+
 /// The Prometheus text exposition, or None when no recorder is installed.
 pub fn render() -> Option<String> {
-    HANDLE.get().and_then(|h| h.as_ref()).map(|h| h.render())
+    let mut text = HANDLE.get().and_then(|h| h.as_ref()).map(|h| h.render())?;
+    render_room_series(&mut text, &ROOM_SERIES.lock().unwrap_or_else(|p| p.into_inner()));
+    Some(text)
+}
+
+fn render_room_series(text: &mut String, rooms: &[RoomSeries]) {
+    use std::fmt::Write;
+    if rooms.is_empty() {
+        return;
+    }
+    let families: [(&str, &str, fn(&(u64, u64)) -> u64); 2] = [
+        (
+            "confab_room_messages",
+            "Messages in a room over the window (1h, 24h), from the analytics counters (cluster-wide); the busiest metrics.room_series rooms only.",
+            |w| w.0,
+        ),
+        (
+            "confab_room_active_users",
+            "Distinct posters in a room over the window (1h, 24h), from the analytics counters; the busiest metrics.room_series rooms only.",
+            |w| w.1,
+        ),
+    ];
+    for (name, help, value) in families {
+        // Room names are [A-Za-z0-9_.:-]: nothing to escape in a label.
+        let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for r in rooms {
+            for (window, totals) in [("1h", &r.hour), ("24h", &r.day)] {
+                let _ = writeln!(
+                    text,
+                    "{name}{{room=\"{}\",window=\"{window}\"}} {}",
+                    r.room,
+                    value(totals)
+                );
+            }
+        }
+        text.push('\n');
+    }
 }
 
 /// Seconds as a histogram wants them.
@@ -181,14 +224,6 @@ fn describe() {
         "Open WebSocket connections on this instance."
     );
     describe_gauge!("confab_rooms", "Rooms active on this instance.");
-    describe_gauge!(
-        "confab_room_messages",
-        "Messages in a room over the window (1h, 24h), from the analytics counters (cluster-wide)."
-    );
-    describe_gauge!(
-        "confab_room_active_users",
-        "Distinct posters in a room over the window (1h, 24h), from the analytics counters."
-    );
     describe_gauge!(
         "confab_analytics_lag",
         "Messages persisted but not yet in the analytics counters."
@@ -252,4 +287,33 @@ fn describe() {
         Unit::Seconds,
         "Latency of the sequencing script (one round trip per batch of sends)."
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_series_render_as_gauges_per_window() {
+        let mut text = String::new();
+        render_room_series(&mut text, &[]);
+        assert!(text.is_empty());
+        render_room_series(
+            &mut text,
+            &[RoomSeries {
+                room: "general".into(),
+                hour: (3, 2),
+                day: (7, 4),
+            }],
+        );
+        for line in [
+            "# TYPE confab_room_messages gauge",
+            "confab_room_messages{room=\"general\",window=\"1h\"} 3",
+            "confab_room_messages{room=\"general\",window=\"24h\"} 7",
+            "confab_room_active_users{room=\"general\",window=\"1h\"} 2",
+            "confab_room_active_users{room=\"general\",window=\"24h\"} 4",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+    }
 }

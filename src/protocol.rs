@@ -31,8 +31,12 @@ pub enum ErrorCode {
     InvalidWindow,
     /// An HTTP request that took longer than `server.request_timeout_secs`.
     RequestTimeout,
-    /// An HTTP request the parser refused: its head or body is too large.
-    TooLarge,
+    /// An HTTP request body over the size the endpoint takes.
+    PayloadTooLarge,
+    /// An HTTP request head over the parser's limit.
+    HeadersTooLarge,
+    /// An HTTP request the parser could not read.
+    BadRequest,
 }
 
 impl ErrorCode {
@@ -58,7 +62,9 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::InvalidWindow => "invalid_window",
             ErrorCode::RequestTimeout => "request_timeout",
-            ErrorCode::TooLarge => "too_large",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::HeadersTooLarge => "headers_too_large",
+            ErrorCode::BadRequest => "bad_request",
         }
     }
 
@@ -69,7 +75,8 @@ impl ErrorCode {
             ErrorCode::Forbidden | ErrorCode::ForbiddenRoom => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::RequestTimeout => 408,
-            ErrorCode::TooLarge => 413,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::HeadersTooLarge => 431,
             ErrorCode::RateLimited | ErrorCode::TooManyConnections | ErrorCode::TooManyRooms => 429,
             ErrorCode::Unavailable => 503,
             _ => 400,

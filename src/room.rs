@@ -131,7 +131,13 @@ struct Member {
     format: Format,
     /// While a join's replay is fetched, live frames wait here.
     replay: Option<Replay>,
+    /// Joins of this room by the same connection that came while a replay
+    /// was fetched: each gets its own `joined` and replay, in order, after it.
+    waiting_joins: VecDeque<Join>,
 }
+
+/// Joins one connection may have waiting behind a replay; more are refused.
+const MAX_WAITING_JOINS: usize = 8;
 
 struct Replay {
     token: u64,
@@ -818,19 +824,25 @@ impl RoomActor {
                                         .map(|d| d.frame(format)),
                                 )
                                 .collect();
-                            if !act.push_replay(&to, frames) {
+                            if act.push_replay(&to, frames) {
+                                act.resume_waiting_joins(session, ctx);
+                            } else {
                                 act.remove_member(session, false);
                             }
                         }
                         Err(error) => {
+                            // Every join waiting behind this one gets the answer too.
+                            let joins = 1 + std::mem::take(&mut m.waiting_joins).len();
                             tracing::warn!(room = %act.name, %error, "join replay failed");
-                            act.reject(
-                                &to,
-                                Rejection::new(
-                                    ErrorCode::Unavailable,
-                                    "history is unavailable right now; join again",
-                                ),
-                            );
+                            for _ in 0..joins {
+                                act.reject(
+                                    &to,
+                                    Rejection::new(
+                                        ErrorCode::Unavailable,
+                                        "history is unavailable right now; join again",
+                                    ),
+                                );
+                            }
                             act.remove_member(session, true);
                             to.do_send(ToSession::Detached(act.name.clone()));
                             act.maybe_idle(ctx);
@@ -838,6 +850,23 @@ impl RoomActor {
                     }
                 }),
         );
+    }
+
+    /// Runs the joins that waited behind a member's replay, one at a time:
+    /// one that starts a replay of its own holds the rest back again.
+    fn resume_waiting_joins(&mut self, session: Uuid, ctx: &mut Context<Self>) {
+        loop {
+            let Some(member) = self.members.get_mut(&session) else {
+                return;
+            };
+            if member.replay.is_some() {
+                return;
+            }
+            let Some(join) = member.waiting_joins.pop_front() else {
+                return;
+            };
+            <Self as Handler<Join>>::handle(self, join, ctx);
+        }
     }
 
     // ------------------------------------------------------------ presence
@@ -1012,6 +1041,26 @@ impl Handler<Join> for RoomActor {
             return;
         }
         self.cancel_idle(ctx);
+        if let Some(member) = self.members.get_mut(&join.session) {
+            if member.replay.is_some() {
+                if member.waiting_joins.len() >= MAX_WAITING_JOINS {
+                    let to = member.to.clone();
+                    self.reject(
+                        &to,
+                        Rejection {
+                            retry_after_ms: Some(100),
+                            ..Rejection::new(
+                                ErrorCode::RateLimited,
+                                "this room's earlier joins are still replaying",
+                            )
+                        },
+                    );
+                } else {
+                    member.waiting_joins.push_back(join);
+                }
+                return;
+            }
+        }
         let rejoin = self.members.contains_key(&join.session);
         if !rejoin {
             let first_here = match self.presence.get_mut(&join.user.id) {
@@ -1046,6 +1095,7 @@ impl Handler<Join> for RoomActor {
                     to: join.to.clone(),
                     format: join.format,
                     replay: None,
+                    waiting_joins: VecDeque::new(),
                 },
             );
         }
@@ -1080,21 +1130,7 @@ impl Handler<Join> for RoomActor {
             return;
         };
         match from_recent {
-            Some(mut frames) => {
-                // A rejoin mid-replay keeps its buffer: send what is newer than `upto` after.
-                if let Some(replay) = self
-                    .members
-                    .get_mut(&join.session)
-                    .and_then(|m| m.replay.take())
-                {
-                    frames.extend(
-                        replay
-                            .buffer
-                            .iter()
-                            .filter(|d| d.msg.seq > upto)
-                            .map(|d| d.frame(join.format)),
-                    );
-                }
+            Some(frames) => {
                 if !self.push_replay(&join.to, frames) {
                     self.remove_member(join.session, false);
                 }

@@ -12,8 +12,10 @@ use crate::registry::{Init, Registry};
 use crate::store::{self, StoreError};
 use crate::{http, websocket, AppDeps};
 use actix::Actor;
-use actix_http::HttpService;
-use actix_service::map_config;
+use crate::connection::Connection;
+use actix_http::{error::DispatchError, HttpService, Protocol};
+use actix_service::{fn_service, map_config, ServiceFactory, ServiceFactoryExt};
+use actix_web::rt::net::TcpStream;
 use actix_web::dev::AppConfig;
 use actix_web::{web, App};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -81,6 +83,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     let analytics = crate::analytics::Analytics::new(
         pipeline.clone(),
         config.cluster_mode().then_some(analytics_acks),
+        config.metrics.room_series,
     )
     .start();
     let persist = if config.cluster_mode() {
@@ -191,8 +194,6 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             () => {{
                 let connections = connections.clone();
                 HttpService::build()
-                    // Chat frames are small and latency matters: no Nagle delay on acks.
-                    .tcp_nodelay(true)
                     .client_disconnect_timeout(Duration::from_secs(1))
                     .local_addr(addr)
                     .client_request_timeout(request_timeout)
@@ -207,10 +208,33 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         }
         builder = match tls.clone() {
             Some(tls) => builder.listen(name, listener, move || {
-                http_service!().rustls_0_23(tls.clone())
+                over_tls(tls.clone(), http_service!())
             })?,
-            None => builder.listen(name, listener, move || http_service!().tcp())?,
+            None => builder.listen(name, listener, move || over_tcp(http_service!()))?,
         };
+    }
+    if !config.metrics.bind.is_empty() {
+        // Plain HTTP, /metrics only: meant for a private address.
+        let metrics_deps = deps.clone();
+        let metrics_app = move || {
+            App::new()
+                .app_data(web::Data::new(metrics_deps.clone()))
+                .wrap(actix_web::middleware::from_fn(http::guard))
+                .configure(http::metrics_routes)
+        };
+        for listener in bind(&config.metrics.bind)? {
+            let addr = listener.local_addr()?;
+            tracing::info!("serving /metrics on {addr}");
+            let metrics_app = metrics_app.clone();
+            builder = builder.listen(format!("confab-metrics-{addr}"), listener, move || {
+                over_tcp(
+                    HttpService::build()
+                        .client_request_timeout(request_timeout)
+                        .local_addr(addr)
+                        .finish(map_config(metrics_app(), |_| AppConfig::default())),
+                )
+            })?;
+        }
     }
     // Migrations ran in store::open and the listener is bound: tell systemd.
     notify_systemd(sd_notify::NotifyState::Ready);
@@ -332,12 +356,8 @@ fn notify_systemd(state: sd_notify::NotifyState) {
 /// a connection whose receive window stayed closed (or whose data went
 /// unacknowledged) for the heartbeat timeout, which ends the session.
 fn cut_off_stalled_readers(conn: &dyn std::any::Any, after: Duration) {
-    use actix_web::rt::net::TcpStream;
-    type TlsStream = actix_tls::accept::rustls_0_23::TlsStream<TcpStream>;
     #[cfg(target_os = "linux")]
-    let tcp = conn
-        .downcast_ref::<TcpStream>()
-        .or_else(|| conn.downcast_ref::<TlsStream>().map(|s| s.get_ref().0));
+    let tcp = tcp_of(conn);
     #[cfg(target_os = "linux")]
     if let Some(stream) = tcp {
         if let Err(e) = socket2::SockRef::from(stream).set_tcp_user_timeout(Some(after)) {
@@ -348,14 +368,83 @@ fn cut_off_stalled_readers(conn: &dyn std::any::Any, after: Duration) {
     let _ = (conn, after);
 }
 
+type TlsStream = actix_tls::accept::rustls_0_23::TlsStream<TcpStream>;
+
+/// The TCP socket under an accepted connection (plain or TLS).
+fn tcp_of(conn: &dyn std::any::Any) -> Option<&TcpStream> {
+    conn.downcast_ref::<Connection<TcpStream>>()
+        .map(Connection::get_ref)
+        .or_else(|| {
+            conn.downcast_ref::<Connection<TlsStream>>()
+                .map(|c| c.get_ref().get_ref().0)
+        })
+}
+
 /// The TCP peer of an accepted connection (plain or TLS).
 fn peer_of(conn: &dyn std::any::Any) -> Option<std::net::SocketAddr> {
-    use actix_web::rt::net::TcpStream;
-    type TlsStream = actix_tls::accept::rustls_0_23::TlsStream<TcpStream>;
-    let tcp = conn
-        .downcast_ref::<TcpStream>()
-        .or_else(|| conn.downcast_ref::<TlsStream>().map(|s| s.get_ref().0))?;
-    tcp.peer_addr().ok()
+    tcp_of(conn)?.peer_addr().ok()
+}
+
+/// Plain HTTP: every accepted socket goes to actix-http inside a
+/// [`Connection`], with Nagle off (chat frames are small and latency matters).
+fn over_tcp<S>(
+    http: S,
+) -> impl ServiceFactory<TcpStream, Config = (), Response = (), Error = DispatchError, InitError = ()>
+where
+    S: ServiceFactory<
+        (Connection<TcpStream>, Protocol, Option<std::net::SocketAddr>),
+        Config = (),
+        Response = (),
+        Error = DispatchError,
+        InitError = (),
+    >,
+{
+    fn_service(|io: TcpStream| async move {
+        let _ = io.set_nodelay(true);
+        let peer = io.peer_addr().ok();
+        Ok((Connection::new(io, peer), Protocol::Http1, peer))
+    })
+    .and_then(http)
+}
+
+/// HTTPS: the TLS handshake (HTTP/2 or HTTP/1.1 by ALPN), then as [`over_tcp`].
+fn over_tls<S>(
+    mut tls: rustls::ServerConfig,
+    http: S,
+) -> impl ServiceFactory<
+    TcpStream,
+    Config = (),
+    Response = (),
+    Error = actix_tls::accept::TlsError<std::io::Error, DispatchError>,
+    InitError = (),
+>
+where
+    S: ServiceFactory<
+        (Connection<TlsStream>, Protocol, Option<std::net::SocketAddr>),
+        Config = (),
+        Response = (),
+        Error = DispatchError,
+        InitError = (),
+    >,
+{
+    use actix_tls::accept::TlsError;
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    actix_tls::accept::rustls_0_23::Acceptor::new(tls)
+        .map_init_err(|_| ())
+        .map_err(TlsError::into_service_error)
+        .and_then(|io: TlsStream| async move {
+            let http2 = io
+                .get_ref()
+                .1
+                .alpn_protocol()
+                .is_some_and(|p| p == b"h2");
+            let tcp = io.get_ref().0;
+            let _ = tcp.set_nodelay(true);
+            let peer = tcp.peer_addr().ok();
+            let protocol = if http2 { Protocol::Http2 } else { Protocol::Http1 };
+            Ok((Connection::new(io, peer), protocol, peer))
+        })
+        .and_then(http.map_err(TlsError::Service))
 }
 
 /// Every accepted connection, HTTP or WebSocket, counts under
