@@ -21,7 +21,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/ws/chat/{room}", web::get().to(ws_seed))
         .route("/api/login", web::post().to(login))
         .route("/api/rooms", get_or_head().to(list_rooms))
-        .route("/api/rooms/{room}/messages", get_or_head().to(room_messages))
+        .route(
+            "/api/rooms/{room}/messages",
+            get_or_head().to(room_messages),
+        )
         .route("/api/rooms/{room}/stats", get_or_head().to(room_stats))
         .route("/healthz", get_or_head().to(healthz))
         .route("/readyz", get_or_head().to(readyz))
@@ -563,7 +566,10 @@ async fn metrics(req: HttpRequest, deps: web::Data<AppDeps>) -> HttpResponse {
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .unwrap_or_default();
         if !same_secret(presented.as_bytes(), settings.token.as_bytes()) {

@@ -170,7 +170,10 @@ pub fn set_room_series(rooms: Vec<RoomSeries>) {
 /// The Prometheus text exposition, or None when no recorder is installed.
 pub fn render() -> Option<String> {
     let mut text = HANDLE.get().and_then(|h| h.as_ref()).map(|h| h.render())?;
-    render_room_series(&mut text, &ROOM_SERIES.lock().unwrap_or_else(|p| p.into_inner()));
+    render_room_series(
+        &mut text,
+        &ROOM_SERIES.lock().unwrap_or_else(|p| p.into_inner()),
+    );
     Some(text)
 }
 

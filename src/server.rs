@@ -5,6 +5,7 @@ use crate::broker::local::LocalBroker;
 use crate::broker::redis::RedisBroker;
 use crate::broker::SharedBroker;
 use crate::config::Config;
+use crate::connection::Connection;
 use crate::dedupe::{RefCache, REF_WINDOW};
 use crate::limits::{IpLimiter, Moderation, SendLimiter};
 use crate::persist::{Drain, Persist};
@@ -12,11 +13,10 @@ use crate::registry::{Init, Registry};
 use crate::store::{self, StoreError};
 use crate::{http, websocket, AppDeps};
 use actix::Actor;
-use crate::connection::Connection;
 use actix_http::{error::DispatchError, HttpService, Protocol};
 use actix_service::{fn_service, map_config, ServiceFactory, ServiceFactoryExt};
-use actix_web::rt::net::TcpStream;
 use actix_web::dev::AppConfig;
+use actix_web::rt::net::TcpStream;
 use actix_web::{web, App};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -392,7 +392,11 @@ fn over_tcp<S>(
 ) -> impl ServiceFactory<TcpStream, Config = (), Response = (), Error = DispatchError, InitError = ()>
 where
     S: ServiceFactory<
-        (Connection<TcpStream>, Protocol, Option<std::net::SocketAddr>),
+        (
+            Connection<TcpStream>,
+            Protocol,
+            Option<std::net::SocketAddr>,
+        ),
         Config = (),
         Response = (),
         Error = DispatchError,
@@ -420,7 +424,11 @@ fn over_tls<S>(
 >
 where
     S: ServiceFactory<
-        (Connection<TlsStream>, Protocol, Option<std::net::SocketAddr>),
+        (
+            Connection<TlsStream>,
+            Protocol,
+            Option<std::net::SocketAddr>,
+        ),
         Config = (),
         Response = (),
         Error = DispatchError,
@@ -433,15 +441,15 @@ where
         .map_init_err(|_| ())
         .map_err(TlsError::into_service_error)
         .and_then(|io: TlsStream| async move {
-            let http2 = io
-                .get_ref()
-                .1
-                .alpn_protocol()
-                .is_some_and(|p| p == b"h2");
+            let http2 = io.get_ref().1.alpn_protocol().is_some_and(|p| p == b"h2");
             let tcp = io.get_ref().0;
             let _ = tcp.set_nodelay(true);
             let peer = tcp.peer_addr().ok();
-            let protocol = if http2 { Protocol::Http2 } else { Protocol::Http1 };
+            let protocol = if http2 {
+                Protocol::Http2
+            } else {
+                Protocol::Http1
+            };
             Ok((Connection::new(io, peer), protocol, peer))
         })
         .and_then(http.map_err(TlsError::Service))
