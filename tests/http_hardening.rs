@@ -331,3 +331,49 @@ async fn two_quick_joins_of_a_room_each_get_their_own_replay() {
     }
     c.expect_no_type("message", 300).await;
 }
+
+#[tokio::test]
+async fn readyz_is_503_while_postgres_takes_no_writes() {
+    use common::cluster::{psql, TestDb};
+    let db = TestDb::create();
+    let s = Server::builder()
+        .set("storage", "url", &toml_str(&db.url()))
+        .start();
+    let ready_within = |want: u16| {
+        let s = &s;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                let r = s.get("/readyz").await;
+                if r.status == want {
+                    return r.json();
+                }
+                assert!(Instant::now() < deadline, "/readyz stayed {}", r.status);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    ready_within(200).await;
+    // Reads still work, every write is refused: a read-only database.
+    let read_only = |on: &str| {
+        psql(
+            "postgres",
+            &format!(
+                "ALTER DATABASE {} SET default_transaction_read_only = {on}",
+                db.name
+            ),
+        );
+        psql(
+            "postgres",
+            &format!(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '{}'",
+                db.name
+            ),
+        );
+    };
+    read_only("on");
+    let v = ready_within(503).await;
+    assert_eq!(v["checks"]["store"], "unavailable", "{v}");
+    read_only("off");
+    ready_within(200).await;
+}
