@@ -182,7 +182,9 @@ fn render_room_series(text: &mut String, rooms: &[RoomSeries]) {
     if rooms.is_empty() {
         return;
     }
-    let families: [(&str, &str, fn(&(u64, u64)) -> u64); 2] = [
+    /// Picks a gauge's figure out of a window's (messages, users).
+    type Figure = fn(&(u64, u64)) -> u64;
+    let families: [(&str, &str, Figure); 2] = [
         (
             "confab_room_messages",
             "Messages in a room over the window (1h, 24h), from the analytics counters (cluster-wide); the busiest metrics.room_series rooms only.",
