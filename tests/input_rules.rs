@@ -109,3 +109,49 @@ async fn a_token_whose_name_is_invisible_is_refused() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prohibited_words_are_not_evaded_by_lookalikes_invisibles_or_spacing() {
+    let s = Server::builder()
+        .set("moderation", "prohibited_words", r#"["bad", "very bad"]"#)
+        .start();
+    let mut c = s.ws_user(&uid("u"), "u").await;
+    c.join("mod").await;
+    for (content, r) in [
+        ("so b\u{0430}d", "cyrillic"),
+        ("\u{0392}\u{0391}D!", "greek capitals"),
+        ("b\u{200B}ad", "zero-width space"),
+        ("b\u{00AD}ad", "soft hyphen"),
+        ("\u{FEFF}b\u{2060}ad", "BOM and word joiner"),
+        ("\u{FF42}\u{FF41}\u{FF44}", "fullwidth"),
+        ("it is very  bad", "doubled space"),
+        ("very\n\tbad", "other whitespace"),
+    ] {
+        c.send_json(json!({"type":"send","room":"mod","content":content,"ref":r}))
+            .await;
+        let e = c.recv_type("error").await;
+        assert_eq!(
+            (&e["code"], &e["ref"]),
+            (&json!("prohibited_content"), &json!(r)),
+            "{r}: {e}"
+        );
+    }
+    // Folding keeps whole words, and what passes is stored exactly as sent.
+    let kept = "scr\u{0430}p the b\u{200B}adge, ｂａｄｇｅ  too";
+    c.send_msg("mod", kept, "ok").await;
+    let history = s.history_all("mod", &token(&uid("r"), "r")).await;
+    assert_eq!(
+        history.len(),
+        1,
+        "refused messages are not stored: {history:?}"
+    );
+    assert_eq!(history[0]["content"], kept);
+
+    // The seed endpoint goes through the same check.
+    let mut seed = s
+        .ws_connect("/ws/chat/mod?name=carol", &[])
+        .await
+        .unwrap_or_else(|e| panic!("seed refused: {e:?}"));
+    seed.send_text("b\u{0430}\u{00AD}d").await;
+    assert_eq!(seed.recv_json().await["code"], "prohibited_content");
+}
