@@ -184,11 +184,11 @@ async fn ws_seed(req: HttpRequest, deps: web::Data<AppDeps>) -> HttpResponse {
     let identity = match reader_identity(&req, &deps) {
         Ok(Some(identity)) => identity,
         Ok(None) => {
-            let name = match query.get("name") {
-                Some(name) => match protocol::check_display_name(name) {
-                    Ok(name) => name,
-                    Err(e) => return error_response(&e),
-                },
+            // Decoded from the raw query: a lossy decode would let bytes that
+            // are not UTF-8 through as U+FFFD.
+            let name = match protocol::display_name_from_query(req.query_string()) {
+                Some(Ok(name)) => name,
+                Some(Err(e)) => return error_response(&e),
                 None => format!("guest-{}", &uuid::Uuid::new_v4().simple().to_string()[..4]),
             };
             guest_identity(name)

@@ -198,18 +198,173 @@ pub fn check_room(room: &str) -> Result<(), Rejection> {
     }
 }
 
-/// A display name: 1–32 characters after trimming, no control characters.
+/// A display name: 1–32 characters after trimming, at least one of them
+/// visible, and nothing invisible that could make it look empty, impersonate
+/// another name or reorder the text around it (docs/protocol.md, "Names").
 /// Returns the trimmed name.
 pub fn check_display_name(name: &str) -> Result<String, Rejection> {
     let trimmed = name.trim();
     let chars = trimmed.chars().count();
-    if chars == 0 || chars > MAX_NAME_CHARS || trimmed.chars().any(char::is_control) {
+    if chars == 0 || chars > MAX_NAME_CHARS || !name_chars_ok(trimmed) {
         return Err(Rejection::new(
             ErrorCode::InvalidName,
-            "names are 1-32 characters without control characters",
+            "names are 1-32 characters, at least one visible, without control, \
+             format or invisible characters",
         ));
     }
     Ok(trimmed.to_string())
+}
+
+/// How a character of a display name is judged.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum NameChar {
+    /// A letter, number, punctuation, symbol or private-use character.
+    Visible,
+    /// A combining mark: fine, but it shows nothing by itself.
+    Mark,
+    /// Whitespace inside the name.
+    Space,
+    /// U+200D, allowed between two visible characters (emoji sequences).
+    Joiner,
+    /// U+FE00–U+FE0F, allowed right after a visible character (emoji style).
+    Selector,
+    /// Controls, format characters, default-ignorables, line separators.
+    Refused,
+}
+
+fn classify_name_char(c: char) -> NameChar {
+    use unicode_properties::{GeneralCategory as G, UnicodeGeneralCategory};
+    match c {
+        '\u{200D}' => return NameChar::Joiner,
+        '\u{FE00}'..='\u{FE0F}' => return NameChar::Selector,
+        // Line and paragraph separators break the line a name is shown on.
+        '\u{2028}' | '\u{2029}' => return NameChar::Refused,
+        // The Braille blank looks like a space but is not one: allowed,
+        // but not as the visible part (the Hangul fillers are ignorable).
+        '\u{2800}' => return NameChar::Mark,
+        _ => {}
+    }
+    if c.is_control() || is_default_ignorable(c) {
+        return NameChar::Refused;
+    }
+    if c.is_whitespace() {
+        return NameChar::Space;
+    }
+    match c.general_category() {
+        G::Format | G::Control | G::Surrogate => NameChar::Refused,
+        G::NonspacingMark | G::SpacingMark | G::EnclosingMark => NameChar::Mark,
+        // Not yet assigned: allowed, but it can't be the visible part.
+        G::Unassigned => NameChar::Mark,
+        _ => NameChar::Visible,
+    }
+}
+
+/// The character rule of a display name: at least one visible character; no
+/// control, format (bidi controls, BOM, tags, zero-width spaces…) or other
+/// default-ignorable character, except a ZWJ between two visible characters
+/// (a variation selector or mark may sit before it) and a variation selector right
+/// after a visible character, so emoji sequences like 👩‍💻 and ❤️ stay valid.
+fn name_chars_ok(name: &str) -> bool {
+    let mut any_visible = false;
+    let mut prev: Option<NameChar> = None;
+    let mut chars = name.chars().map(classify_name_char).peekable();
+    while let Some(class) = chars.next() {
+        let ok = match class {
+            NameChar::Visible => {
+                any_visible = true;
+                true
+            }
+            NameChar::Mark | NameChar::Space => true,
+            NameChar::Selector => prev == Some(NameChar::Visible),
+            // After a mark too: Indic scripts put ZWJ after a virama.
+            NameChar::Joiner => {
+                matches!(
+                    prev,
+                    Some(NameChar::Visible | NameChar::Selector | NameChar::Mark)
+                ) && chars.peek() == Some(&NameChar::Visible)
+            }
+            NameChar::Refused => false,
+        };
+        if !ok {
+            return false;
+        }
+        prev = Some(class);
+    }
+    any_visible
+}
+
+/// Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt): code
+/// points that render as nothing when a font has no glyph for them — soft
+/// hyphen, zero-width spaces and joiners, bidi controls, BOM, variation
+/// selectors, tags, fillers. Used for names and for prohibited-word matching.
+pub fn is_default_ignorable(c: char) -> bool {
+    matches!(
+        c as u32,
+        0x00AD
+            | 0x034F
+            | 0x061C
+            | 0x115F..=0x1160
+            | 0x17B4..=0x17B5
+            | 0x180B..=0x180F
+            | 0x200B..=0x200F
+            | 0x202A..=0x202E
+            | 0x2060..=0x206F
+            | 0x3164
+            | 0xFE00..=0xFE0F
+            | 0xFEFF
+            | 0xFFA0
+            | 0xFFF0..=0xFFF8
+            | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A
+            | 0xE0000..=0xE0FFF
+    )
+}
+
+/// The `name` parameter of a raw query string (the last one, as the other
+/// parameters are read), checked as a display name. Percent-decoding is
+/// strict: bytes that are not UTF-8 get `invalid_name` instead of turning
+/// into U+FFFD, which would pass for a visible name nobody chose.
+pub fn display_name_from_query(query: &str) -> Option<Result<String, Rejection>> {
+    let raw = query
+        .split('&')
+        .rev()
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+        .find(|(key, _)| form_decode(key).as_deref() == Some("name"))
+        .map(|(_, value)| value)?;
+    Some(match form_decode(raw) {
+        Some(name) => check_display_name(&name),
+        None => Err(Rejection::new(
+            ErrorCode::InvalidName,
+            "the name is not valid UTF-8 once percent-decoded",
+        )),
+    })
+}
+
+/// `application/x-www-form-urlencoded` decoding ('+' is a space, `%XX` a
+/// byte, a stray '%' stays), or `None` when the bytes are not UTF-8.
+fn form_decode(s: &str) -> Option<String> {
+    fn hex(b: Option<&u8>) -> Option<u8> {
+        (*b? as char).to_digit(16).map(|d| d as u8)
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'+' => out.push(b' '),
+            b'%' => {
+                if let (Some(high), Some(low)) = (hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
+                    out.push(high << 4 | low);
+                    i += 2;
+                } else {
+                    out.push(b'%');
+                }
+            }
+            _ => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Message content: some non-whitespace, at most `max_chars` code points, and
@@ -662,6 +817,109 @@ mod tests {
         assert!(check_display_name("   ").is_err());
         assert!(check_display_name("a\u{7}b").is_err());
         assert!(check_display_name(&"n".repeat(33)).is_err());
+    }
+
+    #[test]
+    fn names_without_a_visible_character_are_refused() {
+        for name in [
+            "\u{200B}",
+            "\u{200B}\u{200B}\u{200B}",
+            "\u{FEFF}",
+            "\u{2800}",
+            "\u{3164}",
+            "\u{115F}\u{1160}",
+            "\u{0301}",
+            "\u{200D}",
+            "\u{FE0F}",
+            "\u{E0041}\u{E0042}",
+            " \u{00AD} ",
+        ] {
+            assert!(check_display_name(name).is_err(), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn names_with_bidi_or_invisible_characters_are_refused() {
+        for name in [
+            "alice\u{202E}",
+            "\u{202E}ecila",
+            "ali\u{200B}ce",
+            "\u{FEFF}alice",
+            "alice\u{200E}",
+            "alice\u{200F}",
+            "\u{061C}alice",
+            "\u{202A}alice\u{202C}",
+            "\u{2066}alice\u{2069}",
+            "\u{2067}alice",
+            "\u{2068}alice",
+            "alice\u{E0001}",
+            "alice\u{E0061}\u{E007F}",
+            "al\u{00AD}ice",
+            "ali\u{200C}ce",
+            "ali\u{2060}ce",
+            "al\u{034F}ice",
+            "ali\u{180E}ce",
+            "\u{0600}1",
+            "a\u{FFF9}b",
+            "alice\u{2028}bob",
+            "a\u{2029}b",
+            "a\u{E0100}",
+        ] {
+            assert!(check_display_name(name).is_err(), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn zwj_and_variation_selectors_only_inside_emoji_like_sequences() {
+        for name in [
+            "👩\u{200D}💻",
+            "alice 👩🏽\u{200D}💻",
+            "🏳\u{FE0F}\u{200D}🌈",
+            "❤\u{FE0F}",
+            "I ❤\u{FE0F} rust",
+            "1\u{FE0F}\u{20E3}",
+            "क्\u{200D}ष",
+            "José",
+            "e\u{0301}",
+            "Zoë",
+            "李小龍",
+            "Mary Ann",
+            "\u{2800}x",
+        ] {
+            assert!(check_display_name(name).is_ok(), "{name:?}");
+        }
+        for name in [
+            "\u{200D}alice",
+            "alice\u{200D}",
+            "ali\u{200D}\u{200D}ce",
+            "ali\u{200D} ce",
+            "\u{FE0F}alice",
+            "ali \u{FE0F}ce",
+            "👩\u{FE0F}\u{FE0F}",
+        ] {
+            assert!(check_display_name(name).is_err(), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn query_names_decode_strictly() {
+        let name = |q: &str| display_name_from_query(q).map(|r| r.map_err(|e| e.code));
+        assert_eq!(name("history=3"), None);
+        assert_eq!(name("name=carol"), Some(Ok("carol".into())));
+        assert_eq!(name("name=Mary+Ann&x=1"), Some(Ok("Mary Ann".into())));
+        assert_eq!(name("name=Zo%C3%AB"), Some(Ok("Zoë".into())));
+        assert_eq!(name("name=a%2"), Some(Ok("a%2".into())));
+        assert_eq!(name("name=a&name=b"), Some(Ok("b".into())));
+        assert_eq!(name("%6Eame=c"), Some(Ok("c".into())));
+        for bad in [
+            "name=%FF%FE",
+            "name=a%C3",
+            "name=%E2%80%AE",
+            "name=",
+            "name",
+        ] {
+            assert_eq!(name(bad), Some(Err(ErrorCode::InvalidName)), "{bad}");
+        }
     }
 
     #[test]
