@@ -303,7 +303,7 @@ async fn racing_migrate_processes_apply_the_schema_once() {
                 .env_remove("CONFAB_CONFIG")
                 .env("CONFAB__STORAGE__URL", db.url())
                 .env("CONFAB__STORAGE__DATA_DIR", &data_dir)
-                .env("CONFAB__AUTH__JWT_SECRET", "x")
+                .env("CONFAB__AUTH__JWT_SECRET", common::SECRET)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
