@@ -1,5 +1,6 @@
-//! The Postgres store against a real server at 127.0.0.1:5432 (trust auth, user
-//! `postgres`). Every test gets its own database, dropped at the end.
+//! The Postgres store against a real server: `$CONFAB_TEST_PG`, else
+//! 127.0.0.1:5432 with trust auth for user `postgres` (tests/common/cluster.rs).
+//! Every test gets its own database, dropped at the end.
 
 mod common;
 
