@@ -4,8 +4,11 @@
 use crate::protocol::{check_display_name, ErrorCode, Rejection, UserInfo};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// The shortest secret accepted, in bytes (see `config::MIN_SECRET_BYTES`).
+pub use crate::config::MIN_SECRET_BYTES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
@@ -14,6 +17,24 @@ pub enum SecretError {
         path: String,
         source: std::io::Error,
     },
+    #[error("auth.jwt_secret is empty and there is no secret file at {}", path.display())]
+    Missing { path: PathBuf },
+    #[error("the JWT secret in {} is {len} bytes; it must be at least {MIN_SECRET_BYTES}", path.display())]
+    TooShort { path: PathBuf, len: usize },
+}
+
+/// Where a secret came from, so `confab token` can say which one it used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// `auth.jwt_secret` (from the config file or the environment).
+    Configured,
+    /// The file `data_dir/jwt_secret`.
+    File(PathBuf),
+}
+
+/// The file that keeps the generated secret when `auth.jwt_secret` is empty.
+pub fn secret_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("jwt_secret")
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -83,7 +104,9 @@ pub struct Auth {
 impl Auth {
     pub fn new(secret: &[u8]) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
+        // No leeway for exp, and so none for nbf either (one field sets both).
         validation.leeway = 0;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Self {
             encoding: EncodingKey::from_secret(secret),
@@ -108,6 +131,9 @@ impl Auth {
             .map_err(|e| {
                 let why = match e.kind() {
                     jsonwebtoken::errors::ErrorKind::ExpiredSignature => "the token has expired",
+                    jsonwebtoken::errors::ErrorKind::ImmatureSignature => {
+                        "the token is not valid yet (nbf)"
+                    }
                     jsonwebtoken::errors::ErrorKind::InvalidSignature => {
                         "the token signature is invalid"
                     }
@@ -143,32 +169,68 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// The configured secret, or the one kept in `data_dir/jwt_secret`; never
+/// creates one (`confab token` must sign with the server's secret or fail).
+pub fn load_secret(
+    configured: &str,
+    data_dir: &Path,
+) -> Result<(Vec<u8>, SecretSource), SecretError> {
+    if !configured.is_empty() {
+        return Ok((configured.as_bytes().to_vec(), SecretSource::Configured));
+    }
+    let path = secret_path(data_dir);
+    match std::fs::read_to_string(&path) {
+        Ok(existing) if !existing.trim().is_empty() => {
+            let secret = existing.trim().as_bytes().to_vec();
+            if secret.len() < MIN_SECRET_BYTES {
+                return Err(SecretError::TooShort {
+                    len: secret.len(),
+                    path,
+                });
+            }
+            Ok((secret, SecretSource::File(path)))
+        }
+        Ok(_) => Err(SecretError::Missing { path }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(SecretError::Missing { path }),
+        Err(source) => Err(SecretError::Io {
+            path: path.display().to_string(),
+            source,
+        }),
+    }
+}
+
 /// The configured secret, or the one kept in `data_dir/jwt_secret`, created on first use.
 pub fn load_or_create_secret(configured: &str, data_dir: &Path) -> Result<Vec<u8>, SecretError> {
-    if !configured.is_empty() {
-        return Ok(configured.as_bytes().to_vec());
+    match load_secret(configured, data_dir) {
+        Ok((secret, _)) => return Ok(secret),
+        Err(SecretError::Missing { .. }) => {}
+        Err(e) => return Err(e),
     }
-    let path = data_dir.join("jwt_secret");
+    let path = secret_path(data_dir);
     let io = |source| SecretError::Io {
         path: path.display().to_string(),
         source,
     };
-    match std::fs::read_to_string(&path) {
-        Ok(existing) if !existing.trim().is_empty() => {
-            return Ok(existing.trim().as_bytes().to_vec())
-        }
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(e)),
-    }
     std::fs::create_dir_all(data_dir).map_err(io)?;
+    // 32 random bytes, hex: 64 bytes of secret, twice MIN_SECRET_BYTES.
     let secret: String = {
         use rand::Rng;
         let bytes: [u8; 32] = rand::rng().random();
         bytes.iter().map(|b| format!("{b:02x}")).collect()
     };
-    write_private(&path, secret.as_bytes()).map_err(io)?;
-    Ok(secret.into_bytes())
+    // Only reached when the file is absent or blank: a blank one (a crash
+    // between create and write) is replaced.
+    if path.exists() {
+        std::fs::remove_file(&path).map_err(io)?;
+    }
+    match write_private(&path, secret.as_bytes()) {
+        Ok(()) => Ok(secret.into_bytes()),
+        // Another process created it first: use theirs.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            load_secret(configured, data_dir).map(|(secret, _)| secret)
+        }
+        Err(e) => Err(io(e)),
+    }
 }
 
 fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
@@ -219,6 +281,69 @@ mod tests {
         assert!(auth.verify(&t).is_err());
     }
 
+    fn claims_token(auth_secret: &[u8], claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(auth_secret),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn nbf_in_the_future_is_refused_with_exp_leeway() {
+        let auth = Auth::new(b"s1");
+        let now = unix_now();
+        let at = |nbf: u64| {
+            claims_token(
+                b"s1",
+                serde_json::json!({"sub": "u", "name": "n", "exp": now + 600, "nbf": nbf}),
+            )
+        };
+        let e = auth.verify(&at(now + 30)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Unauthorized);
+        assert!(e.message.contains("not valid yet"), "{}", e.message);
+        // Zero leeway, as for exp: a second ahead is already too early.
+        assert!(auth.verify(&at(now + 2)).is_err());
+        assert!(auth.verify(&at(now)).is_ok());
+        assert!(auth.verify(&at(now - 60)).is_ok());
+        // A malformed nbf is refused, not ignored.
+        let t = claims_token(
+            b"s1",
+            serde_json::json!({"sub": "u", "name": "n", "exp": now + 600, "nbf": "soon"}),
+        );
+        assert!(auth.verify(&t).is_err());
+    }
+
+    #[test]
+    fn load_secret_never_creates_one() {
+        let dir = std::env::temp_dir().join(format!("confab-secret-{}", uuid::Uuid::new_v4()));
+        assert!(matches!(
+            load_secret("", &dir),
+            Err(SecretError::Missing { .. })
+        ));
+        assert!(!dir.exists(), "nothing created");
+        let configured = "c".repeat(32);
+        assert_eq!(
+            load_secret(&configured, &dir).unwrap(),
+            (configured.clone().into_bytes(), SecretSource::Configured)
+        );
+        let created = load_or_create_secret("", &dir).unwrap();
+        assert_eq!(
+            load_secret("", &dir).unwrap(),
+            (created, SecretSource::File(dir.join("jwt_secret")))
+        );
+        std::fs::write(dir.join("jwt_secret"), "short\n").unwrap();
+        assert!(matches!(
+            load_secret("", &dir),
+            Err(SecretError::TooShort { len: 5, .. })
+        ));
+        // A blank file (a crash before the write) is replaced, not an error.
+        std::fs::write(dir.join("jwt_secret"), "\n").unwrap();
+        assert_eq!(load_or_create_secret("", &dir).unwrap().len(), 64);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     #[test]
     fn secret_is_created_once() {
         let dir = std::env::temp_dir().join(format!("confab-secret-{}", uuid::Uuid::new_v4()));
@@ -226,6 +351,7 @@ mod tests {
         let b = load_or_create_secret("", &dir).unwrap();
         assert_eq!(a, b);
         assert_eq!(a.len(), 64);
+        assert!(a.len() >= MIN_SECRET_BYTES);
         let _ = std::fs::remove_dir_all(dir);
     }
 }

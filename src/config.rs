@@ -17,6 +17,10 @@ pub enum ConfigError {
     Invalid { key: String, message: String },
 }
 
+/// The shortest `auth.jwt_secret` accepted: HS256 wants a key of at least its
+/// 256-bit output, and a short one can be brute-forced from any token.
+pub const MIN_SECRET_BYTES: usize = 32;
+
 fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.to_string(),
@@ -469,6 +473,23 @@ impl Config {
                 return Err(invalid(key, format!("must be at most {max}")));
             }
         }
+        for origin in &c.server.allowed_origins {
+            check_origin(origin).map_err(|why| {
+                invalid(
+                    "server.allowed_origins",
+                    format!("{origin:?} is not an origin ({why}); write scheme://host[:port], for example \"https://chat.example.com\""),
+                )
+            })?;
+        }
+        let secret_len = c.auth.jwt_secret.len();
+        if secret_len > 0 && secret_len < MIN_SECRET_BYTES {
+            return Err(invalid(
+                "auth.jwt_secret",
+                format!(
+                    "is {secret_len} bytes; use at least {MIN_SECRET_BYTES} (for example `openssl rand -hex 32`), or leave it empty to generate one"
+                ),
+            ));
+        }
         let tls = &c.server.tls;
         if tls.cert.is_empty() != tls.key.is_empty() {
             return Err(invalid("server.tls", "set both cert and key, or neither"));
@@ -570,27 +591,132 @@ impl Config {
     pub fn cluster_mode(&self) -> bool {
         !self.broker.redis_url.is_empty()
     }
+
+    /// Cluster mode needs `auth.jwt_secret` set: a secret generated in each
+    /// instance's data_dir would differ, and tokens would work on one instance
+    /// only. Checked by `serve`, `check-config` and `token`, not by commands
+    /// that never touch tokens (migrate, export, import).
+    pub fn check_shared_secret(&self) -> Result<(), ConfigError> {
+        if self.cluster_mode() && self.auth.jwt_secret.is_empty() {
+            return Err(invalid(
+                "auth.jwt_secret",
+                "must be set in cluster mode (broker.redis_url is set): every instance must share it (for example CONFAB__AUTH__JWT_SECRET=$(openssl rand -hex 32) on each)",
+            ));
+        }
+        Ok(())
+    }
 }
 
-/// `scheme://user:secret@host` -> `scheme://user:<redacted>@host`.
+/// `scheme://host[:port]` as browsers send it in `Origin`: http or https, a
+/// host (name, IPv4 or `[IPv6]`), an optional port, and nothing else. Anything
+/// more could never equal a browser's Origin, so it is a mistake to report.
+fn check_origin(origin: &str) -> Result<(), &'static str> {
+    let (scheme, rest) = origin.split_once("://").ok_or("no scheme://")?;
+    if scheme != "http" && scheme != "https" {
+        return Err("the scheme must be http or https, in lower case");
+    }
+    if rest.ends_with('/') {
+        return Err("no trailing /");
+    }
+    if rest.contains(['/', '?', '#']) {
+        return Err("no path, query or fragment");
+    }
+    if rest.contains('@') {
+        return Err("no user or password");
+    }
+    if rest.contains('*') {
+        return Err("no wildcards: list each origin");
+    }
+    let (host, port) = if let Some(bracketed) = rest.strip_prefix('[') {
+        let (v6, after) = bracketed.split_once(']').ok_or("unclosed [")?;
+        v6.parse::<std::net::Ipv6Addr>()
+            .map_err(|_| "not an IPv6 address between [ ]")?;
+        match after {
+            "" => (v6, None),
+            _ => (v6, Some(after.strip_prefix(':').ok_or("junk after ]")?)),
+        }
+    } else {
+        match rest.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (rest, None),
+        }
+    };
+    if !rest.starts_with('[') {
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        };
+        if host.is_empty() {
+            return Err("no host");
+        }
+        if !host.split('.').all(label_ok) {
+            return Err("the host must be a DNS name or IP address (ASCII; punycode for others)");
+        }
+    }
+    if let Some(port) = port {
+        if !port.bytes().all(|b| b.is_ascii_digit()) || port.parse::<u16>().map_or(true, |p| p == 0)
+        {
+            return Err("the port must be a number from 1 to 65535");
+        }
+    }
+    Ok(())
+}
+
+/// `scheme://user:secret@host/db?password=x` -> `scheme://user:<redacted>@host/db?password=<redacted>`.
+/// A password may hold `@`, `/`, `?` or `#` when it is not percent-encoded, so
+/// the userinfo ends at the last `@` that is followed by something host-like;
+/// redacting too much of an odd URL is fine, leaking a password is not.
 fn redact_url_password(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_string();
     };
-    let rest = &url[scheme_end + 3..];
-    let Some(at) = rest.find('@') else {
-        return url.to_string();
+    let (head, rest) = url.split_at(scheme_end + 3);
+    let host_like = |s: &str| {
+        let host = &s[..s.find(['/', '?', '#']).unwrap_or(s.len())];
+        !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-_:[],%".contains(&b))
     };
-    let userinfo = &rest[..at];
-    match userinfo.find(':') {
-        Some(colon) => format!(
-            "{}://{}:<redacted>{}",
-            &url[..scheme_end],
-            &userinfo[..colon],
-            &rest[at..]
-        ),
-        None => url.to_string(),
-    }
+    let at = rest
+        .match_indices('@')
+        .map(|(i, _)| i)
+        .rev()
+        .find(|&i| host_like(&rest[i + 1..]));
+    let (userinfo, tail) = match at {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            let shown = match userinfo.find(':') {
+                Some(colon) => format!("{}:<redacted>", &userinfo[..colon]),
+                None => userinfo.to_string(),
+            };
+            (format!("{shown}@"), &rest[at + 1..])
+        }
+        None => (String::new(), rest),
+    };
+    format!("{head}{userinfo}{}", redact_query_password(tail))
+}
+
+/// `…?sslmode=require&password=x` -> `…?sslmode=require&password=<redacted>`
+/// (Postgres URLs may carry the password as a query parameter).
+fn redact_query_password(tail: &str) -> String {
+    let Some(q) = tail.find('?') else {
+        return tail.to_string();
+    };
+    let (path, query) = tail.split_at(q + 1);
+    let (query, fragment) = query.split_at(query.find('#').unwrap_or(query.len()));
+    let params: Vec<String> = query
+        .split('&')
+        .map(|param| match param.split_once('=') {
+            Some((key, _)) if key.eq_ignore_ascii_case("password") => {
+                format!("{key}=<redacted>")
+            }
+            _ => param.to_string(),
+        })
+        .collect();
+    format!("{path}{}{fragment}", params.join("&"))
 }
 
 /// Sets `section.key` from `CONFAB__SECTION__KEY`. The raw value is read as the
@@ -715,7 +841,10 @@ mod tests {
             "[rooms]\njoin_history = 10\n",
             &[
                 ("CONFAB__ROOMS__JOIN_HISTORY", "2"),
-                ("CONFAB__AUTH__JWT_SECRET", "12345"),
+                (
+                    "CONFAB__AUTH__JWT_SECRET",
+                    "0123456789abcdef0123456789abcdef",
+                ),
                 ("CONFAB__AUTH__GUEST", "false"),
                 ("CONFAB__SERVER__ALLOWED_ORIGINS", "[\"https://a.example\"]"),
                 ("CONFAB__STORAGE__URL", "postgres://u:pw@h/db"),
@@ -723,7 +852,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.rooms.join_history, 2);
-        assert_eq!(c.auth.jwt_secret, "12345");
+        assert_eq!(c.auth.jwt_secret, "0123456789abcdef0123456789abcdef");
         assert!(!c.auth.guest);
         assert_eq!(c.server.allowed_origins, vec!["https://a.example"]);
         assert!(c.redacted_toml().contains("postgres://u:<redacted>@h/db"));
@@ -739,9 +868,115 @@ mod tests {
 
     #[test]
     fn secret_is_redacted() {
-        let c = parse("[auth]\njwt_secret = \"hunter2\"\n", &[]).unwrap();
+        let c = parse(
+            "[auth]\njwt_secret = \"hunter2-hunter2-hunter2-hunter2-hunter2\"\n",
+            &[],
+        )
+        .unwrap();
         let shown = c.redacted_toml();
         assert!(!shown.contains("hunter2"));
         assert!(shown.contains("<redacted>"));
+    }
+
+    #[test]
+    fn short_secret_is_refused_naming_key_and_minimum() {
+        let e = parse("[auth]\njwt_secret = \"hunter2\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("auth.jwt_secret") && e.contains("32"), "{e}");
+        let e = parse("", &[("CONFAB__AUTH__JWT_SECRET", &"x".repeat(31))])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("auth.jwt_secret"), "{e}");
+        assert!(parse("", &[("CONFAB__AUTH__JWT_SECRET", &"x".repeat(32))]).is_ok());
+        // Empty means "generate one".
+        assert!(parse("[auth]\njwt_secret = \"\"\n", &[]).is_ok());
+    }
+
+    #[test]
+    fn cluster_mode_needs_a_shared_secret() {
+        let cluster = "[broker]\nredis_url = \"redis://127.0.0.1:6379\"\n";
+        let c = parse(cluster, &[]).unwrap();
+        let e = c.check_shared_secret().unwrap_err().to_string();
+        assert!(e.contains("auth.jwt_secret"), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+        let c = parse(cluster, &[("CONFAB__AUTH__JWT_SECRET", &"s".repeat(40))]).unwrap();
+        assert!(c.check_shared_secret().is_ok());
+        assert!(parse("", &[]).unwrap().check_shared_secret().is_ok());
+    }
+
+    #[test]
+    fn allowed_origins_must_be_origins() {
+        for good in [
+            "https://chat.example.com",
+            "http://localhost:8080",
+            "http://127.0.0.1:3000",
+            "https://[::1]:8443",
+            "https://[2001:db8::1]",
+            "https://xn--bcher-kva.example",
+        ] {
+            let text = format!("[server]\nallowed_origins = [{good:?}]\n");
+            assert!(parse(&text, &[]).is_ok(), "{good}");
+        }
+        for bad in [
+            "chat.example.com",
+            "https://chat.example.com/",
+            "https://chat.example.com/app",
+            "https://chat.example.com?x=1",
+            "https://chat.example.com#top",
+            "https://user:pw@chat.example.com",
+            "https://*.example.com",
+            "*",
+            "ftp://chat.example.com",
+            "HTTPS://chat.example.com",
+            "https://",
+            "https://chat.example.com:",
+            "https://chat.example.com:0",
+            "https://chat.example.com:99999",
+            "https://chat..example.com",
+            "https://chät.example.com",
+            "https://[::1",
+            "https://[zz]",
+            "https://ex ample.com",
+            "null",
+            "",
+        ] {
+            let text = format!("[server]\nallowed_origins = [\"https://ok.example\", {bad:?}]\n");
+            let e = parse(&text, &[]).unwrap_err().to_string();
+            assert!(e.contains("server.allowed_origins"), "{bad}: {e}");
+            assert!(e.contains(&format!("{bad:?}")), "names the entry: {e}");
+            assert_eq!(e.lines().count(), 1, "{e}");
+        }
+    }
+
+    #[test]
+    fn url_passwords_are_redacted() {
+        for (url, shown) in [
+            (
+                "postgres://u:secret@host/db",
+                "postgres://u:<redacted>@host/db",
+            ),
+            (
+                "postgres://u:se@cret@host:5432/db",
+                "postgres://u:<redacted>@host:5432/db",
+            ),
+            (
+                "postgres://u:se/c?r#et@host/db",
+                "postgres://u:<redacted>@host/db",
+            ),
+            (
+                "redis://:secret@redis.internal:6379",
+                "redis://:<redacted>@redis.internal:6379",
+            ),
+            (
+                "postgres://u@host/db?sslmode=require&password=secret",
+                "postgres://u@host/db?sslmode=require&password=<redacted>",
+            ),
+            ("postgres://u@host/db", "postgres://u@host/db"),
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            ("sqlite://confab.db", "sqlite://confab.db"),
+        ] {
+            assert_eq!(redact_url_password(url), shown, "{url}");
+        }
     }
 }

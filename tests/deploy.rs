@@ -67,7 +67,16 @@ fn unit_values<'a>(unit: &'a str, key: &str) -> Vec<&'a str> {
 
 /// Runs `confab check-config FILE` with no CONFAB* variables from the
 /// environment, so only the file is judged.
+/// A secret as /etc/confab/env would hold it (the examples keep secrets out of
+/// their files; cluster mode refuses to start without one).
+const ENV_SECRET: &str = "deploy-test-secret-0123456789abcdef0123456789";
+
+/// `confab check-config FILE` as deployed: the secret comes from the environment.
 fn check_config(file: &Path) -> Output {
+    check_config_env(file, &[("CONFAB__AUTH__JWT_SECRET", ENV_SECRET)])
+}
+
+fn check_config_env(file: &Path, env: &[(&str, &str)]) -> Output {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(bin());
     cmd.arg("check-config").arg(file).current_dir(dir.path());
@@ -76,6 +85,7 @@ fn check_config(file: &Path) -> Output {
             cmd.env_remove(&key);
         }
     }
+    cmd.envs(env.iter().copied());
     cmd.output().expect("run confab check-config")
 }
 
@@ -188,15 +198,29 @@ fn deploy_configs_pass_check_config() {
     }
 
     // The production example is cluster mode with JSON logs and no secret
-    // in the file.
-    let out = check_config(&repo().join("deploy/config.production.toml"));
+    // in the file: without the one from the environment it is refused.
+    let production = repo().join("deploy/config.production.toml");
+    assert!(
+        !read("deploy/config.production.toml")
+            .lines()
+            .any(|l| l.trim_start().starts_with("jwt_secret")),
+        "no jwt_secret in the production file"
+    );
+    let out = check_config_env(&production, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("auth.jwt_secret"),
+        "{}",
+        show(&out)
+    );
+    let out = check_config(&production);
     let effective = String::from_utf8_lossy(&out.stdout);
     for expected in [
         "url = \"postgres://",
         "redis_url = \"redis://",
         "data_dir = \"/var/lib/confab\"",
         "format = \"json\"",
-        "jwt_secret = \"\"",
+        "jwt_secret = \"<redacted>\"",
         "guest = false",
     ] {
         assert!(
@@ -353,7 +377,7 @@ fn compose_file_configures_a_valid_cluster() {
                 let v = v.trim().trim_matches('"');
                 // ${VAR:?message} is filled from .env by compose.
                 let v = if v.starts_with("${") {
-                    "a-secret-from-env"
+                    "a-secret-from-env-0123456789abcdef0123456789abcdef"
                 } else {
                     v
                 };

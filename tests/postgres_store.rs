@@ -1,5 +1,6 @@
-//! The Postgres store against a real server at 127.0.0.1:5432 (trust auth, user
-//! `postgres`). Every test gets its own database, dropped at the end.
+//! The Postgres store against a real server: `$CONFAB_TEST_PG`, else
+//! 127.0.0.1:5432 with trust auth for user `postgres` (tests/common/cluster.rs).
+//! Every test gets its own database, dropped at the end.
 
 mod common;
 
@@ -303,7 +304,7 @@ async fn racing_migrate_processes_apply_the_schema_once() {
                 .env_remove("CONFAB_CONFIG")
                 .env("CONFAB__STORAGE__URL", db.url())
                 .env("CONFAB__STORAGE__DATA_DIR", &data_dir)
-                .env("CONFAB__AUTH__JWT_SECRET", "x")
+                .env("CONFAB__AUTH__JWT_SECRET", common::SECRET)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()

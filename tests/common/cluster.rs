@@ -6,7 +6,26 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The default Postgres server (trust auth on localhost); see [`pg`].
 pub const PG: &str = "postgres://postgres@127.0.0.1:5432";
+
+/// The Postgres server tests use, as a URL without a database:
+/// `$CONFAB_TEST_PG` when set (.ci/run sets it, with a password, on machines
+/// whose Postgres wants one), else [`PG`].
+pub fn pg() -> String {
+    std::env::var("CONFAB_TEST_PG")
+        .ok()
+        .map(|url| url.trim_end_matches('/').to_string())
+        .filter(|url| !url.is_empty())
+        .unwrap_or_else(|| PG.to_string())
+}
+
+/// `psql` on database `db` of [`pg`] (the URL carries user and password).
+fn psql_command(db: &str) -> Command {
+    let mut cmd = Command::new("psql");
+    cmd.arg("-X").arg("-d").arg(format!("{}/{db}", pg()));
+    cmd
+}
 pub const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
 
 /// A database `confab_t_<hex>`, dropped at the end (even after a failure).
@@ -22,7 +41,7 @@ impl TestDb {
     }
 
     pub fn url(&self) -> String {
-        format!("{PG}/{}", self.name)
+        format!("{}/{}", pg(), self.name)
     }
 
     /// One value (or rows, one per line) from a query in this database.
@@ -56,16 +75,8 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let _ = Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-qAtc",
-            ])
+        let _ = psql_command("postgres")
+            .arg("-qAtc")
             .arg(format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",
                 self.name
@@ -77,8 +88,8 @@ impl Drop for TestDb {
 }
 
 pub fn psql(db: &str, sql: &str) -> String {
-    let out = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", db, "-qAtc", sql])
+    let out = psql_command(db)
+        .args(["-qAtc", sql])
         .output()
         .expect("psql runs");
     assert!(
