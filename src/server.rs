@@ -385,6 +385,9 @@ fn peer_of(conn: &dyn std::any::Any) -> Option<std::net::SocketAddr> {
     tcp_of(conn)?.peer_addr().ok()
 }
 
+/// What actix-http's `HttpService` takes: the stream, its protocol, the peer.
+type Accepted<T> = (Connection<T>, Protocol, Option<std::net::SocketAddr>);
+
 /// Plain HTTP: every accepted socket goes to actix-http inside a
 /// [`Connection`], with Nagle off (chat frames are small and latency matters).
 fn over_tcp<S>(
@@ -392,11 +395,7 @@ fn over_tcp<S>(
 ) -> impl ServiceFactory<TcpStream, Config = (), Response = (), Error = DispatchError, InitError = ()>
 where
     S: ServiceFactory<
-        (
-            Connection<TcpStream>,
-            Protocol,
-            Option<std::net::SocketAddr>,
-        ),
+        Accepted<TcpStream>,
         Config = (),
         Response = (),
         Error = DispatchError,
@@ -424,11 +423,7 @@ fn over_tls<S>(
 >
 where
     S: ServiceFactory<
-        (
-            Connection<TlsStream>,
-            Protocol,
-            Option<std::net::SocketAddr>,
-        ),
+        Accepted<TlsStream>,
         Config = (),
         Response = (),
         Error = DispatchError,
