@@ -298,11 +298,27 @@ pub async fn guard(
 /// its body can't hold the connection (408), a large one is refused as soon
 /// as it passes the limit (413).
 async fn read_body(
+    req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,
     deps: &AppDeps,
 ) -> Result<web::Bytes, Rejection> {
     use futures_util::StreamExt;
+    let too_large = || {
+        Rejection::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the request body is over {limit} bytes"),
+        )
+    };
+    // A body announced too large is refused before any of it is read.
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|len| len > limit as u64) {
+        return Err(too_large());
+    }
     let deadline = Duration::from_secs(deps.config.server.request_timeout_secs);
     let read = async {
         let mut body = web::BytesMut::new();
@@ -311,10 +327,7 @@ async fn read_body(
                 Rejection::new(ErrorCode::BadRequest, "the request body could not be read")
             })?;
             if body.len() + chunk.len() > limit {
-                return Err(Rejection::new(
-                    ErrorCode::PayloadTooLarge,
-                    format!("the request body is over {limit} bytes"),
-                ));
+                return Err(too_large());
             }
             body.extend_from_slice(&chunk);
         }
@@ -384,7 +397,7 @@ async fn login(req: HttpRequest, payload: web::Payload, deps: web::Data<AppDeps>
             return error_response(&e);
         }
     }
-    let body = match read_body(payload, LOGIN_BODY_MAX, &deps).await {
+    let body = match read_body(&req, payload, LOGIN_BODY_MAX, &deps).await {
         Ok(body) => body,
         Err(e) => return closing_error(&e),
     };

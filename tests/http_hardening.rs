@@ -70,6 +70,24 @@ async fn a_dripped_login_body_gets_408_and_the_connection_closes() {
 }
 
 #[tokio::test]
+async fn a_login_body_announced_too_large_is_refused_before_it_arrives() {
+    let s = Server::start();
+    let mut stream = TcpStream::connect(s.addr()).await.unwrap();
+    stream
+        .write_all(b"POST /api/login HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n{")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (raw, closed) = read_answer(&mut stream, Duration::from_secs(5)).await;
+    assert_eq!(status_and_code(&raw), (413, "payload_too_large".into()));
+    assert!(closed);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "at once, not at the timeout"
+    );
+}
+
+#[tokio::test]
 async fn a_dripped_request_head_gets_408_json() {
     let s = Server::builder()
         .set("server", "request_timeout_secs", "1")
