@@ -7,9 +7,10 @@
 
 use crate::broker::{Accepted, Announce, Draft, Inbound, RemotePresence};
 use crate::limits::SpamWindow;
+use crate::message::{
+    FrameFormat, Join, Leave, Occupancy, Outlet, Post, RoomIdle, Settle, ToSession, Typing,
+};
 use crate::protocol::{self, ChatMessage, ErrorCode, Rejection, UserInfo};
-use crate::registry::{Occupancy, RoomIdle};
-use crate::session::{Format, Outlet, ToSession};
 use crate::{AppDeps, FastMap};
 use actix::prelude::*;
 use bytestring::ByteString;
@@ -58,10 +59,10 @@ impl Delivered {
         }
     }
 
-    fn frame(&self, format: Format) -> ByteString {
+    fn frame(&self, format: FrameFormat) -> ByteString {
         match format {
-            Format::V1 => self.v1.clone(),
-            Format::Seed => self
+            FrameFormat::V1 => self.v1.clone(),
+            FrameFormat::Seed => self
                 .seed
                 .get_or_init(|| ByteString::from(self.msg.seed_frame_json()))
                 .clone(),
@@ -69,58 +70,10 @@ impl Delivered {
     }
 }
 
-// ------------------------------------------------------------------ messages
-
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Join {
-    pub room: String,
-    pub session: Uuid,
-    pub user: Arc<UserInfo>,
-    pub to: Outlet,
-    pub format: Format,
-    /// Replay the newest N (already clamped to 0..=100), when `since` is absent.
-    pub history: u32,
-    pub since: Option<u64>,
-    /// Forwarded by the registry (which counts it); rejoins through a kept
-    /// address are not.
-    pub leased: bool,
-}
-
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Leave {
-    pub session: Uuid,
-    /// Send `left` to the session (an explicit leave, not a disconnect).
-    pub notify: bool,
-}
-
-/// Answered once everything sent to the room before it was handled (a
-/// shutdown waits for the closing sessions' `Leave`s this way).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Settle;
-
 impl Handler<Settle> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, _: Settle, _: &mut Self::Context) {}
-}
-
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Send {
-    pub session: Uuid,
-    /// To answer a session the room no longer knows (it was just dropped).
-    pub to: Recipient<ToSession>,
-    pub content: String,
-    pub client_ref: Option<String>,
-}
-
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Typing {
-    pub session: Uuid,
 }
 
 // --------------------------------------------------------------------- state
@@ -128,7 +81,7 @@ pub struct Typing {
 struct Member {
     user: Arc<UserInfo>,
     to: Outlet,
-    format: Format,
+    format: FrameFormat,
     /// While a join's replay is fetched, live frames wait here.
     replay: Option<Replay>,
     /// Joins of this room by the same connection that came while a replay
@@ -172,7 +125,7 @@ struct Sender {
     /// The spam window's fingerprint of the content, to forget a refused send.
     spam_print: u64,
     to: Outlet,
-    format: Format,
+    format: FrameFormat,
     client_ref: Option<String>,
     /// When the send reached the room, for `confab_accept_seconds`.
     arrived: Instant,
@@ -317,7 +270,7 @@ impl RoomActor {
             // Seed-compatible clients only ever receive messages; a member
             // whose `joined` is still to come gets the current view in it.
             if skip_user == Some(m.user.id.as_str())
-                || m.format != Format::V1
+                || m.format != FrameFormat::V1
                 || m.replay.as_ref().is_some_and(|r| r.joined_last.is_some())
             {
                 continue;
@@ -378,7 +331,8 @@ impl RoomActor {
         let mut personal: FastMap<String, ByteString> = FastMap::default();
         let mut gone = Vec::new();
         for (id, m) in &self.members {
-            if m.format != Format::V1 || m.replay.as_ref().is_some_and(|r| r.joined_last.is_some())
+            if m.format != FrameFormat::V1
+                || m.replay.as_ref().is_some_and(|r| r.joined_last.is_some())
             {
                 continue;
             }
@@ -488,7 +442,12 @@ impl RoomActor {
     }
 
     /// Frames of messages `after+1..=upto` from the in-memory ring, if it covers them.
-    fn replay_from_recent(&self, format: Format, after: u64, upto: u64) -> Option<Vec<ByteString>> {
+    fn replay_from_recent(
+        &self,
+        format: FrameFormat,
+        after: u64,
+        upto: u64,
+    ) -> Option<Vec<ByteString>> {
         let oldest = self
             .recent
             .front()
@@ -594,7 +553,7 @@ impl RoomActor {
         crate::metrics::get()
             .accept_seconds
             .record(crate::metrics::seconds(sender.arrived.elapsed()));
-        if sender.format != Format::V1 {
+        if sender.format != FrameFormat::V1 {
             return;
         }
         let ack = ByteString::from(msg.ack_json(sender.client_ref.as_deref()));
@@ -1116,10 +1075,10 @@ impl Handler<Join> for RoomActor {
         // A recovery read from the store may find messages that retention
         // deleted: whether it `recovered` is known only once the read is back,
         // so its `joined` waits for it.
-        let defer_joined = join.format == Format::V1
+        let defer_joined = join.format == FrameFormat::V1
             && recovered == Some(true)
             && matches!(replay, Some((_, _, None)));
-        if join.format == Format::V1 && !defer_joined {
+        if join.format == FrameFormat::V1 && !defer_joined {
             let frame = protocol::joined_json(&self.name, last, recovered, &self.visible_users());
             if !self.push(&join.to, vec![frame.into()]) {
                 self.remove_member(join.session, false);
@@ -1155,10 +1114,10 @@ impl Handler<Leave> for RoomActor {
     }
 }
 
-impl Handler<Send> for RoomActor {
+impl Handler<Post> for RoomActor {
     type Result = ();
 
-    fn handle(&mut self, send: Send, ctx: &mut Self::Context) {
+    fn handle(&mut self, send: Post, ctx: &mut Self::Context) {
         let Some(member) = self.members.get(&send.session) else {
             let rejection = Rejection::new(
                 ErrorCode::NotJoined,
