@@ -8,7 +8,7 @@
 use super::batch::Sender;
 use super::delivery::{Delivered, Next};
 use super::replay::{self, Hold};
-use super::{Outbox, Phase, RoomActor, GAP_WAIT, PRESENCE_WINDOW, RESYNC_AFTER_FAILURE};
+use super::{FlushPresenceSoon, Outbox, Phase, RoomActor, GAP_WAIT, RESYNC_AFTER_FAILURE};
 use crate::broker::{Accepted, RemotePresence};
 use crate::message::{FrameFormat, Join, ToSession};
 use crate::protocol::{self, ChatMessage, ErrorCode, Rejection, UserInfo};
@@ -18,19 +18,6 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 use uuid::Uuid;
-
-/// Asks the room to send its presence changes after [`PRESENCE_WINDOW`].
-#[derive(Message)]
-#[rtype(result = "()")]
-struct FlushPresenceSoon;
-
-impl Handler<FlushPresenceSoon> for RoomActor {
-    type Result = ();
-
-    fn handle(&mut self, _: FlushPresenceSoon, ctx: &mut Self::Context) {
-        ctx.run_later(PRESENCE_WINDOW, |act, _| act.flush_presence());
-    }
-}
 
 impl RoomActor {
     /// Sends a frame to every live member except those of `skip_user`.
@@ -50,7 +37,7 @@ impl RoomActor {
     }
 
     /// Notes that `user` just became visible (`joined`) or not. Changes go
-    /// out together after [`PRESENCE_WINDOW`]: join/leave toggling can't
+    /// out together after [`super::PRESENCE_WINDOW`]: join/leave toggling can't
     /// multiply frames to every member.
     pub(super) fn broadcast_presence(&mut self, user: &Arc<UserInfo>, joined: bool) {
         let schedule = self.membership.note_presence(user, joined);
@@ -63,7 +50,7 @@ impl RoomActor {
     }
 
     /// Sends one `presence` frame with the net changes since the last one.
-    fn flush_presence(&mut self) {
+    pub(super) fn flush_presence(&mut self) {
         let Some(mut frames) = self.membership.take_presence(&self.name) else {
             return;
         };

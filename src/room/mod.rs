@@ -57,8 +57,10 @@ static ROOM_ACTOR_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU
 
 #[derive(PartialEq, Eq)]
 enum Phase {
+    /// Attaching to the broker and reading the head; handles nothing else.
     Loading,
     Ready,
+    /// The room could not open: it refuses joins and sends, and stops.
     Failed,
 }
 
@@ -70,6 +72,7 @@ pub struct RoomActor {
     /// Tells this actor from an earlier or later one of the same room (the
     /// broker's relay is attached to one of them).
     id: u64,
+    /// Config, broker, store, registry and the ref window, shared by all actors.
     deps: AppDeps,
     /// Loading until the room knows its head; a room that failed to open
     /// refuses everything and stops.
@@ -87,10 +90,24 @@ pub struct RoomActor {
     joins_seen: u64,
     /// The linger before an empty room asks the registry to stop it.
     idle_timer: Option<SpawnHandle>,
-    /// Repeated-content and per-user rate checks on sends.
+    /// Each user's recent sends here, to refuse the same content repeated
+    /// too often (`moderation.spam_repeats` within the window).
     spam: SpamWindow,
     /// The room's own address, to schedule presence frames from anywhere.
     me: Option<Addr<RoomActor>>,
+}
+
+/// Asks the room to send its presence changes after [`PRESENCE_WINDOW`].
+#[derive(Message)]
+#[rtype(result = "()")]
+struct FlushPresenceSoon;
+
+impl Handler<FlushPresenceSoon> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, _: FlushPresenceSoon, ctx: &mut Self::Context) {
+        ctx.run_later(PRESENCE_WINDOW, |act, _| act.flush_presence());
+    }
 }
 
 impl Handler<Settle> for RoomActor {
