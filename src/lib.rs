@@ -9,6 +9,7 @@ pub mod dedupe;
 pub mod history;
 pub mod http;
 pub mod limits;
+pub mod message;
 pub mod metrics;
 pub mod persist;
 pub mod protocol;

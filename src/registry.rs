@@ -2,12 +2,13 @@
 //! every first join itself, counting them, so an idle room may stop only once it
 //! has received every join the registry sent it.
 
+use crate::message::{Join, Occupancy, RoomIdle, Settle};
 use crate::protocol::{ErrorCode, Rejection};
-use crate::room::{Join, RoomActor};
+use crate::room::RoomActor;
 use crate::AppDeps;
 use actix::prelude::*;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 struct Entry {
@@ -15,22 +16,6 @@ struct Entry {
     /// Joins forwarded to the room; the room counts the ones it received.
     leases: u64,
     occupancy: Arc<Occupancy>,
-}
-
-/// A room's live counters for `GET /api/rooms`. The room writes them and the
-/// registry reads them on a listing: a message per delivery would wake the
-/// registry's thread on every batch of every room.
-#[derive(Default)]
-pub struct Occupancy {
-    online: AtomicUsize,
-    last_seq: AtomicU64,
-}
-
-impl Occupancy {
-    pub fn set(&self, online: usize, last_seq: u64) {
-        self.online.store(online, Ordering::Relaxed);
-        self.last_seq.fetch_max(last_seq, Ordering::Relaxed);
-    }
 }
 
 #[derive(Default)]
@@ -113,14 +98,6 @@ impl Handler<JoinRoom> for Registry {
     }
 }
 
-/// A room with no members asks to stop; yes only if every lease became a join.
-#[derive(Message)]
-#[rtype(result = "bool")]
-pub struct RoomIdle {
-    pub room: String,
-    pub joins_seen: u64,
-}
-
 impl Handler<RoomIdle> for Registry {
     type Result = bool;
 
@@ -141,7 +118,7 @@ impl Handler<RoomIdle> for Registry {
 }
 
 /// Resolves once every live room handled what was sent to it before (see
-/// `room::Settle`).
+/// `message::Settle`).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct SettleRooms;
@@ -150,11 +127,7 @@ impl Handler<SettleRooms> for Registry {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, _: SettleRooms, _: &mut Self::Context) -> Self::Result {
-        let rooms: Vec<_> = self
-            .rooms
-            .values()
-            .map(|e| e.addr.send(crate::room::Settle))
-            .collect();
+        let rooms: Vec<_> = self.rooms.values().map(|e| e.addr.send(Settle)).collect();
         Box::pin(async move {
             futures_util::future::join_all(rooms).await;
         })

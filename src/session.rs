@@ -5,15 +5,15 @@
 
 use crate::auth::Identity;
 use crate::limits::ConnectionSlot;
+use crate::message::{self, Backlog, FrameFormat, Outlet, ToSession};
 use crate::protocol::{self, ClientFrame, ErrorCode, Rejection, UserInfo};
 use crate::registry::JoinRoom;
-use crate::room::{self, RoomActor};
+use crate::room::RoomActor;
 use crate::websocket::InputState;
 use crate::AppDeps;
 use actix::prelude::*;
 use actix_web_actors::ws;
-use bytestring::ByteString;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -29,162 +29,12 @@ struct HistoryRequest {
     limit: Option<u32>,
 }
 
-/// Which wire format a member reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    V1,
-    Seed,
-}
-
-/// What rooms send a session.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub enum ToSession {
-    /// A ready-to-write reply outside the room's deliveries (an ack for a
-    /// session that just left, `left`); not counted in the backlog.
-    Frame(ByteString),
-    /// Ready-to-write frames (shared bytes; the session adds nothing), of
-    /// which `queued` frames and `bytes` bytes were counted in the session's
-    /// [`Backlog`]: each live frame counts, a join's whole replay counts as one.
-    Frames {
-        frames: Vec<ByteString>,
-        queued: usize,
-        bytes: usize,
-    },
-    /// The room dropped this session (a failed join or replay): forget it.
-    Detached(String),
-    /// An error, rendered in the session's own format.
-    Reject(Rejection),
-    /// The session's queue overflowed: close with 1013.
-    SlowConsumer,
-}
-
-/// What rooms queued for a session that it has not yet handed to its
-/// socket, in frames (`limits.session_queue`, the contract's bound; rooms
-/// batch several frames into one mailbox item) and in bytes
-/// (`limits.session_queue_bytes`: a replay or history page of long messages
-/// weighs what it weighs).
-#[derive(Debug)]
-pub struct Backlog {
-    frames: AtomicUsize,
-    bytes: AtomicUsize,
-    max_frames: usize,
-    max_bytes: usize,
-}
-
-impl Backlog {
-    pub fn new(max_frames: usize, max_bytes: usize) -> Self {
-        Self {
-            frames: AtomicUsize::new(0),
-            bytes: AtomicUsize::new(0),
-            max_frames,
-            max_bytes,
-        }
-    }
-
-    /// Counts `frames` and `bytes` more unless that would go over a limit. A
-    /// session with nothing waiting takes any batch: one busy moment in a
-    /// room is not a client failing to read.
-    pub fn reserve(&self, frames: usize, bytes: usize) -> bool {
-        let fits =
-            |queued: usize, n: usize, cap: usize| queued == 0 || queued.saturating_add(n) <= cap;
-        if self
-            .frames
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
-                fits(queued, frames, self.max_frames).then(|| queued.saturating_add(frames))
-            })
-            .is_err()
-        {
-            return false;
-        }
-        let took_bytes = self
-            .bytes
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
-                fits(queued, bytes, self.max_bytes).then(|| queued.saturating_add(bytes))
-            })
-            .is_ok();
-        if !took_bytes {
-            Self::sub(&self.frames, frames);
-        }
-        took_bytes
-    }
-
-    pub fn release(&self, frames: usize, bytes: usize) {
-        Self::sub(&self.frames, frames);
-        Self::sub(&self.bytes, bytes);
-    }
-
-    fn sub(counter: &AtomicUsize, n: usize) {
-        let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
-            Some(queued.saturating_sub(n))
-        });
-    }
-
-    pub fn queued(&self) -> (usize, usize) {
-        (
-            self.frames.load(Ordering::Acquire),
-            self.bytes.load(Ordering::Acquire),
-        )
-    }
-}
-
-/// How a room reaches one member: its mailbox plus the backlog the room
-/// counts against, so a member that can't keep up is noticed without
-/// waiting on it.
-#[derive(Clone)]
-pub struct Outlet {
-    recipient: Recipient<ToSession>,
-    backlog: Arc<Backlog>,
-}
-
-impl Outlet {
-    pub fn new(recipient: Recipient<ToSession>, backlog: Arc<Backlog>) -> Self {
-        Self { recipient, backlog }
-    }
-
-    /// Queues `frames`, counting `weight` of them (and all their bytes)
-    /// against the backlog. A member over its limits is told it is a slow
-    /// consumer (it closes with 1013) and `false` comes back, as it does for
-    /// a member that is gone; the room then drops it instead of slowing down.
-    pub fn push(&self, frames: Vec<ByteString>, weight: usize) -> bool {
-        if frames.is_empty() {
-            return true;
-        }
-        let bytes = frames.iter().map(|f| f.len()).sum();
-        if !self.backlog.reserve(weight, bytes) {
-            self.recipient.do_send(ToSession::SlowConsumer);
-            return false;
-        }
-        match self.recipient.try_send(ToSession::Frames {
-            frames,
-            queued: weight,
-            bytes,
-        }) {
-            Ok(()) => true,
-            Err(SendError::Full(_)) => {
-                self.backlog.release(weight, bytes);
-                self.recipient.do_send(ToSession::SlowConsumer);
-                false
-            }
-            Err(SendError::Closed(_)) => false,
-        }
-    }
-}
-
-impl std::ops::Deref for Outlet {
-    type Target = Recipient<ToSession>;
-
-    fn deref(&self) -> &Self::Target {
-        &self.recipient
-    }
-}
-
 pub struct Session {
     id: Uuid,
     user: Arc<UserInfo>,
     identity: Identity,
     deps: AppDeps,
-    format: Format,
+    format: FrameFormat,
     /// Seed-compatible sessions join this room (with this replay) at once.
     seed: Option<(String, u32)>,
     rooms: crate::FastMap<String, Addr<RoomActor>>,
@@ -217,14 +67,19 @@ struct Fragments {
 
 impl Session {
     pub fn v1(identity: Identity, deps: AppDeps) -> Self {
-        Self::new(identity, deps, Format::V1, None)
+        Self::new(identity, deps, FrameFormat::V1, None)
     }
 
     pub fn seed(identity: Identity, deps: AppDeps, room: String, history: u32) -> Self {
-        Self::new(identity, deps, Format::Seed, Some((room, history)))
+        Self::new(identity, deps, FrameFormat::Seed, Some((room, history)))
     }
 
-    fn new(identity: Identity, deps: AppDeps, format: Format, seed: Option<(String, u32)>) -> Self {
+    fn new(
+        identity: Identity,
+        deps: AppDeps,
+        format: FrameFormat,
+        seed: Option<(String, u32)>,
+    ) -> Self {
         let id = Uuid::new_v4();
         let backlog = Arc::new(Backlog::new(
             deps.config.limits.session_queue,
@@ -263,8 +118,8 @@ impl Session {
 
     fn send_rejection(&self, ctx: &mut ws::WebsocketContext<Self>, rejection: &Rejection) {
         let frame = match self.format {
-            Format::V1 => rejection.to_v1_frame(),
-            Format::Seed => rejection.to_seed_frame(),
+            FrameFormat::V1 => rejection.to_v1_frame(),
+            FrameFormat::Seed => rejection.to_seed_frame(),
         };
         ctx.text(frame);
     }
@@ -301,7 +156,7 @@ impl Session {
     ) {
         let room_name = room.clone();
         let make_join =
-            move |act: &Self, ctx: &mut ws::WebsocketContext<Self>, leased| room::Join {
+            move |act: &Self, ctx: &mut ws::WebsocketContext<Self>, leased| message::Join {
                 room: room_name.clone(),
                 session: act.id,
                 user: act.user.clone(),
@@ -343,7 +198,7 @@ impl Session {
                         }
                         .in_room(Some(&room));
                         act.send_rejection(ctx, &r);
-                        if act.format == Format::Seed {
+                        if act.format == FrameFormat::Seed {
                             act.close(ctx, ws::CloseCode::Error, "unavailable");
                         }
                     }
@@ -387,7 +242,7 @@ impl Session {
         if let Err(e) = self.deps.send_limiter.check(&self.limiter_key) {
             return self.refuse_send(ctx, context(e), client_ref);
         }
-        addr.do_send(room::Send {
+        addr.do_send(message::Post {
             session: self.id,
             to: ctx.address().recipient(),
             content,
@@ -488,7 +343,7 @@ impl Session {
     }
 
     fn handle_text(&mut self, ctx: &mut ws::WebsocketContext<Self>, text: &str) {
-        if self.format == Format::Seed {
+        if self.format == FrameFormat::Seed {
             if let Some((room, _)) = self.seed.clone() {
                 self.send_message(ctx, room, text.to_string(), None);
             }
@@ -522,7 +377,7 @@ impl Session {
                     return self.send_rejection(ctx, &e.in_room(Some(&room)));
                 }
                 if let Some(addr) = self.rooms.remove(&room) {
-                    addr.do_send(room::Leave {
+                    addr.do_send(message::Leave {
                         session: self.id,
                         notify: true,
                     });
@@ -534,7 +389,7 @@ impl Session {
                 client_ref,
             } => self.send_message(ctx, room, content, client_ref),
             ClientFrame::Typing { room } => match self.rooms.get(&room) {
-                Some(addr) => addr.do_send(room::Typing { session: self.id }),
+                Some(addr) => addr.do_send(message::Typing { session: self.id }),
                 None => self.not_joined(ctx, &room),
             },
             ClientFrame::History {
@@ -649,7 +504,7 @@ impl Actor for Session {
         let span = self.span.clone();
         let _entered = span.enter();
         for addr in self.rooms.values() {
-            addr.do_send(room::Leave {
+            addr.do_send(message::Leave {
                 session: self.id,
                 notify: false,
             });
@@ -718,48 +573,12 @@ impl Handler<ToSession> for Session {
             }
             ToSession::Detached(room) => {
                 self.rooms.remove(&room);
-                if self.format == Format::Seed {
+                if self.format == FrameFormat::Seed {
                     self.close(ctx, ws::CloseCode::Error, "the room is unavailable");
                 }
             }
             ToSession::Reject(rejection) => self.send_rejection(ctx, &rejection),
             ToSession::SlowConsumer => self.slow_consumer(ctx),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Backlog;
-
-    #[test]
-    fn backlog_counts_up_to_the_cap_and_releases() {
-        let b = Backlog::new(4, 1000);
-        assert!(b.reserve(3, 30));
-        assert!(!b.reserve(2, 20), "3 + 2 frames is over the cap");
-        assert!(b.reserve(1, 10));
-        assert_eq!(b.queued(), (4, 40));
-        b.release(4, 40);
-        assert_eq!(b.queued(), (0, 0));
-        b.release(1, 1);
-        assert_eq!(b.queued(), (0, 0), "never below zero");
-    }
-
-    #[test]
-    fn backlog_counts_bytes_too() {
-        let b = Backlog::new(100, 1000);
-        assert!(b.reserve(1, 900));
-        assert!(!b.reserve(1, 200), "1100 bytes is over the cap");
-        assert_eq!(b.queued(), (1, 900), "a refused reserve takes nothing");
-        assert!(b.reserve(1, 100));
-    }
-
-    #[test]
-    fn an_empty_backlog_takes_a_batch_larger_than_the_cap() {
-        let b = Backlog::new(4, 100);
-        assert!(b.reserve(10, 1000));
-        assert!(!b.reserve(1, 1));
-        b.release(10, 1000);
-        assert!(b.reserve(1, 1));
     }
 }

@@ -1,0 +1,435 @@
+//! The room actor's traffic: its sends' round trip through the broker
+//! (batches, acks), delivery to the members (fan-out, gap fills, resyncs),
+//! join replays fetched from the broker and the store, and presence and
+//! typing frames. These are the actor's own methods, split from `mod.rs`
+//! (lifecycle, handlers, membership changes) to keep each file readable; the
+//! state they work on is in the plain structs beside them.
+
+use super::batch::Sender;
+use super::delivery::{Delivered, Next};
+use super::replay::{self, Hold};
+use super::{FlushPresenceSoon, Outbox, Phase, RoomActor, GAP_WAIT, RESYNC_AFTER_FAILURE};
+use crate::broker::{Accepted, RemotePresence};
+use crate::message::{FrameFormat, Join, ToSession};
+use crate::protocol::{self, ChatMessage, ErrorCode, Rejection, UserInfo};
+use actix::prelude::*;
+use bytestring::ByteString;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+use uuid::Uuid;
+
+impl RoomActor {
+    /// Sends a frame to every live member except those of `skip_user`.
+    fn broadcast_except(&mut self, frame: ByteString, skip_user: Option<&str>) {
+        let mut gone = Vec::new();
+        for (id, m) in self.membership.iter() {
+            if skip_user == Some(m.user.id.as_str()) || !self.hears_presence(id, m) {
+                continue;
+            }
+            if !self.push(&m.to, vec![frame.clone()]) {
+                gone.push(*id);
+            }
+        }
+        for id in gone {
+            self.remove_member(id, false);
+        }
+    }
+
+    /// Notes that `user` just became visible (`joined`) or not. Changes go
+    /// out together after [`super::PRESENCE_WINDOW`]: join/leave toggling can't
+    /// multiply frames to every member.
+    pub(super) fn broadcast_presence(&mut self, user: &Arc<UserInfo>, joined: bool) {
+        let schedule = self.membership.note_presence(user, joined);
+        self.report_occupancy();
+        if schedule {
+            if let Some(me) = &self.me {
+                me.do_send(FlushPresenceSoon);
+            }
+        }
+    }
+
+    /// Sends one `presence` frame with the net changes since the last one.
+    pub(super) fn flush_presence(&mut self) {
+        let Some(mut frames) = self.membership.take_presence(&self.name) else {
+            return;
+        };
+        let mut gone = Vec::new();
+        for (id, m) in self.membership.iter() {
+            if !self.hears_presence(id, m) {
+                continue;
+            }
+            let Some(frame) = frames.for_user(&m.user.id) else {
+                continue;
+            };
+            if !self.push(&m.to, vec![frame]) {
+                gone.push(*id);
+            }
+        }
+        for id in gone {
+            self.remove_member(id, false);
+        }
+    }
+
+    // ------------------------------------------------------------- sending
+
+    /// Hands the queued sends to the broker, unless a batch is in flight.
+    pub(super) fn start_batch(&mut self, ctx: &mut Context<Self>) {
+        let Some((senders, drafts)) = self.batching.start() else {
+            return;
+        };
+        let broker = self.deps.broker.clone();
+        let room = self.name.clone();
+        let delivered = self.delivery.delivered();
+        ctx.spawn(
+            async move { broker.accept(&room, delivered, drafts).await }
+                .into_actor(self)
+                .map(move |result, act, ctx| {
+                    act.batching.finish();
+                    act.finish_batch(ctx, senders, result);
+                    act.start_batch(ctx);
+                    act.maybe_idle(ctx);
+                }),
+        );
+    }
+
+    /// Acks (or refuses) each send of a finished batch, then delivers what it
+    /// added, so a sender always sees its ack before its message.
+    fn finish_batch(
+        &mut self,
+        ctx: &mut Context<Self>,
+        senders: Vec<Sender>,
+        result: Result<Vec<Accepted>, crate::broker::BrokerError>,
+    ) {
+        let mut outbox = Outbox::default();
+        match result {
+            Ok(results) => {
+                for (sender, accepted) in senders.into_iter().zip(results) {
+                    match accepted {
+                        Accepted::New(msg) => {
+                            crate::metrics::get().messages_accepted.increment(1);
+                            self.ack(&mut outbox, &sender, &msg);
+                            self.delivery.offer(msg);
+                        }
+                        Accepted::Duplicate(original) => {
+                            self.spam.unrecord(&sender.user_id, sender.spam_print);
+                            self.ack(&mut outbox, &sender, &original)
+                        }
+                        Accepted::Rejected(rejection) => {
+                            self.spam.unrecord(&sender.user_id, sender.spam_print);
+                            self.refuse(
+                                &sender.to,
+                                rejection.with_ref(sender.client_ref.as_deref()),
+                            )
+                        }
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(room = %self.name, %error, "sends refused: the broker failed");
+                for sender in senders {
+                    self.spam.unrecord(&sender.user_id, sender.spam_print);
+                    let rejection = Rejection::new(
+                        ErrorCode::Unavailable,
+                        "the message could not be stored; it was not accepted, send it again",
+                    )
+                    .with_ref(sender.client_ref.as_deref());
+                    self.refuse(&sender.to, rejection);
+                }
+                // A broker that failed late may have accepted some of them anyway.
+                ctx.run_later(RESYNC_AFTER_FAILURE, |act, ctx| act.resync(ctx));
+            }
+        }
+        self.flush_delivery(ctx, &mut outbox);
+        self.send_outbox(outbox);
+    }
+
+    fn ack(&self, outbox: &mut Outbox, sender: &Sender, msg: &ChatMessage) {
+        crate::metrics::get()
+            .accept_seconds
+            .record(crate::metrics::seconds(sender.arrived.elapsed()));
+        if sender.format != FrameFormat::V1 {
+            return;
+        }
+        let ack = ByteString::from(msg.ack_json(sender.client_ref.as_deref()));
+        if self.membership.contains(&sender.session) {
+            outbox.entry(sender.session).or_default().push(ack);
+        } else {
+            // It left the room meanwhile; the answer to its send still belongs to it.
+            let _ = sender.to.try_send(ToSession::Frame(ack));
+        }
+    }
+
+    pub(super) fn send_outbox(&mut self, outbox: Outbox) {
+        let mut gone = Vec::new();
+        for (id, frames) in outbox {
+            if let Some(m) = self.membership.get(&id) {
+                if !self.push(&m.to, frames) {
+                    gone.push(id);
+                }
+            }
+        }
+        for id in gone {
+            self.remove_member(id, false);
+        }
+    }
+
+    // ------------------------------------------------------------ delivery
+
+    /// Delivers what waits while it continues the delivered seqs without a
+    /// gap (and isn't a send whose ack is still to come).
+    pub(super) fn flush_delivery(&mut self, ctx: &mut Context<Self>, outbox: &mut Outbox) {
+        let mut delivered_any = false;
+        loop {
+            let batching = &self.batching;
+            match self.delivery.pop_next(|m| batching.holds(&m.id)) {
+                Next::Deliver(message) => {
+                    self.fan_out(message, outbox);
+                    delivered_any = true;
+                }
+                Next::Gap => {
+                    self.schedule_gap_fill(ctx);
+                    break;
+                }
+                Next::Held | Next::Empty => break,
+            }
+        }
+        if delivered_any {
+            self.report_occupancy();
+        }
+    }
+
+    /// Hands a delivered message to every member (or its replay buffer).
+    fn fan_out(&mut self, delivered: Arc<Delivered>, outbox: &mut Outbox) {
+        self.deps.refs.remember(&delivered.msg);
+        let replay_cap = self.deps.config.limits.session_queue;
+        let mut overflowed = Vec::new();
+        for (id, m) in self.membership.iter() {
+            match self.replays.hold(id, &delivered, replay_cap) {
+                Hold::Send => outbox
+                    .entry(*id)
+                    .or_default()
+                    .push(delivered.frame(m.format)),
+                Hold::Buffered => {}
+                // Frames waiting behind a replay count against the session's queue too.
+                Hold::Overflow => {
+                    m.to.do_send(ToSession::SlowConsumer);
+                    overflowed.push(*id);
+                }
+            }
+        }
+        crate::metrics::get()
+            .deliveries
+            .increment((self.membership.len() - overflowed.len()) as u64);
+        for id in overflowed {
+            outbox.remove(&id);
+            self.remove_member(id, false);
+        }
+    }
+
+    fn schedule_gap_fill(&mut self, ctx: &mut Context<Self>) {
+        if !self.delivery.arm_gap_timer() {
+            return;
+        }
+        ctx.run_later(GAP_WAIT, |act, ctx| {
+            if let Some(target) = act.delivery.gap_timer_fired() {
+                act.fill_to(ctx, target);
+            }
+        });
+    }
+
+    /// Fetches the messages after the delivered ones up to `target` that never arrived.
+    fn fill_to(&mut self, ctx: &mut Context<Self>, target: u64) {
+        let Some(after) = self.delivery.begin_fill(target) else {
+            return;
+        };
+        let (broker, store, room) = (
+            self.deps.broker.clone(),
+            self.deps.store.clone(),
+            self.name.clone(),
+        );
+        ctx.spawn(
+            async move { replay::fetch_range(&broker, &store, &room, after, target).await }
+                .into_actor(self)
+                .map(move |result, act, ctx| {
+                    act.delivery.end_fill();
+                    match result {
+                        Ok(messages) => {
+                            for m in messages {
+                                act.delivery.offer(Arc::new(m));
+                            }
+                            let mut outbox = Outbox::default();
+                            act.flush_delivery(ctx, &mut outbox);
+                            act.send_outbox(outbox);
+                        }
+                        Err(error) => {
+                            tracing::warn!(room = %act.name, %error, "cannot fetch missed messages; retrying");
+                            ctx.run_later(RESYNC_AFTER_FAILURE, move |act, ctx| {
+                                act.fill_to(ctx, target)
+                            });
+                        }
+                    }
+                }),
+        );
+    }
+
+    /// Catches up with the room's head (after the relay was interrupted).
+    pub(super) fn resync(&mut self, ctx: &mut Context<Self>) {
+        if self.phase != Phase::Ready {
+            return;
+        }
+        let (broker, room) = (self.deps.broker.clone(), self.name.clone());
+        let floor = self.delivery.delivered();
+        ctx.spawn(
+            async move { broker.head(&room, floor).await }
+                .into_actor(self)
+                .map(|result, act, ctx| match result {
+                    Ok(head) => act.fill_to(ctx, head),
+                    Err(error) => {
+                        tracing::warn!(room = %act.name, %error, "resync failed; retrying");
+                        ctx.run_later(RESYNC_AFTER_FAILURE, |act, ctx| act.resync(ctx));
+                    }
+                }),
+        );
+    }
+
+    // ------------------------------------------------------------- replay
+
+    pub(super) fn start_fetch_replay(
+        &mut self,
+        ctx: &mut Context<Self>,
+        session: Uuid,
+        after: u64,
+        upto: u64,
+        joined_last: Option<u64>,
+    ) {
+        if !self.membership.contains(&session) {
+            return; // its answer would find no one
+        }
+        let token = self.replays.begin(session, joined_last);
+        let (broker, store, room) = (
+            self.deps.broker.clone(),
+            self.deps.store.clone(),
+            self.name.clone(),
+        );
+        ctx.spawn(
+            async move { replay::fetch_range(&broker, &store, &room, after, upto).await }
+                .into_actor(self)
+                .map(move |result, act, ctx| {
+                    // `None`: superseded by a newer join of the same session, or it left.
+                    let Some(replay) = act.replays.finish(&session, token) else {
+                        return;
+                    };
+                    let Some(m) = act.membership.get(&session) else {
+                        return;
+                    };
+                    let (to, format) = (m.to.clone(), m.format);
+                    match result {
+                        Ok(messages) => {
+                            let complete = replay::complete(&messages, after, upto);
+                            let joined = joined_last.map(|last| {
+                                let users = act.membership.visible_users();
+                                ByteString::from(protocol::joined_json(
+                                    &act.name,
+                                    last,
+                                    Some(complete),
+                                    &users,
+                                ))
+                            });
+                            let frames = replay::fetched_frames(
+                                format,
+                                joined,
+                                complete,
+                                messages,
+                                &replay.buffer,
+                                upto,
+                            );
+                            if act.push_replay(&to, frames) {
+                                act.resume_waiting_joins(session, replay.waiting_joins, ctx);
+                            } else {
+                                act.remove_member(session, false);
+                            }
+                        }
+                        Err(error) => {
+                            // Every join waiting behind this one gets the answer too.
+                            let joins = 1 + replay.waiting_joins.len();
+                            tracing::warn!(room = %act.name, %error, "join replay failed");
+                            for _ in 0..joins {
+                                act.reject(
+                                    &to,
+                                    Rejection::new(
+                                        ErrorCode::Unavailable,
+                                        "history is unavailable right now; join again",
+                                    ),
+                                );
+                            }
+                            act.remove_member(session, true);
+                            to.do_send(ToSession::Detached(act.name.clone()));
+                            act.maybe_idle(ctx);
+                        }
+                    }
+                }),
+        );
+    }
+
+    /// Runs the joins that waited behind a member's replay, one at a time:
+    /// one that starts a replay of its own holds the rest back again.
+    fn resume_waiting_joins(
+        &mut self,
+        session: Uuid,
+        mut waiting: VecDeque<Join>,
+        ctx: &mut Context<Self>,
+    ) {
+        while let Some(join) = waiting.pop_front() {
+            if !self.membership.contains(&session) {
+                return;
+            }
+            <Self as Handler<Join>>::handle(self, join, ctx);
+            if self.replays.is_replaying(&session) {
+                self.replays.wait_again(&session, waiting);
+                return;
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ presence
+
+    /// Replaces the view of other instances' users and tells members what changed.
+    pub(super) fn reconcile_remote(&mut self, entries: Vec<RemotePresence>) {
+        for (user, joined) in self.membership.reconcile_remote(entries) {
+            self.broadcast_presence(&user, joined);
+        }
+    }
+
+    pub(super) fn refresh_presence(&mut self, ctx: &mut Context<Self>) {
+        if self.phase != Phase::Ready || !self.membership.begin_refresh() {
+            return;
+        }
+        let local = self.membership.local_users();
+        let (broker, room) = (self.deps.broker.clone(), self.name.clone());
+        ctx.spawn(
+            async move { broker.refresh_presence(&room, local).await }
+                .into_actor(self)
+                .map(|result, act, _| {
+                    act.membership.end_refresh();
+                    match result {
+                        Ok(Some(entries)) => act.reconcile_remote(entries),
+                        Ok(None) => {}
+                        Err(error) => {
+                            tracing::debug!(room = %act.name, %error, "presence refresh failed")
+                        }
+                    }
+                }),
+        );
+    }
+
+    /// Relays a typing notice unless this user already typed within the window.
+    pub(super) fn relay_typing(&mut self, user: &UserInfo) -> bool {
+        if !self.membership.typing_relayed(&user.id, Instant::now()) {
+            return false;
+        }
+        let frame = protocol::typing_json(&self.name, user);
+        self.broadcast_except(frame.into(), Some(&user.id));
+        true
+    }
+}
