@@ -3,6 +3,7 @@
 pub mod analytics;
 pub mod auth;
 pub mod broker;
+pub mod chat;
 pub mod config;
 pub mod connection;
 pub mod dedupe;
