@@ -40,7 +40,6 @@ pub struct AppDeps {
     /// Export, import, retention and the analytics counters.
     pub pipeline: store::SharedPipeline,
     pub broker: broker::SharedBroker,
-    pub persist: Addr<persist::Persist>,
     pub registry: Addr<registry::Registry>,
     pub refs: Arc<dedupe::RefCache>,
     /// Per-user send rate, across the user's connections on this instance.
