@@ -5,7 +5,7 @@ pub mod postgres;
 mod schema;
 pub mod sqlite;
 
-use crate::protocol::ChatMessage;
+use crate::chat::ChatMessage;
 use async_trait::async_trait;
 use std::sync::Arc;
 
@@ -14,9 +14,70 @@ pub enum StoreError {
     #[error("database error: {0}")]
     Query(#[from] diesel::result::Error),
     #[error("cannot connect to the database: {0}")]
-    Connect(String),
-    #[error("migration failed: {0}")]
-    Migrate(String),
+    Connect(#[source] Unreachable),
+    #[error("migration failed: {}", one_line(&.0.to_string()))]
+    Migrate(#[source] Cause),
+}
+
+/// The error underneath a store error: a driver's, a pool's, a task's.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+impl StoreError {
+    /// The database could not be reached or opened: `what` (its redacted
+    /// address, a path) failed because of `cause`.
+    pub fn connect(what: impl Into<String>, cause: impl Into<Cause>) -> Self {
+        StoreError::Connect(Unreachable {
+            what: what.into(),
+            cause: Some(cause.into()),
+        })
+    }
+
+    pub fn migrate(cause: impl Into<Cause>) -> Self {
+        StoreError::Migrate(cause.into())
+    }
+}
+
+/// Why the database could not be reached: what failed (empty when the cause
+/// says it all), and the underlying error when there is one. Shown as
+/// `what: cause`, the cause on one line.
+#[derive(Debug)]
+pub struct Unreachable {
+    pub what: String,
+    pub cause: Option<Cause>,
+}
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.cause, self.what.is_empty()) {
+            (None, _) => f.write_str(&self.what),
+            (Some(cause), true) => f.write_str(&one_line(&cause.to_string())),
+            (Some(cause), false) => write!(f, "{}: {}", self.what, one_line(&cause.to_string())),
+        }
+    }
+}
+
+impl std::error::Error for Unreachable {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause.as_deref().map(|c| c as _)
+    }
+}
+
+/// Without a cause: `what` says why (a timeout, a failed batch).
+impl From<String> for Unreachable {
+    fn from(what: String) -> Self {
+        Unreachable { what, cause: None }
+    }
+}
+
+impl From<&str> for Unreachable {
+    fn from(what: &str) -> Self {
+        what.to_string().into()
+    }
+}
+
+/// A database's message on one line (Postgres's span several).
+pub(crate) fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// A room as `GET /api/rooms` lists it.
@@ -348,7 +409,7 @@ pub async fn open_with_pipeline(
     match config
         .storage
         .location()
-        .map_err(|e| StoreError::Connect(e.to_string()))?
+        .map_err(|e| StoreError::connect("", e))?
     {
         StoreLocation::Sqlite(path) => {
             let store = Arc::new(sqlite::SqliteStore::open(&path, config.storage.pool_size).await?);
@@ -372,7 +433,7 @@ pub async fn migrate(config: &crate::config::Config) -> Result<(), StoreError> {
     match config
         .storage
         .location()
-        .map_err(|e| StoreError::Connect(e.to_string()))?
+        .map_err(|e| StoreError::connect("", e))?
     {
         StoreLocation::Postgres(url) => postgres::migrate(&url).await,
         StoreLocation::Sqlite(_) => open(config).await.map(|_| ()),
