@@ -9,14 +9,17 @@ use crate::chat::ChatMessage;
 use async_trait::async_trait;
 use std::sync::Arc;
 
-#[derive(Debug, thiserror::Error)]
+/// A store operation that failed. Each variant keeps the underlying error as
+/// its `source()`; the message shows it too (one line), as the logs print
+/// only the message.
+#[derive(Debug)]
 pub enum StoreError {
-    #[error("database error: {0}")]
-    Query(#[from] diesel::result::Error),
-    #[error("cannot connect to the database: {0}")]
-    Connect(#[source] Unreachable),
-    #[error("migration failed: {}", one_line(&.0.to_string()))]
-    Migrate(#[source] Cause),
+    /// `database error: …`
+    Query(diesel::result::Error),
+    /// `cannot connect to the database: …`
+    Connect(Unreachable),
+    /// `migration failed: …`
+    Migrate(Cause),
 }
 
 /// The error underneath a store error: a driver's, a pool's, a task's.
@@ -24,7 +27,8 @@ pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 impl StoreError {
     /// The database could not be reached or opened: `what` (its redacted
-    /// address, a path) failed because of `cause`.
+    /// address, a path; empty when the cause says it all) failed because of
+    /// `cause`.
     pub fn connect(what: impl Into<String>, cause: impl Into<Cause>) -> Self {
         StoreError::Connect(Unreachable {
             what: what.into(),
@@ -37,9 +41,39 @@ impl StoreError {
     }
 }
 
-/// Why the database could not be reached: what failed (empty when the cause
-/// says it all), and the underlying error when there is one. Shown as
-/// `what: cause`, the cause on one line.
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Query(e) => write!(f, "database error: {e}"),
+            StoreError::Connect(u) => write!(f, "cannot connect to the database: {u}"),
+            StoreError::Migrate(e) => {
+                write!(f, "migration failed: {}", one_line(&e.to_string()))
+            }
+        }
+    }
+}
+
+/// The source of `Connect` is its cause itself ([`Unreachable`] is only the
+/// context), so a printed chain names each error once after the message.
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StoreError::Query(e) => Some(e),
+            StoreError::Connect(u) => u.cause.as_deref().map(|c| c as _),
+            StoreError::Migrate(e) => Some(e.as_ref()),
+        }
+    }
+}
+
+impl From<diesel::result::Error> for StoreError {
+    fn from(e: diesel::result::Error) -> Self {
+        StoreError::Query(e)
+    }
+}
+
+/// Why the database could not be reached: what failed, and the underlying
+/// error when there is one (a timeout has none). Shown as `what: cause`, the
+/// cause on one line.
 #[derive(Debug)]
 pub struct Unreachable {
     pub what: String,
@@ -53,12 +87,6 @@ impl std::fmt::Display for Unreachable {
             (Some(cause), true) => f.write_str(&one_line(&cause.to_string())),
             (Some(cause), false) => write!(f, "{}: {}", self.what, one_line(&cause.to_string())),
         }
-    }
-}
-
-impl std::error::Error for Unreachable {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.cause.as_deref().map(|c| c as _)
     }
 }
 
