@@ -6,8 +6,6 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 use std::time::Duration;
 
-// ------------------------------------------------------------------- report
-
 pub struct PersistReport {
     pub args: PersistArgs,
     pub database: Option<String>,
