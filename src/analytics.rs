@@ -13,7 +13,7 @@
 //! found by a periodic scan of rooms whose newest seq is above their counted
 //! seq, and read back from the store.
 
-use crate::protocol::ChatMessage;
+use crate::chat::ChatMessage;
 use crate::store::{CountedMessage, RoomActivity, SharedPipeline, StoreError};
 use actix::prelude::*;
 use std::collections::{BTreeMap, HashMap};
@@ -551,11 +551,18 @@ pub async fn stats(
         "per_minute": minutes
             .iter()
             .map(|(minute, n)| serde_json::json!({
-                "minute": crate::protocol::rfc3339_minute(*minute),
+                "minute": rfc3339_minute(*minute),
                 "messages": n,
             }))
             .collect::<Vec<_>>(),
     }))
+}
+
+/// A minute of the stats' `per_minute`: `2026-11-23T10:00:00Z`.
+pub fn rfc3339_minute(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 #[cfg(test)]

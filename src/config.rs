@@ -11,8 +11,13 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("config: {path}: {message}")]
-    Parse { path: String, message: String },
+    /// The file is not TOML; `line` is where the parser stopped.
+    #[error("config: {path}: {}{}", source.message().trim(), line.map(|l| format!(" (line {l})")).unwrap_or_default())]
+    Parse {
+        path: String,
+        line: Option<usize>,
+        source: Box<toml::de::Error>,
+    },
     #[error("config: {key}: {message}")]
     Invalid { key: String, message: String },
 }
@@ -362,20 +367,15 @@ impl Config {
         label: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            let message = e.message().trim().to_string();
-            let at = e
-                .span()
-                .map(|s| {
-                    let line = text[..s.start].matches('\n').count() + 1;
-                    format!(" (line {line})")
-                })
-                .unwrap_or_default();
-            ConfigError::Parse {
-                path: label.to_string(),
-                message: format!("{message}{at}"),
-            }
-        })?;
+        let mut table: toml::Table =
+            text.parse()
+                .map_err(|source: toml::de::Error| ConfigError::Parse {
+                    path: label.to_string(),
+                    line: source
+                        .span()
+                        .map(|s| text[..s.start].matches('\n').count() + 1),
+                    source: Box::new(source),
+                })?;
         let mut overrides: Vec<(String, String)> = env
             .into_iter()
             .filter(|(k, _)| k.starts_with("CONFAB__"))

@@ -1,6 +1,7 @@
 //! One page of history, shared by the REST endpoint and the `history` frame.
 
-use crate::protocol::{finish_page, ChatMessage, ErrorCode, Rejection};
+use crate::chat::ChatMessage;
+use crate::protocol::{ErrorCode, Rejection};
 use crate::store::SharedStore;
 
 pub const DEFAULT_PAGE: u32 = 50;
@@ -21,4 +22,48 @@ pub async fn page(
         Rejection::new(ErrorCode::Unavailable, "history is unavailable right now")
     })?;
     Ok(finish_page(rows, limit as usize))
+}
+
+/// Cuts a page fetched with one row more than `limit` (newest-first from the store
+/// reversed to oldest-first): returns the page and its `next_before`.
+pub fn finish_page(
+    mut rows_oldest_first: Vec<ChatMessage>,
+    limit: usize,
+) -> (Vec<ChatMessage>, Option<u64>) {
+    if rows_oldest_first.len() > limit {
+        let extra = rows_oldest_first.len() - limit;
+        rows_oldest_first.drain(..extra);
+        let next = rows_oldest_first.first().map(|m| m.seq);
+        (rows_oldest_first, next)
+    } else {
+        (rows_oldest_first, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages() {
+        let mk = |seq| ChatMessage {
+            room: "g".into(),
+            seq,
+            id: String::new(),
+            user_id: String::new(),
+            user_name: String::new(),
+            content: String::new(),
+            timestamp_ms: 0,
+            client_ref: None,
+        };
+        let (page, next) = finish_page((4..=9).map(mk).collect(), 5);
+        assert_eq!(
+            page.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            vec![5, 6, 7, 8, 9]
+        );
+        assert_eq!(next, Some(5));
+        let (page, next) = finish_page((1..=3).map(mk).collect(), 5);
+        assert_eq!(page.len(), 3);
+        assert_eq!(next, None);
+    }
 }

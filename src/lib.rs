@@ -3,6 +3,7 @@
 pub mod analytics;
 pub mod auth;
 pub mod broker;
+pub mod chat;
 pub mod config;
 pub mod connection;
 pub mod dedupe;
@@ -40,7 +41,6 @@ pub struct AppDeps {
     /// Export, import, retention and the analytics counters.
     pub pipeline: store::SharedPipeline,
     pub broker: broker::SharedBroker,
-    pub persist: Addr<persist::Persist>,
     pub registry: Addr<registry::Registry>,
     pub refs: Arc<dedupe::RefCache>,
     /// Per-user send rate, across the user's connections on this instance.

@@ -164,6 +164,13 @@ impl Rejection {
     }
 }
 
+/// `code: message`, for logs and `actix_web::ResponseError` (src/http/errors.rs).
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.message)
+    }
+}
+
 fn to_json<T: Serialize>(value: &T) -> String {
     // Serializing our own plain structs cannot fail; fall back to a valid frame anyway.
     serde_json::to_string(value).unwrap_or_else(|_| {
@@ -558,6 +565,10 @@ pub fn parse_cursor_param(key: &str, raw: &str) -> Result<u64, Rejection> {
 
 // ------------------------------------------------------------ server frames
 
+/// The message type moved to [`crate::chat`]; re-exported here until every
+/// import names it there.
+pub use crate::chat::ChatMessage;
+
 /// A user as the protocol shows it.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq, Hash)]
 pub struct UserInfo {
@@ -565,37 +576,9 @@ pub struct UserInfo {
     pub name: String,
 }
 
-/// One accepted chat message: its identity (room, seq, id, timestamp) is fixed
-/// when it is accepted and never changes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChatMessage {
-    pub room: String,
-    pub seq: u64,
-    pub id: String,
-    pub user_id: String,
-    pub user_name: String,
-    pub content: String,
-    pub timestamp_ms: i64,
-    pub client_ref: Option<String>,
-}
-
+/// The wire forms of a message: its history object, live frame, seed frame
+/// and ack.
 impl ChatMessage {
-    /// A copy with only what an ack needs (room, seq, id, timestamp, and the
-    /// sender and ref that key it): what the idempotency window keeps for ten
-    /// minutes, without the content.
-    pub fn ack_fields(&self) -> ChatMessage {
-        ChatMessage {
-            room: self.room.clone(),
-            seq: self.seq,
-            id: self.id.clone(),
-            user_id: self.user_id.clone(),
-            user_name: String::new(),
-            content: String::new(),
-            timestamp_ms: self.timestamp_ms,
-            client_ref: self.client_ref.clone(),
-        }
-    }
-
     pub fn timestamp(&self) -> String {
         format_timestamp(self.timestamp_ms)
     }
@@ -679,13 +662,6 @@ pub fn format_timestamp(ms: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// A minute of the stats' `per_minute`: `2026-11-23T10:00:00Z`.
-pub fn rfc3339_minute(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -760,22 +736,6 @@ pub fn history_json(
     }
     out.push('}');
     out
-}
-
-/// Cuts a page fetched with one row more than `limit` (newest-first from the store
-/// reversed to oldest-first): returns the page and its `next_before`.
-pub fn finish_page(
-    mut rows_oldest_first: Vec<ChatMessage>,
-    limit: usize,
-) -> (Vec<ChatMessage>, Option<u64>) {
-    if rows_oldest_first.len() > limit {
-        let extra = rows_oldest_first.len() - limit;
-        rows_oldest_first.drain(..extra);
-        let next = rows_oldest_first.first().map(|m| m.seq);
-        (rows_oldest_first, next)
-    } else {
-        (rows_oldest_first, None)
-    }
 }
 
 #[cfg(test)]
@@ -990,28 +950,5 @@ mod tests {
         assert_eq!(obj["seq"], frame["seq"]);
         assert_eq!(ack["timestamp"], frame["timestamp"]);
         assert_eq!(ack["id"], frame["id"]);
-    }
-
-    #[test]
-    fn pages() {
-        let mk = |seq| ChatMessage {
-            room: "g".into(),
-            seq,
-            id: String::new(),
-            user_id: String::new(),
-            user_name: String::new(),
-            content: String::new(),
-            timestamp_ms: 0,
-            client_ref: None,
-        };
-        let (page, next) = finish_page((4..=9).map(mk).collect(), 5);
-        assert_eq!(
-            page.iter().map(|m| m.seq).collect::<Vec<_>>(),
-            vec![5, 6, 7, 8, 9]
-        );
-        assert_eq!(next, Some(5));
-        let (page, next) = finish_page((1..=3).map(mk).collect(), 5);
-        assert_eq!(page.len(), 3);
-        assert_eq!(next, None);
     }
 }

@@ -129,7 +129,6 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         store,
         pipeline: pipeline.clone(),
         broker,
-        persist: persist.clone(),
         registry: registry.clone(),
         refs,
         send_limiter: Arc::new(SendLimiter::new(
@@ -386,7 +385,7 @@ fn peer_of(conn: &dyn std::any::Any) -> Option<std::net::SocketAddr> {
 }
 
 /// What actix-http's `HttpService` takes: the stream, its protocol, the peer.
-type Accepted<T> = (Connection<T>, Protocol, Option<std::net::SocketAddr>);
+type Incoming<T> = (Connection<T>, Protocol, Option<std::net::SocketAddr>);
 
 /// Plain HTTP: every accepted socket goes to actix-http inside a
 /// [`Connection`], with Nagle off (chat frames are small and latency matters).
@@ -395,7 +394,7 @@ fn over_tcp<S>(
 ) -> impl ServiceFactory<TcpStream, Config = (), Response = (), Error = DispatchError, InitError = ()>
 where
     S: ServiceFactory<
-        Accepted<TcpStream>,
+        Incoming<TcpStream>,
         Config = (),
         Response = (),
         Error = DispatchError,
@@ -423,7 +422,7 @@ fn over_tls<S>(
 >
 where
     S: ServiceFactory<
-        Accepted<TlsStream>,
+        Incoming<TlsStream>,
         Config = (),
         Response = (),
         Error = DispatchError,

@@ -3,8 +3,9 @@
 //! room with [`Pipeline::after`], import reads its file line by line and writes
 //! batches with [`Pipeline::import_batch`], so neither holds more than a page.
 
+use crate::chat::ChatMessage;
 use crate::config::Config;
-use crate::protocol::{self, ChatMessage};
+use crate::protocol;
 use crate::store::{Pipeline, StoreError};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

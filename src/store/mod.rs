@@ -5,18 +5,107 @@ pub mod postgres;
 mod schema;
 pub mod sqlite;
 
-use crate::protocol::ChatMessage;
+use crate::chat::ChatMessage;
 use async_trait::async_trait;
 use std::sync::Arc;
 
-#[derive(Debug, thiserror::Error)]
+/// A store operation that failed. Each variant keeps the underlying error as
+/// its `source()`; the message shows it too (one line), as the logs print
+/// only the message.
+#[derive(Debug)]
 pub enum StoreError {
-    #[error("database error: {0}")]
-    Query(#[from] diesel::result::Error),
-    #[error("cannot connect to the database: {0}")]
-    Connect(String),
-    #[error("migration failed: {0}")]
-    Migrate(String),
+    /// `database error: …`
+    Query(diesel::result::Error),
+    /// `cannot connect to the database: …`
+    Connect(Unreachable),
+    /// `migration failed: …`
+    Migrate(Cause),
+}
+
+/// The error underneath a store error: a driver's, a pool's, a task's.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+impl StoreError {
+    /// The database could not be reached or opened: `what` (its redacted
+    /// address, a path; empty when the cause says it all) failed because of
+    /// `cause`.
+    pub fn connect(what: impl Into<String>, cause: impl Into<Cause>) -> Self {
+        StoreError::Connect(Unreachable {
+            what: what.into(),
+            cause: Some(cause.into()),
+        })
+    }
+
+    pub fn migrate(cause: impl Into<Cause>) -> Self {
+        StoreError::Migrate(cause.into())
+    }
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Query(e) => write!(f, "database error: {e}"),
+            StoreError::Connect(u) => write!(f, "cannot connect to the database: {u}"),
+            StoreError::Migrate(e) => {
+                write!(f, "migration failed: {}", one_line(&e.to_string()))
+            }
+        }
+    }
+}
+
+/// The source of `Connect` is its cause itself ([`Unreachable`] is only the
+/// context), so a printed chain names each error once after the message.
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StoreError::Query(e) => Some(e),
+            StoreError::Connect(u) => u.cause.as_deref().map(|c| c as _),
+            StoreError::Migrate(e) => Some(e.as_ref()),
+        }
+    }
+}
+
+impl From<diesel::result::Error> for StoreError {
+    fn from(e: diesel::result::Error) -> Self {
+        StoreError::Query(e)
+    }
+}
+
+/// Why the database could not be reached: what failed, and the underlying
+/// error when there is one (a timeout has none). Shown as `what: cause`, the
+/// cause on one line.
+#[derive(Debug)]
+pub struct Unreachable {
+    pub what: String,
+    pub cause: Option<Cause>,
+}
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.cause, self.what.is_empty()) {
+            (None, _) => f.write_str(&self.what),
+            (Some(cause), true) => f.write_str(&one_line(&cause.to_string())),
+            (Some(cause), false) => write!(f, "{}: {}", self.what, one_line(&cause.to_string())),
+        }
+    }
+}
+
+/// Without a cause: `what` says why (a timeout, a failed batch).
+impl From<String> for Unreachable {
+    fn from(what: String) -> Self {
+        Unreachable { what, cause: None }
+    }
+}
+
+impl From<&str> for Unreachable {
+    fn from(what: &str) -> Self {
+        what.to_string().into()
+    }
+}
+
+/// A database's message on one line (Postgres's span several).
+pub(crate) fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// A room as `GET /api/rooms` lists it.
@@ -348,7 +437,7 @@ pub async fn open_with_pipeline(
     match config
         .storage
         .location()
-        .map_err(|e| StoreError::Connect(e.to_string()))?
+        .map_err(|e| StoreError::connect("", e))?
     {
         StoreLocation::Sqlite(path) => {
             let store = Arc::new(sqlite::SqliteStore::open(&path, config.storage.pool_size).await?);
@@ -372,7 +461,7 @@ pub async fn migrate(config: &crate::config::Config) -> Result<(), StoreError> {
     match config
         .storage
         .location()
-        .map_err(|e| StoreError::Connect(e.to_string()))?
+        .map_err(|e| StoreError::connect("", e))?
     {
         StoreLocation::Postgres(url) => postgres::migrate(&url).await,
         StoreLocation::Sqlite(_) => open(config).await.map(|_| ()),

@@ -9,7 +9,7 @@ use super::{
     room_heads, tally, ActivityRow, MessageRow, Pipeline, RecentRef, RoomActivity, RoomSummary,
     Store, StoreError, UncountedRow,
 };
-use crate::protocol::ChatMessage;
+use crate::chat::ChatMessage;
 use async_trait::async_trait;
 use diesel::connection::SimpleConnection;
 use diesel::sql_types::{Array, BigInt, Nullable, Text};
@@ -75,7 +75,7 @@ impl PgStore {
         let pool = Pool::builder(manager)
             .max_size(pool_size)
             .build()
-            .map_err(|e| StoreError::Connect(format!("{}: {e}", redact(url))))?;
+            .map_err(|e| StoreError::connect(redact(url), e))?;
         Ok(Self {
             pool,
             pool_size,
@@ -95,12 +95,13 @@ impl PgStore {
         match tokio::time::timeout(POOL_WAIT, self.pool.get()).await {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(e)) => Err(pool_error(&self.target, e)),
-            Err(_) => Err(StoreError::Connect(format!(
+            Err(_) => Err(StoreError::Connect(
+                format!(
                 "{}: no connection within {}s (pool of {}); the database is down, unreachable or overloaded",
                 self.target,
                 POOL_WAIT.as_secs(),
                 self.pool_size
-            ))),
+            ).into())),
         }
     }
 }
@@ -109,11 +110,9 @@ fn pool_error(target: &str, e: PoolError) -> StoreError {
     use diesel_async::pooled_connection::deadpool::PoolError as P;
     use diesel_async::pooled_connection::PoolError as Backend;
     match e {
-        P::Backend(Backend::ConnectionError(e)) => {
-            StoreError::Connect(format!("{target}: {}", one_line(&e.to_string())))
-        }
+        P::Backend(Backend::ConnectionError(e)) => StoreError::connect(target, e),
         P::Backend(Backend::QueryError(e)) => StoreError::Query(e),
-        other => StoreError::Connect(format!("{target}: {}", one_line(&other.to_string()))),
+        other => StoreError::connect(target, other),
     }
 }
 
@@ -130,24 +129,16 @@ pub async fn migrate(url: &str) -> Result<(), StoreError> {
     .await
     {
         Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => {
-            return Err(StoreError::Connect(format!(
-                "{}: {}",
-                redact(url),
-                one_line(&e.to_string())
-            )))
-        }
+        Ok(Err(e)) => return Err(StoreError::connect(redact(url), e)),
         Err(_) => {
-            return Err(StoreError::Connect(format!(
-                "{}: no answer within {}s",
-                redact(url),
-                POOL_WAIT.as_secs()
-            )))
+            return Err(StoreError::Connect(
+                format!("{}: no answer within {}s", redact(url), POOL_WAIT.as_secs()).into(),
+            ))
         }
     };
     tokio::task::spawn_blocking(move || migrate_blocking(conn))
         .await
-        .map_err(|e| StoreError::Migrate(e.to_string()))?
+        .map_err(StoreError::migrate)?
 }
 
 fn migrate_blocking(conn: AsyncPgConnection) -> Result<(), StoreError> {
@@ -160,7 +151,7 @@ fn migrate_blocking(conn: AsyncPgConnection) -> Result<(), StoreError> {
     let applied = conn
         .run_pending_migrations(MIGRATIONS)
         .map(|_| ())
-        .map_err(|e| StoreError::Migrate(one_line(&e.to_string())));
+        .map_err(StoreError::Migrate);
     // Closing the session would release the lock too; unlock explicitly anyway.
     let unlocked = SimpleConnection::batch_execute(
         &mut conn,
@@ -218,10 +209,6 @@ const INSERT_UNNEST: &str = "INSERT INTO messages \
 /// One column of the batch, for an array parameter.
 fn column<T>(rows: &[MessageRow], get: impl Fn(&MessageRow) -> T) -> Vec<T> {
     rows.iter().map(get).collect()
-}
-
-fn one_line(message: &str) -> String {
-    message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 impl PgStore {

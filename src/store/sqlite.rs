@@ -7,7 +7,7 @@ use super::{
     room_heads, tally, ActivityRow, MessageRow, Pipeline, RecentRef, RoomActivity, RoomSummary,
     Store, StoreError, UncountedRow,
 };
-use crate::protocol::ChatMessage;
+use crate::chat::ChatMessage;
 use async_trait::async_trait;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
@@ -53,7 +53,7 @@ impl SqliteStore {
             move || migrate_blocking(&path)
         })
         .await
-        .map_err(|e| StoreError::Migrate(e.to_string()))??;
+        .map_err(StoreError::migrate)??;
 
         Ok(Self {
             pool: connection_pool(&path, pool_size)?,
@@ -83,14 +83,11 @@ impl SqliteStore {
         let pool = pool.clone();
         store_runtime()
             .spawn(async move {
-                let mut conn = pool
-                    .get()
-                    .await
-                    .map_err(|e| StoreError::Connect(e.to_string()))?;
+                let mut conn = pool.get().await.map_err(|e| StoreError::connect("", e))?;
                 Ok(conn.spawn_blocking(work).await?)
             })
             .await
-            .map_err(|e| StoreError::Connect(format!("the store task failed: {e}")))?
+            .map_err(|e| StoreError::connect("the store task failed", e))?
     }
 }
 
@@ -104,7 +101,7 @@ fn connection_pool(path: &Path, size: usize) -> Result<Pool<Conn>, StoreError> {
     Pool::builder(manager)
         .max_size(size)
         .build()
-        .map_err(|e| StoreError::Connect(e.to_string()))
+        .map_err(|e| StoreError::connect("", e))
 }
 
 fn setup_connection(
@@ -144,14 +141,14 @@ pub fn migrate_blocking(path: &Path) -> Result<(), StoreError> {
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() {
             std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Connect(format!("{}: {e}", dir.display())))?;
+                .map_err(|e| StoreError::connect(dir.display().to_string(), e))?;
         }
     }
-    let mut conn = SqliteConnection::establish(&url_of(path))
-        .map_err(|e| StoreError::Connect(e.to_string()))?;
+    let mut conn =
+        SqliteConnection::establish(&url_of(path)).map_err(|e| StoreError::connect("", e))?;
     conn.batch_execute("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000;")?;
     conn.run_pending_migrations(MIGRATIONS)
-        .map_err(|e| StoreError::Migrate(e.to_string()))?;
+        .map_err(StoreError::Migrate)?;
     Ok(())
 }
 

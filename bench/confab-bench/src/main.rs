@@ -15,9 +15,13 @@ mod bound;
 mod client;
 mod fanout;
 mod idle;
+mod load;
 mod persist;
 mod procfs;
+mod ramp;
+mod report;
 mod stats;
+mod window;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -27,7 +31,7 @@ use std::time::Duration;
 const STANDARD: &str = "\
 Standard scenarios (server on core 0, tool on core 1):
 
-  cargo build --release --bins
+  cargo build --release -p confab -p confab-bench
   taskset -c 0 target/release/confab serve --config bench/confab-bench.toml
 
   # fanout: 1 room x 100 clients, 10 senders (target >= 500,000 deliveries/s at p99 <= 50 ms);
@@ -89,7 +93,7 @@ enum Scenario {
     Fanout(fanout::FanoutArgs),
     /// Fanout with the rate raised step by step until delivery < 99% or p99 > 100 ms.
     #[command(after_help = STANDARD)]
-    Ramp(fanout::RampArgs),
+    Ramp(ramp::RampArgs),
     /// Many idle connections: the server's RSS per connection.
     #[command(after_help = STANDARD)]
     Idle(idle::IdleArgs),
@@ -116,7 +120,7 @@ fn main() {
             actix::System::new().block_on(persist::persist_scenario(args, output))
         }
         Scenario::Fanout(args) => run_tokio(output, fanout::fanout(args, output)),
-        Scenario::Ramp(args) => run_tokio(output, fanout::ramp(args, output)),
+        Scenario::Ramp(args) => run_tokio(output, ramp::ramp(args, output)),
         Scenario::Idle(args) => run_tokio(output, idle::idle(args, output)),
     };
     match outcome {

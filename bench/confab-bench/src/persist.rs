@@ -4,13 +4,15 @@
 //! few. Runs in one actix System, like `confab serve`.
 
 use crate::procfs::{cpus_allowed, proc_cpu};
-use crate::{ms, percent_of_core, Output, Status};
+use crate::report::persist::PersistReport;
+use crate::{Output, Status};
 use actix::prelude::*;
 use anyhow::{bail, Context as _};
 use async_trait::async_trait;
 use clap::Args;
+use confab::chat::ChatMessage;
 use confab::persist::Persist;
-use confab::protocol::{now_ms, ChatMessage};
+use confab::protocol::now_ms;
 use confab::store::postgres::{redact, PgStore};
 use confab::store::{RecentRef, RoomSummary, SharedStore, Store, StoreError};
 use diesel::sql_types::{BigInt, Text};
@@ -18,7 +20,6 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::json;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
@@ -28,41 +29,41 @@ use std::time::{Duration, Instant};
 pub struct PersistArgs {
     /// Postgres URL, e.g. postgres://postgres@127.0.0.1:5432/confab_bench.
     #[arg(long, env = "CONFAB_BENCH_URL")]
-    url: String,
+    pub url: String,
     /// Create a fresh database named after the URL's (plus a run suffix), run
     /// the migrations into it, and drop it at the end.
     #[arg(long)]
-    create_db: bool,
+    pub create_db: bool,
     /// Messages to write in total.
     #[arg(long, default_value_t = 200_000)]
-    messages: u64,
+    pub messages: u64,
     /// Rooms (0: one per producer). Each room belongs to one producer, which
     /// writes its rooms round-robin, so seqs increase per room.
     #[arg(long, default_value_t = 0)]
-    rooms: usize,
+    pub rooms: usize,
     /// Persist: flush at this many rows (`storage.batch_max`).
     #[arg(long, default_value_t = 512)]
-    batch_max: usize,
+    pub batch_max: usize,
     /// Persist: flush this long after the first row waited (`storage.flush_interval_ms`).
     #[arg(long, default_value_t = 5)]
-    flush_interval_ms: u64,
+    pub flush_interval_ms: u64,
     /// Concurrent producers, each with one write in flight (like a RoomActor).
     #[arg(long, default_value_t = 64)]
-    producers: usize,
+    pub producers: usize,
     /// Mean messages per `Persist::write` (each draws 1..=2*N-1, capped at
     /// --batch-max so `--batch-max 1` means one message per transaction).
     #[arg(long, default_value_t = 4)]
-    rows_per_write: usize,
+    pub rows_per_write: usize,
     /// Bytes of content per message.
     #[arg(long, default_value_t = 100)]
-    content_bytes: usize,
+    pub content_bytes: usize,
     /// Connections in the store's pool (`storage.pool_size`).
     #[arg(long, default_value_t = 8)]
-    pool_size: usize,
+    pub pool_size: usize,
     /// Stop handing over new writes after this many seconds (the run then
     /// reports what committed and exits with status 2).
     #[arg(long, default_value_t = 300)]
-    max_secs: u64,
+    pub max_secs: u64,
 }
 
 // ------------------------------------------------------------------ persist
@@ -254,23 +255,23 @@ async fn tick(shared: Rc<Shared>, done: Rc<Cell<bool>>, rates: Rc<RefCell<Vec<u6
 
 /// State the producers share (all on the System's one thread).
 struct Shared {
-    remaining: Cell<u64>,
-    committed: Cell<u64>,
-    writes: Cell<u64>,
+    pub remaining: Cell<u64>,
+    pub committed: Cell<u64>,
+    pub writes: Cell<u64>,
     /// Handover to commit acknowledgement, per write, in microseconds.
-    latency: RefCell<Histogram<u64>>,
-    error: RefCell<Option<String>>,
-    stop: Rc<Cell<bool>>,
+    pub latency: RefCell<Histogram<u64>>,
+    pub error: RefCell<Option<String>>,
+    pub stop: Rc<Cell<bool>>,
 }
 
 struct Producer {
-    index: usize,
-    rooms: Vec<String>,
-    persist: Addr<Persist>,
-    shared: Rc<Shared>,
-    deadline: Instant,
-    write_draw_max: usize,
-    content_bytes: usize,
+    pub index: usize,
+    pub rooms: Vec<String>,
+    pub persist: Addr<Persist>,
+    pub shared: Rc<Shared>,
+    pub deadline: Instant,
+    pub write_draw_max: usize,
+    pub content_bytes: usize,
 }
 
 /// One producer: like a RoomActor, it has one batch in flight and waits for its
@@ -337,7 +338,7 @@ const WORDS: &[&str] = &[
 ];
 
 /// About `bytes` bytes of chat-like text (whole characters, never more).
-fn content(rng: &mut StdRng, bytes: usize) -> String {
+pub fn content(rng: &mut StdRng, bytes: usize) -> String {
     let mut out = String::with_capacity(bytes + 8);
     while out.len() < bytes {
         if !out.is_empty() {
@@ -356,7 +357,7 @@ fn content(rng: &mut StdRng, bytes: usize) -> String {
     out
 }
 
-fn histogram() -> Histogram<u64> {
+pub fn histogram() -> Histogram<u64> {
     // 1 µs to 10 min, 3 significant digits.
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
 }
@@ -364,23 +365,23 @@ fn histogram() -> Histogram<u64> {
 /// The Postgres store with a meter on `insert_batch`: one call is one Persist
 /// flush, i.e. one transaction.
 struct Metered {
-    inner: PgStore,
-    stats: Mutex<TxnStats>,
+    pub inner: PgStore,
+    pub stats: Mutex<TxnStats>,
 }
 
 #[derive(Clone)]
-struct TxnStats {
-    transactions: u64,
-    rows: u64,
-    max_rows: u64,
+pub struct TxnStats {
+    pub transactions: u64,
+    pub rows: u64,
+    pub max_rows: u64,
     /// Total time a transaction was in flight.
-    busy: Duration,
+    pub busy: Duration,
     /// Duration of each `insert_batch` (pool checkout, INSERTs, COMMIT), µs.
-    duration: Histogram<u64>,
+    pub duration: Histogram<u64>,
 }
 
 impl Metered {
-    fn new(inner: PgStore) -> Self {
+    pub fn new(inner: PgStore) -> Self {
         Self {
             inner,
             stats: Mutex::new(TxnStats {
@@ -489,7 +490,7 @@ fn fresh_database(url: &str, run_id: &str) -> anyhow::Result<(String, String, St
 /// How long connecting for setup, verification and cleanup may take.
 const CONNECT_WAIT: Duration = Duration::from_secs(10);
 
-async fn connect(url: &str) -> anyhow::Result<AsyncPgConnection> {
+pub async fn connect(url: &str) -> anyhow::Result<AsyncPgConnection> {
     match tokio::time::timeout(CONNECT_WAIT, AsyncPgConnection::establish(url)).await {
         Ok(conn) => conn.with_context(|| format!("connecting to {}", redact(url))),
         Err(_) => bail!(
@@ -521,9 +522,9 @@ async fn drop_database(admin_url: &str, name: &str) -> anyhow::Result<()> {
 #[derive(diesel::QueryableByName)]
 struct Counts {
     #[diesel(sql_type = BigInt)]
-    message_rows: i64,
+    pub message_rows: i64,
     #[diesel(sql_type = BigInt)]
-    head_sum: i64,
+    pub head_sum: i64,
 }
 
 /// This run's rows in `messages`, and the sum of its rooms' `last_seq` (equal
@@ -548,8 +549,8 @@ async fn count_rows(url: &str, run_id: &str) -> anyhow::Result<(u64, u64)> {
 
 /// CPU time (user + system) of this process and of every `postgres` process.
 struct Cpu {
-    bench: Duration,
-    postgres: Vec<(u32, Duration)>,
+    pub bench: Duration,
+    pub postgres: Vec<(u32, Duration)>,
 }
 
 impl Cpu {
@@ -588,174 +589,5 @@ impl Cpu {
             total += time.saturating_sub(earlier);
         }
         Some(total)
-    }
-}
-
-// ------------------------------------------------------------------- report
-
-struct PersistReport {
-    args: PersistArgs,
-    database: Option<String>,
-    write_max: usize,
-    requested: u64,
-    committed: u64,
-    writes: u64,
-    elapsed: Duration,
-    latency: Histogram<u64>,
-    txns: TxnStats,
-    bench_cpu: Duration,
-    postgres_cpu: Option<Duration>,
-    cpus_allowed: String,
-    /// Messages committed in each whole second of the run.
-    per_second: Vec<u64>,
-    rows_in_db: u64,
-    head_sum: u64,
-    stopped_early: bool,
-}
-
-impl PersistReport {
-    fn verified(&self) -> bool {
-        self.rows_in_db == self.committed && self.head_sum == self.committed
-    }
-
-    fn msgs_per_sec(&self) -> f64 {
-        self.committed as f64 / self.elapsed.as_secs_f64().max(1e-9)
-    }
-
-    fn rows_per_txn(&self) -> f64 {
-        self.txns.rows as f64 / self.txns.transactions.max(1) as f64
-    }
-
-    fn json(&self) -> serde_json::Value {
-        let a = &self.args;
-        let lat = &self.latency;
-        let txn = &self.txns.duration;
-        json!({
-            "scenario": "persist",
-            "config": {
-                "batch_max": a.batch_max,
-                "flush_interval_ms": a.flush_interval_ms,
-                "producers": a.producers,
-                "rooms": a.rooms,
-                "rows_per_write_mean": a.rows_per_write,
-                "rows_per_write_max": self.write_max,
-                "content_bytes": a.content_bytes,
-                "pool_size": a.pool_size,
-                "max_secs": a.max_secs,
-                "database": self.database,
-                "cpus_allowed": self.cpus_allowed,
-            },
-            "messages_requested": self.requested,
-            "messages_committed": self.committed,
-            "complete": !self.stopped_early && self.committed == self.requested,
-            "elapsed_s": self.elapsed.as_secs_f64(),
-            "messages_per_s": self.msgs_per_sec(),
-            "writes": self.writes,
-            "transactions": self.txns.transactions,
-            "rows_per_transaction_mean": self.rows_per_txn(),
-            "rows_per_transaction_max": self.txns.max_rows,
-            "commit_latency_ms": {
-                "p50": ms(lat.value_at_quantile(0.50)),
-                "p90": ms(lat.value_at_quantile(0.90)),
-                "p99": ms(lat.value_at_quantile(0.99)),
-                "max": ms(lat.max()),
-                "mean": lat.mean() / 1000.0,
-            },
-            "transaction_ms": {
-                "p50": ms(txn.value_at_quantile(0.50)),
-                "p99": ms(txn.value_at_quantile(0.99)),
-                "max": ms(txn.max()),
-                "mean": txn.mean() / 1000.0,
-            },
-            "messages_per_second_series": self.per_second,
-            "persist_busy_percent": percent_of_core(self.txns.busy, self.elapsed),
-            "bench_cpu_percent_of_core": percent_of_core(self.bench_cpu, self.elapsed),
-            "postgres_cpu_percent_of_core": self.postgres_cpu.map(|c| percent_of_core(c, self.elapsed)),
-            "verify": {
-                "rows_in_db": self.rows_in_db,
-                "room_head_sum": self.head_sum,
-                "ok": self.verified(),
-            },
-        })
-    }
-
-    fn print(&self) {
-        let a = &self.args;
-        let lat = &self.latency;
-        let txn = &self.txns.duration;
-        println!("confab-bench persist");
-        println!(
-            "  config      batch_max={} flush_interval={}ms producers={} rooms={} rows/write≈{} (max {}) content={}B pool={} cpus={}",
-            a.batch_max,
-            a.flush_interval_ms,
-            a.producers,
-            a.rooms,
-            a.rows_per_write,
-            self.write_max,
-            a.content_bytes,
-            a.pool_size,
-            self.cpus_allowed
-        );
-        if let Some(db) = &self.database {
-            println!("  database    {db} (created for this run, dropped)");
-        }
-        let status = if self.stopped_early {
-            " (stopped early)"
-        } else {
-            ""
-        };
-        println!(
-            "  messages    {} of {} in {:.2}s{}",
-            self.committed,
-            self.requested,
-            self.elapsed.as_secs_f64(),
-            status
-        );
-        let (low, high) = (
-            self.per_second.iter().min().copied(),
-            self.per_second.iter().max().copied(),
-        );
-        match (low, high) {
-            (Some(low), Some(high)) => println!(
-                "  throughput  {:.0} messages/s (whole seconds: min {low}, max {high})",
-                self.msgs_per_sec()
-            ),
-            _ => println!("  throughput  {:.0} messages/s", self.msgs_per_sec()),
-        }
-        println!(
-            "  batches     {} writes, {} transactions, {:.1} rows/transaction (max {})",
-            self.writes,
-            self.txns.transactions,
-            self.rows_per_txn(),
-            self.txns.max_rows
-        );
-        println!(
-            "  commit      p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms (handover to commit ack, per write)",
-            ms(lat.value_at_quantile(0.50)),
-            ms(lat.value_at_quantile(0.90)),
-            ms(lat.value_at_quantile(0.99)),
-            ms(lat.max())
-        );
-        println!(
-            "  transaction p50 {:.2} ms  p99 {:.2} ms  mean {:.2} ms; one in flight {:.0}% of the time",
-            ms(txn.value_at_quantile(0.50)),
-            ms(txn.value_at_quantile(0.99)),
-            txn.mean() / 1000.0,
-            percent_of_core(self.txns.busy, self.elapsed)
-        );
-        let postgres = self.postgres_cpu.map_or("n/a".to_string(), |c| {
-            format!("{:.0}%", percent_of_core(c, self.elapsed))
-        });
-        println!(
-            "  cpu         bench {:.0}% of a core, postgres {} of a core",
-            percent_of_core(self.bench_cpu, self.elapsed),
-            postgres
-        );
-        println!(
-            "  verify      {} rows in messages, room heads sum to {}: {}",
-            self.rows_in_db,
-            self.head_sum,
-            if self.verified() { "ok" } else { "MISMATCH" }
-        );
     }
 }
