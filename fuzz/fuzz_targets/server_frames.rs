@@ -6,9 +6,11 @@
 
 #![no_main]
 
+use confab::chat::ChatMessage;
+use confab::history::finish_page;
 use confab::protocol::{
-    finish_page, format_timestamp, history_json, joined_json, presence_json, typing_json,
-    welcome_json, ChatMessage, UserInfo,
+    format_timestamp, history_json, joined_json, presence_json, typing_json, welcome_json,
+    UserInfo,
 };
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
