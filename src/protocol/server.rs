@@ -1,0 +1,179 @@
+//! Frames the server sends: each built once as JSON text and shared by
+//! every recipient.
+
+use super::to_json;
+use serde::Serialize;
+use std::fmt::Write as _;
+
+/// The message type moved to [`crate::chat`]; re-exported here until every
+/// import names it there.
+pub use crate::chat::ChatMessage;
+
+/// A user as the protocol shows it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq, Hash)]
+pub struct UserInfo {
+    pub id: String,
+    pub name: String,
+}
+
+/// The wire forms of a message: its history object, live frame, seed frame
+/// and ack.
+impl ChatMessage {
+    pub fn timestamp(&self) -> String {
+        format_timestamp(self.timestamp_ms)
+    }
+
+    /// The message object of history pages: `{"room",...,"timestamp"}`.
+    pub fn object_json(&self) -> String {
+        let mut out = String::with_capacity(128 + self.content.len());
+        self.write_fields(&mut out);
+        out.insert(0, '{');
+        out.push('}');
+        out
+    }
+
+    /// The live frame: the message object with `"type":"message"` first.
+    pub fn frame_json(&self) -> String {
+        let mut out = String::with_capacity(144 + self.content.len());
+        out.push_str("{\"type\":\"message\",");
+        self.write_fields(&mut out);
+        out.push('}');
+        out
+    }
+
+    fn write_fields(&self, out: &mut String) {
+        let _ = write!(
+            out,
+            "\"room\":{},\"seq\":{},\"id\":{},\"user\":{},\"user_id\":{},\"content\":{},\"timestamp\":\"{}\"",
+            json_str(&self.room),
+            self.seq,
+            json_str(&self.id),
+            json_str(&self.user_name),
+            json_str(&self.user_id),
+            json_str(&self.content),
+            self.timestamp()
+        );
+    }
+
+    /// The seed-compatible frame.
+    pub fn seed_frame_json(&self) -> String {
+        to_json(&serde_json::json!({
+            "client_id": self.user_id,
+            "room_id": self.room,
+            "message": self.content,
+            "timestamp": self.timestamp(),
+            "seq": self.seq,
+            "id": self.id,
+            "user": self.user_name,
+        }))
+    }
+
+    /// The ack for the sender.
+    pub fn ack_json(&self, client_ref: Option<&str>) -> String {
+        #[derive(Serialize)]
+        struct Ack<'a> {
+            r#type: &'static str,
+            #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+            client_ref: Option<&'a str>,
+            room: &'a str,
+            seq: u64,
+            id: &'a str,
+            timestamp: String,
+        }
+        to_json(&Ack {
+            r#type: "ack",
+            client_ref,
+            room: &self.room,
+            seq: self.seq,
+            id: &self.id,
+            timestamp: self.timestamp(),
+        })
+    }
+}
+
+fn json_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+/// RFC 3339 UTC with milliseconds: `2026-11-23T10:00:00.123Z`.
+pub fn format_timestamp(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+pub fn welcome_json(session: &str, user: &UserInfo) -> String {
+    to_json(&serde_json::json!({"type":"welcome","v":1,"session":session,"user":user}))
+}
+
+pub fn joined_json(
+    room: &str,
+    last_seq: u64,
+    recovered: Option<bool>,
+    members: &[&UserInfo],
+) -> String {
+    #[derive(Serialize)]
+    struct Joined<'a> {
+        r#type: &'static str,
+        room: &'a str,
+        last_seq: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+        members: &'a [&'a UserInfo],
+    }
+    to_json(&Joined {
+        r#type: "joined",
+        room,
+        last_seq,
+        recovered,
+        members,
+    })
+}
+
+pub fn presence_json(room: &str, joined: &[&UserInfo], left: &[&UserInfo]) -> String {
+    to_json(&serde_json::json!({"type":"presence","room":room,"joined":joined,"left":left}))
+}
+
+pub fn typing_json(room: &str, user: &UserInfo) -> String {
+    to_json(&serde_json::json!({"type":"typing","room":room,"user":user.name,"user_id":user.id}))
+}
+
+pub fn left_json(room: &str) -> String {
+    to_json(&serde_json::json!({"type":"left","room":room}))
+}
+
+pub const PONG_JSON: &str = r#"{"type":"pong"}"#;
+
+/// A page of history as `{"room","messages":[…],"next_before"}`; `frame` adds `"type":"history"`.
+pub fn history_json(
+    room: &str,
+    messages: &[ChatMessage],
+    next_before: Option<u64>,
+    frame: bool,
+) -> String {
+    let mut out = String::with_capacity(64 + messages.len() * 160);
+    out.push('{');
+    if frame {
+        out.push_str("\"type\":\"history\",");
+    }
+    let _ = write!(out, "\"room\":{},\"messages\":[", json_str(room));
+    for (i, m) in messages.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&m.object_json());
+    }
+    out.push_str("],\"next_before\":");
+    match next_before {
+        Some(n) => {
+            let _ = write!(out, "{n}");
+        }
+        None => out.push_str("null"),
+    }
+    out.push('}');
+    out
+}
