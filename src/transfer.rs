@@ -409,7 +409,7 @@ pub async fn run_import(config: &Config, file: &Path) -> anyhow::Result<()> {
             .context("cannot connect to Redis (broker.redis_url)")?;
         Some((
             conn,
-            crate::broker::redis::Keys::new(&config.broker.namespace),
+            crate::broker::wire::Keys::new(&config.broker.namespace),
         ))
     };
     let mut raise = |heads: &BTreeMap<String, u64>| {

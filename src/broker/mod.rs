@@ -12,6 +12,7 @@ mod feed;
 pub use feed::AnalyticsFeed;
 pub mod local;
 pub mod redis;
+pub(crate) mod wire;
 
 use crate::protocol::{ChatMessage, Rejection, UserInfo};
 use actix::prelude::*;
