@@ -10,9 +10,11 @@
 pub mod bridge;
 mod feed;
 pub use feed::AnalyticsFeed;
+mod import;
+pub use import::SeqRaiser;
 pub mod local;
 pub mod redis;
-pub(crate) mod wire;
+mod wire;
 
 use crate::protocol::{ChatMessage, Rejection, UserInfo};
 use actix::prelude::*;

@@ -72,6 +72,19 @@ redis.call('SET', KEYS[1], string.format('%d', v), 'NX')
 return redis.call('GET', KEYS[1])
 "#;
 
+/// Raises a room's seq to at least ARGV[1], only if the key exists: a missing
+/// one is seeded from the store's head (which the import raised) by the first
+/// send ([`SEED_SCRIPT`]). 1 raised, 0 already there, -1 absent.
+pub(super) const RAISE_SEQ_SCRIPT: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if not cur then return -1 end
+if tonumber(cur) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"#;
+
 /// Every key and channel name, under the namespace.
 #[derive(Debug, Clone)]
 pub struct Keys {
