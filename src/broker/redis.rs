@@ -8,7 +8,9 @@ use super::wire::{
     decode_body, encode_body, entry_seq, event_payload, parse_original, parse_presence_member,
     presence_member, Keys, ACCEPT_SCRIPT, SEED_SCRIPT,
 };
-use super::{Accepted, Announce, Broker, BrokerError, Draft, Inbound, RemotePresence};
+use super::{
+    Accepted, Announce, Broker, BrokerError, Draft, Inbound, Presence, Relay, RemotePresence,
+};
 use crate::persist::Persist;
 use crate::protocol::{ChatMessage, UserInfo};
 use crate::store::SharedStore;
@@ -165,7 +167,10 @@ impl Broker for RedisBroker {
             .map_err(unavailable)?;
         Ok(())
     }
+}
 
+#[async_trait]
+impl Relay for RedisBroker {
     async fn attach(&self, room: &str, id: u64, to: Recipient<Inbound>) -> Result<(), BrokerError> {
         self.bridge
             .send(Attach {
@@ -304,7 +309,10 @@ impl Broker for RedisBroker {
             .ok()?;
         parse_original(&text?, user_id, client_ref).map(Arc::new)
     }
+}
 
+#[async_trait]
+impl Presence for RedisBroker {
     fn announce(&self, room: &str, event: Announce) {
         let _ = self
             .announcer
