@@ -148,6 +148,7 @@ pub trait Relay: Send + Sync + 'static {
     ) -> Result<Vec<ChatMessage>, BrokerError>;
     /// The accepted send a `(user, ref)` names, if the broker knows one that this
     /// instance's ref window doesn't (cluster: sent through another instance).
+    /// Ask [`crate::dedupe::Refs`], which looks here after the window.
     async fn known_ref(&self, _user_id: &str, _client_ref: &str) -> Option<Arc<ChatMessage>> {
         None
     }
