@@ -42,7 +42,8 @@ pub struct AppDeps {
     pub pipeline: store::SharedPipeline,
     pub broker: broker::SharedBroker,
     pub registry: Addr<registry::Registry>,
-    pub refs: Arc<dedupe::RefCache>,
+    /// Ref idempotency: ask here whether a (user, ref) is already answered.
+    pub refs: Arc<dedupe::Refs>,
     /// Per-user send rate, across the user's connections on this instance.
     pub send_limiter: Arc<limits::SendLimiter>,
     /// Per-user joins and leaves: toggling a room can't flood its members.

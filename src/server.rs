@@ -6,7 +6,7 @@ use crate::broker::redis::RedisBroker;
 use crate::broker::SharedBroker;
 use crate::config::Config;
 use crate::connection::Connection;
-use crate::dedupe::{RefCache, REF_WINDOW};
+use crate::dedupe::{RefCache, Refs};
 use crate::limits::{IpLimiter, Moderation, SendLimiter};
 use crate::persist::{Drain, Persist};
 use crate::registry::{Init, Registry};
@@ -63,15 +63,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     let auth = Arc::new(auth_for(&config)?);
     let (store, pipeline) = store::open_with_pipeline(&config).await?;
 
-    let refs = Arc::new(RefCache::default());
-    let window_start = crate::protocol::now_ms() - REF_WINDOW.as_millis() as i64;
-    match store.recent_refs(window_start).await {
-        Ok(recent) => refs.warm(
-            recent.into_iter().map(|r| r.message),
-            crate::protocol::now_ms(),
-        ),
-        Err(error) => tracing::warn!(%error, "could not rebuild the ref window"),
-    }
+    let ref_window = Arc::new(RefCache::load(&store).await);
 
     let persist = Persist::new(
         store.clone(),
@@ -115,9 +107,10 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         Arc::new(LocalBroker::new(
             store.clone(),
             persist.clone(),
-            refs.clone(),
+            ref_window.clone(),
         ))
     };
+    let refs = Arc::new(Refs::new(ref_window, broker.clone()));
     let mode = if config.cluster_mode() {
         "cluster"
     } else {

@@ -215,7 +215,7 @@ impl Session {
     ) {
         // A known ref is answered with the original ack before any other check.
         if let Some(r) = &client_ref {
-            if let Some(original) = self.deps.refs.done(&self.user.id, r) {
+            if let Some(original) = self.deps.refs.answered(&self.user.id, r) {
                 ctx.text(original.ack_json(Some(r)));
                 return;
             }
@@ -250,8 +250,8 @@ impl Session {
         });
     }
 
-    /// Refuses a send, unless its ref names a send the cluster already accepted
-    /// through another instance: that one is answered with its original ack
+    /// Refuses a send, unless its ref names a send already accepted (here or,
+    /// in cluster mode, through another instance): that one is answered with its original ack
     /// (PROTOCOL: a known ref is answered before any other check). Frames
     /// after this one wait, so answers keep their order.
     fn refuse_send(
@@ -264,11 +264,10 @@ impl Session {
             crate::metrics::get().rejected(rejection.code.as_str());
             return self.send_rejection(ctx, &rejection);
         };
-        let (broker, user_id) = (self.deps.broker.clone(), self.user.id.clone());
+        let (refs, user_id) = (self.deps.refs.clone(), self.user.id.clone());
         ctx.wait(
             async move {
-                broker
-                    .known_ref(&user_id, &client_ref)
+                refs.known(&user_id, &client_ref)
                     .await
                     .map(|m| (m, client_ref))
             }

@@ -374,19 +374,6 @@ async fn flush(
     })
 }
 
-/// Raises a room's Redis seq to at least ARGV[1], only if the key exists: a
-/// missing one is seeded from the store's head (which the import raised) by
-/// the first send (see broker/redis.rs). 1 raised, 0 already there, -1 absent.
-const RAISE_SEQ_SCRIPT: &str = r#"
-local cur = redis.call('GET', KEYS[1])
-if not cur then return -1 end
-if tonumber(cur) < tonumber(ARGV[1]) then
-  redis.call('SET', KEYS[1], ARGV[1])
-  return 1
-end
-return 0
-"#;
-
 /// `confab import FILE`: imports the file, then prints a summary on stderr.
 /// In cluster mode every committed batch also raises its rooms' Redis seqs,
 /// so new sends continue after the imported messages.
@@ -396,49 +383,8 @@ pub async fn run_import(config: &Config, file: &Path) -> anyhow::Result<()> {
         std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
     let (_store, pipeline) = crate::store::open_with_pipeline(config).await?;
 
-    let redis = if config.broker.redis_url.is_empty() {
-        None
-    } else {
-        let client =
-            redis::Client::open(config.broker.redis_url.as_str()).context("broker.redis_url")?;
-        let timeouts = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
-            .set_response_timeout(Some(std::time::Duration::from_secs(5)));
-        let conn = client
-            .get_multiplexed_async_connection_with_config(&timeouts)
-            .await
-            .context("cannot connect to Redis (broker.redis_url)")?;
-        Some((
-            conn,
-            crate::broker::redis::Keys::new(&config.broker.namespace),
-        ))
-    };
-    let mut raise = |heads: &BTreeMap<String, u64>| {
-        let work = redis.clone().map(|(conn, keys)| {
-            let heads: Vec<(String, u64)> = heads.iter().map(|(r, s)| (keys.seq(r), *s)).collect();
-            (conn, heads)
-        });
-        let fut: futures_util::future::LocalBoxFuture<'static, anyhow::Result<()>> =
-            Box::pin(async move {
-                let Some((mut conn, heads)) = work else {
-                    return Ok(());
-                };
-                let script = redis::Script::new(RAISE_SEQ_SCRIPT);
-                for (key, seq) in heads {
-                    let raised: i64 = script
-                        .key(&key)
-                        .arg(seq)
-                        .invoke_async(&mut conn)
-                        .await
-                        .with_context(|| format!("cannot raise the Redis seq {key} to {seq}"))?;
-                    if raised == 1 {
-                        tracing::info!(key, seq, "raised the room's Redis seq");
-                    }
-                }
-                Ok(())
-            });
-        fut
-    };
+    let raiser = crate::broker::SeqRaiser::connect(config).await?;
+    let mut raise = |heads: &BTreeMap<String, u64>| raiser.raise(heads);
 
     let mut done = Imported::default();
     let result = import(

@@ -3,9 +3,8 @@
 //! instances publish to that actor, and on a lost connection reconnects with
 //! backoff, resubscribes, and asks every room to resync what it missed.
 
-use super::redis::{decode_body, parse_presence_member};
+use super::wire::{decode_payload, split_payload};
 use super::{BrokerError, Inbound};
-use crate::protocol::ChatMessage;
 use actix::prelude::*;
 use deadpool_redis::redis::{self, aio::PubSubSink, Msg};
 use std::collections::HashMap;
@@ -103,41 +102,15 @@ impl RedisBridge {
         let Ok(payload) = std::str::from_utf8(msg.get_payload_bytes()) else {
             return;
         };
-        let (head, rest) = payload.split_once('\n').unwrap_or((payload, ""));
-        let Some((tag, instance)) = head.split_once(' ') else {
+        let Some((tag, instance, rest)) = split_payload(payload) else {
             return;
         };
         if instance == &*self.instance {
             return; // this instance's own rooms already have it
         }
-        let inbound = match tag {
-            "M" => {
-                let messages: Vec<Arc<ChatMessage>> = rest
-                    .split('\n')
-                    .filter_map(|line| {
-                        let (seq, body) = line.split_once(' ')?;
-                        decode_body(room, seq.parse().ok()?, body).map(Arc::new)
-                    })
-                    .collect();
-                Inbound::Messages(messages)
-            }
-            "P+" | "P-" | "T" => {
-                let Some((instance, user)) = parse_presence_member(&format!("{instance}\n{rest}"))
-                else {
-                    return;
-                };
-                match tag {
-                    "T" => Inbound::Typing { instance, user },
-                    _ => Inbound::Presence {
-                        instance,
-                        user,
-                        joined: tag == "P+",
-                    },
-                }
-            }
-            _ => return,
-        };
-        to.do_send(inbound);
+        if let Some(inbound) = decode_payload(room, tag, instance, rest) {
+            to.do_send(inbound);
+        }
     }
 }
 

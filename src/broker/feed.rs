@@ -6,7 +6,7 @@
 //! acked reaches the database and the counters. Entries leave the stream when
 //! both groups acknowledged them (`trim`).
 
-use super::redis::decode_body;
+use super::wire::decode_body;
 use crate::persist::{Persist, PersistFailed};
 use crate::protocol::ChatMessage;
 use actix::prelude::*;

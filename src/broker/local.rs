@@ -2,7 +2,9 @@
 //! count gives the seq, a group commit through Persist makes a batch durable,
 //! and there is nobody to relay to.
 
-use super::{Accepted, Announce, Broker, BrokerError, Draft, Inbound, RemotePresence};
+use super::{
+    Accepted, Announce, Broker, BrokerError, Draft, Inbound, Presence, Relay, RemotePresence,
+};
 use crate::dedupe::{Claim, RefCache};
 use crate::persist::Persist;
 use crate::protocol::{ChatMessage, ErrorCode, Rejection, UserInfo};
@@ -45,7 +47,10 @@ impl Broker for LocalBroker {
     async fn ready(&self) -> Result<(), BrokerError> {
         Ok(())
     }
+}
 
+#[async_trait]
+impl Relay for LocalBroker {
     async fn attach(
         &self,
         _room: &str,
@@ -145,7 +150,11 @@ impl Broker for LocalBroker {
     ) -> Result<Vec<ChatMessage>, BrokerError> {
         Ok(Vec::new())
     }
+}
 
+/// Everyone is in this process: the rooms know who is present.
+#[async_trait]
+impl Presence for LocalBroker {
     fn announce(&self, _room: &str, _event: Announce) {}
 
     async fn refresh_presence(

@@ -1,17 +1,24 @@
 //! The broker seam: how a room's sends are sequenced and made durable, and how
-//! its traffic reaches other instances. Rooms only see [`Broker`]:
+//! its traffic reaches other instances. Rooms only see [`Broker`], which is
+//! [`Relay`] (seqs, durability, other instances' messages) plus [`Presence`]
+//! (who is where, typing):
 //! - embedded mode ([`local::LocalBroker`]): seqs come from the room's own count,
 //!   durability is a group commit through the Persist actor, and there is nobody
 //!   to relay to;
 //! - cluster mode ([`redis::RedisBroker`]): one Lua script per batch sequences,
 //!   dedupes and appends to Redis streams; the [`bridge::RedisBridge`] actor
-//!   relays other instances' messages, presence and typing to local rooms.
+//!   relays other instances' messages, presence and typing to local rooms, and
+//!   the persist feed carries accepted messages to the store. Key names,
+//!   encodings and scripts live in `wire`.
 
 pub mod bridge;
 mod feed;
 pub use feed::AnalyticsFeed;
+mod import;
+pub use import::SeqRaiser;
 pub mod local;
 pub mod redis;
+mod wire;
 
 use crate::protocol::{ChatMessage, Rejection, UserInfo};
 use actix::prelude::*;
@@ -108,12 +115,10 @@ pub struct RemotePresence {
     pub user: Arc<UserInfo>,
 }
 
+/// Sequencing and relay: how a room's sends get their seqs and become durable,
+/// and how other instances' traffic for the room reaches its actor.
 #[async_trait]
-pub trait Broker: Send + Sync + 'static {
-    /// A short name for logs and `/readyz` ("local", "redis").
-    fn kind(&self) -> &'static str;
-    /// Whether the broker answers; `/readyz` reports it.
-    async fn ready(&self) -> Result<(), BrokerError>;
+pub trait Relay: Send + Sync + 'static {
     /// Starts relaying other instances' traffic for `room` to `to`; resolves once
     /// the relay is live, so nothing published after it can be missed.
     /// `id` tells this room actor apart from an earlier or later one of the same room.
@@ -141,6 +146,18 @@ pub trait Broker: Send + Sync + 'static {
         after: u64,
         upto: u64,
     ) -> Result<Vec<ChatMessage>, BrokerError>;
+    /// The accepted send a `(user, ref)` names, if the broker knows one that this
+    /// instance's ref window doesn't (cluster: sent through another instance).
+    /// Ask [`crate::dedupe::Refs`], which looks here after the window.
+    async fn known_ref(&self, _user_id: &str, _client_ref: &str) -> Option<Arc<ChatMessage>> {
+        None
+    }
+}
+
+/// Presence and typing across instances: who is in a room through another
+/// instance, and telling them about this one's joins, leaves and typing.
+#[async_trait]
+pub trait Presence: Send + Sync + 'static {
     /// Tells other instances about a local presence change or typing.
     fn announce(&self, room: &str, event: Announce);
     /// Refreshes this instance's presence entries for `room` and returns who is
@@ -150,16 +167,20 @@ pub trait Broker: Send + Sync + 'static {
         room: &str,
         local: Vec<Arc<UserInfo>>,
     ) -> Result<Option<Vec<RemotePresence>>, BrokerError>;
-    /// The accepted send a `(user, ref)` names, if the broker knows one that this
-    /// instance's ref window doesn't (cluster: sent through another instance).
-    async fn known_ref(&self, _user_id: &str, _client_ref: &str) -> Option<Arc<ChatMessage>> {
-        None
-    }
-    /// Shutdown: deliver what was announced (the sessions' leaves) before exit.
-    async fn drain(&self) {}
     /// Users online per room across all instances (`None`: only this instance
     /// knows, ask the rooms).
     async fn online(&self, rooms: &[String]) -> Option<std::collections::HashMap<String, usize>>;
+    /// Shutdown: deliver what was announced (the sessions' leaves) before exit.
+    async fn drain(&self) {}
+}
+
+/// The whole seam, as rooms, sessions and handlers hold it ([`SharedBroker`]).
+#[async_trait]
+pub trait Broker: Relay + Presence {
+    /// A short name for logs and `/readyz` ("local", "redis").
+    fn kind(&self) -> &'static str;
+    /// Whether the broker answers; `/readyz` reports it.
+    async fn ready(&self) -> Result<(), BrokerError>;
 }
 
 pub type SharedBroker = Arc<dyn Broker>;

@@ -1,24 +1,22 @@
 //! Cluster mode's broker: Redis sequences every send, keeps each room's recent
 //! messages in a stream, feeds one persist stream that every instance's Persist
-//! consumes, and relays presence and typing on the room's channel.
-//!
-//! Keys (all under `broker.namespace`, shown here as `ns`):
-//! - `ns:seq:{room}`: the room's newest seq (seeded from the store when missing);
-//! - `ns:stream:{room}`: recent messages, entry id `{seq}-0`, capped near `recovery_max`;
-//! - `ns:persist`: every accepted message, consumed by the group `persist`;
-//! - `ns:ref:{len(user)}:{user}:{ref}`: a send's ack fields, for 10 minutes;
-//! - `ns:presence:{room}`: sorted set of `{instance}\n{user json}`, scored by expiry;
-//! - channel `ns:room:{room}`: `M`essage batches, `P+`/`P-` presence, `T`yping.
+//! consumes, and relays presence and typing on the room's channel. What lives
+//! under which key, and the scripts, are in [`super::wire`].
 
 use super::bridge::{Attach, Detach, RedisBridge};
-use super::{Accepted, Announce, Broker, BrokerError, Draft, Inbound, RemotePresence};
+use super::wire::{
+    decode_body, encode_body, entry_seq, event_payload, parse_original, parse_presence_member,
+    presence_member, Keys, ACCEPT_SCRIPT, SEED_SCRIPT,
+};
+use super::{
+    Accepted, Announce, Broker, BrokerError, Draft, Inbound, Presence, Relay, RemotePresence,
+};
 use crate::persist::Persist;
 use crate::protocol::{ChatMessage, UserInfo};
 use crate::store::SharedStore;
 use actix::prelude::*;
 use async_trait::async_trait;
 use deadpool_redis::redis::{self, Value};
-use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -32,158 +30,6 @@ const PRESENCE_TTL_MS: i64 = 15_000;
 const REF_TTL_SECS: u64 = 600;
 /// A command waits this long for a pooled connection before failing `unavailable`.
 const POOL_WAIT: Duration = Duration::from_secs(2);
-
-/// Sequences a batch of one room's sends atomically. Per send: answer a known
-/// (user, ref) with its original ack fields; otherwise take the next seq, append
-/// to the room's stream and the persist stream, and remember the ref. Then one
-/// PUBLISH of the batch. Nothing after the first write can fail, so a batch is
-/// all or nothing. Returns, per send, its seq (integer) or the original
-/// `room\nseq\nid\ntimestamp` (string).
-const ACCEPT_SCRIPT: &str = r#"
-local cur = redis.call('GET', KEYS[1])
-if not cur then return redis.error_reply('NOSEQ the room seq is not seeded') end
-cur = tonumber(cur)
-local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
-if top[1] then
-  local t = tonumber(string.match(top[1][1], '^(%d+)'))
-  if t and t > cur then cur = t end
-end
-local results = {}
-local lines = {}
-local n = (#ARGV - 5) / 4
-for i = 0, n - 1 do
-  local b = 5 + i * 4
-  local refkey, id, ts, body = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
-  local original = false
-  if refkey ~= '' then original = redis.call('GET', refkey) end
-  if original then
-    results[#results + 1] = original
-  else
-    cur = cur + 1
-    local seq = string.format('%d', cur)
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-0', 'b', body)
-    redis.call('XADD', KEYS[3], '*', 'r', ARGV[1], 's', seq, 'b', body)
-    if refkey ~= '' then
-      redis.call('SET', refkey, ARGV[1] .. '\n' .. seq .. '\n' .. id .. '\n' .. ts, 'EX', ARGV[4])
-    end
-    results[#results + 1] = cur
-    lines[#lines + 1] = seq .. ' ' .. body
-  end
-end
-redis.call('SET', KEYS[1], string.format('%d', cur))
-if #lines > 0 then
-  redis.call('PUBLISH', ARGV[2], 'M ' .. ARGV[5] .. '\n' .. table.concat(lines, '\n'))
-end
-return results
-"#;
-
-/// Seeds a missing room seq with the highest of the store's seq (ARGV[1]) and
-/// the room stream's newest entry, so a seq is never handed out twice.
-const SEED_SCRIPT: &str = r#"
-local v = tonumber(ARGV[1])
-local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
-if top[1] then
-  local t = tonumber(string.match(top[1][1], '^(%d+)'))
-  if t and t > v then v = t end
-end
-redis.call('SET', KEYS[1], string.format('%d', v), 'NX')
-return redis.call('GET', KEYS[1])
-"#;
-
-/// Every key and channel name, under the namespace.
-#[derive(Debug, Clone)]
-pub struct Keys {
-    ns: String,
-}
-
-impl Keys {
-    pub fn new(namespace: &str) -> Self {
-        Self {
-            ns: namespace.to_string(),
-        }
-    }
-    pub fn seq(&self, room: &str) -> String {
-        format!("{}:seq:{room}", self.ns)
-    }
-    pub fn stream(&self, room: &str) -> String {
-        format!("{}:stream:{room}", self.ns)
-    }
-    pub fn persist(&self) -> String {
-        format!("{}:persist", self.ns)
-    }
-    pub fn channel(&self, room: &str) -> String {
-        format!("{}{room}", self.channel_prefix())
-    }
-    pub fn channel_prefix(&self) -> String {
-        format!("{}:room:", self.ns)
-    }
-    pub fn presence(&self, room: &str) -> String {
-        format!("{}:presence:{room}", self.ns)
-    }
-    /// The user id's length keeps `("a:b", "c")` and `("a", "b:c")` apart.
-    pub fn reference(&self, user_id: &str, client_ref: &str) -> String {
-        format!("{}:ref:{}:{user_id}:{client_ref}", self.ns, user_id.len())
-    }
-}
-
-/// A message as it travels through Redis, without room and seq (those are
-/// the stream entry's, or the channel's and the line's).
-#[derive(Serialize, Deserialize)]
-struct WireBody {
-    id: String,
-    uid: String,
-    un: String,
-    c: String,
-    ts: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    r: Option<String>,
-}
-
-fn encode_body(draft: &Draft) -> String {
-    let body = WireBody {
-        id: draft.id.clone(),
-        uid: draft.user.id.clone(),
-        un: draft.user.name.clone(),
-        c: draft.content.clone(),
-        ts: draft.timestamp_ms,
-        r: draft.client_ref.clone(),
-    };
-    serde_json::to_string(&body).unwrap_or_default()
-}
-
-pub(crate) fn decode_body(room: &str, seq: u64, body: &str) -> Option<ChatMessage> {
-    let b: WireBody = serde_json::from_str(body).ok()?;
-    Some(ChatMessage {
-        room: room.to_string(),
-        seq,
-        id: b.id,
-        user_id: b.uid,
-        user_name: b.un,
-        content: b.c,
-        timestamp_ms: b.ts,
-        client_ref: b.r,
-    })
-}
-
-/// The seq of a room stream entry id (`{seq}-0`).
-pub(crate) fn entry_seq(id: &str) -> Option<u64> {
-    id.split('-').next()?.parse().ok()
-}
-
-fn user_json(user: &UserInfo) -> String {
-    serde_json::to_string(user).unwrap_or_default()
-}
-
-/// `{instance}\n{user json}`: a presence entry, and the body of P+/P-/T events.
-fn presence_member(instance: &str, user: &UserInfo) -> String {
-    format!("{instance}\n{}", user_json(user))
-}
-
-pub(crate) fn parse_presence_member(member: &str) -> Option<(Arc<str>, Arc<UserInfo>)> {
-    let (instance, json) = member.split_once('\n')?;
-    let user: UserInfo = serde_json::from_str(json).ok()?;
-    Some((Arc::from(instance), Arc::new(user)))
-}
 
 /// Work for the announcer: one ordered queue, so a join's entry can't be
 /// written after the leave that follows it.
@@ -304,25 +150,6 @@ fn is_noseq(e: &redis::RedisError) -> bool {
     e.code() == Some("NOSEQ") || e.to_string().contains("NOSEQ")
 }
 
-/// `room\nseq\nid\ntimestamp` -> an ack-only message for a resent ref.
-fn parse_original(text: &str, user_id: &str, client_ref: &str) -> Option<ChatMessage> {
-    let mut parts = text.splitn(4, '\n');
-    let room = parts.next()?.to_string();
-    let seq = parts.next()?.parse().ok()?;
-    let id = parts.next()?.to_string();
-    let timestamp_ms = parts.next()?.parse().ok()?;
-    Some(ChatMessage {
-        room,
-        seq,
-        id,
-        user_id: user_id.to_string(),
-        user_name: String::new(),
-        content: String::new(),
-        timestamp_ms,
-        client_ref: Some(client_ref.to_string()),
-    })
-}
-
 #[async_trait]
 impl Broker for RedisBroker {
     fn kind(&self) -> &'static str {
@@ -340,7 +167,10 @@ impl Broker for RedisBroker {
             .map_err(unavailable)?;
         Ok(())
     }
+}
 
+#[async_trait]
+impl Relay for RedisBroker {
     async fn attach(&self, room: &str, id: u64, to: Recipient<Inbound>) -> Result<(), BrokerError> {
         self.bridge
             .send(Attach {
@@ -470,6 +300,19 @@ impl Broker for RedisBroker {
         Ok(messages)
     }
 
+    async fn known_ref(&self, user_id: &str, client_ref: &str) -> Option<Arc<ChatMessage>> {
+        let mut conn = self.conn().await.ok()?;
+        let text: Option<String> = redis::cmd("GET")
+            .arg(self.keys.reference(user_id, client_ref))
+            .query_async(&mut conn)
+            .await
+            .ok()?;
+        parse_original(&text?, user_id, client_ref).map(Arc::new)
+    }
+}
+
+#[async_trait]
+impl Presence for RedisBroker {
     fn announce(&self, room: &str, event: Announce) {
         let _ = self
             .announcer
@@ -512,16 +355,6 @@ impl Broker for RedisBroker {
             .map(|(instance, user)| RemotePresence { instance, user })
             .collect();
         Ok(Some(remote))
-    }
-
-    async fn known_ref(&self, user_id: &str, client_ref: &str) -> Option<Arc<ChatMessage>> {
-        let mut conn = self.conn().await.ok()?;
-        let text: Option<String> = redis::cmd("GET")
-            .arg(self.keys.reference(user_id, client_ref))
-            .query_async(&mut conn)
-            .await
-            .ok()?;
-        parse_original(&text?, user_id, client_ref).map(Arc::new)
     }
 
     async fn drain(&self) {
@@ -601,7 +434,7 @@ async fn run_announcer(
                     }
                     pipe.cmd("PUBLISH")
                         .arg(keys.channel(&room))
-                        .arg(format!("{tag} {member}"))
+                        .arg(event_payload(tag, &member))
                         .ignore();
                 }
                 Announcement::Refresh(room, users) => {
@@ -627,43 +460,5 @@ async fn run_announcer(
         for done in flushed {
             let _ = done.send(());
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ref_keys_keep_users_apart() {
-        let k = Keys::new("ns");
-        assert_ne!(k.reference("a:b", "c"), k.reference("a", "b:c"));
-        assert_eq!(k.channel("general"), "ns:room:general");
-    }
-
-    #[test]
-    fn body_round_trip() {
-        let draft = Draft::new(
-            Arc::new(UserInfo {
-                id: "u-1".into(),
-                name: "alice".into(),
-            }),
-            "hi \"there\"\nline".into(),
-            Some("c-1".into()),
-        );
-        let m = decode_body("g", 7, &encode_body(&draft)).unwrap();
-        assert_eq!((m.seq, m.content.as_str()), (7, "hi \"there\"\nline"));
-        assert_eq!(m.client_ref.as_deref(), Some("c-1"));
-        assert_eq!(entry_seq("42-0"), Some(42));
-    }
-
-    #[test]
-    fn presence_member_round_trip() {
-        let user = UserInfo {
-            id: "u\n1".into(),
-            name: "bob".into(),
-        };
-        let (instance, parsed) = parse_presence_member(&presence_member("inst-1", &user)).unwrap();
-        assert_eq!((&*instance, parsed.as_ref()), ("inst-1", &user));
     }
 }
