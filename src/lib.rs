@@ -43,7 +43,7 @@ pub struct AppDeps {
     pub broker: broker::SharedBroker,
     pub registry: Addr<registry::Registry>,
     /// Ref idempotency: ask here whether a (user, ref) is already answered.
-    pub refs: Arc<dedupe::Refs>,
+    pub refs: Arc<broker::Refs>,
     /// Per-user send rate, across the user's connections on this instance.
     pub send_limiter: Arc<limits::SendLimiter>,
     /// Per-user joins and leaves: toggling a room can't flood its members.

@@ -246,6 +246,33 @@ pub struct RoomIdle {
     pub joins_seen: u64,
 }
 
+/// What the socket reader and the session know of each other.
+#[derive(Debug, Default)]
+pub struct InputState {
+    /// Frames the session has handled (it counts every decoded item).
+    pub handled: std::sync::atomic::AtomicU64,
+    /// A frame header declared more than `max_frame_bytes`.
+    pub oversized: std::sync::atomic::AtomicBool,
+    /// The reader, parked while the session holds frames it has not
+    /// handled yet (it un-counts a frame it puts aside, see `Session`).
+    pub reader: futures_util::task::AtomicWaker,
+}
+
+impl InputState {
+    /// The session put a frame aside: don't read on until it is taken up.
+    pub fn defer_one(&self) {
+        self.handled
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// A frame put aside is handled now: reading may go on.
+    pub fn resume_one(&self) {
+        self.handled
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.reader.wake();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Backlog;

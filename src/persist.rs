@@ -9,7 +9,7 @@
 //! at once, but never two with the same room, so a room's messages commit in
 //! seq order.
 
-use crate::protocol::ChatMessage;
+use crate::chat::ChatMessage;
 use crate::store::SharedStore;
 use actix::prelude::*;
 use std::collections::{HashMap, HashSet};

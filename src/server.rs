@@ -3,10 +3,11 @@
 use crate::auth::{load_or_create_secret, Auth, SecretError};
 use crate::broker::local::LocalBroker;
 use crate::broker::redis::RedisBroker;
+use crate::broker::Refs;
 use crate::broker::SharedBroker;
 use crate::config::Config;
 use crate::connection::Connection;
-use crate::dedupe::{RefCache, Refs};
+use crate::dedupe::RefCache;
 use crate::limits::{IpLimiter, Moderation, SendLimiter};
 use crate::persist::{Drain, Persist};
 use crate::registry::{Init, Registry};

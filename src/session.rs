@@ -5,11 +5,11 @@
 
 use crate::auth::Identity;
 use crate::limits::ConnectionSlot;
+use crate::message::InputState;
 use crate::message::{self, Backlog, FrameFormat, Outlet, ToSession};
 use crate::protocol::{self, ClientFrame, ErrorCode, Rejection, UserInfo};
 use crate::registry::JoinRoom;
 use crate::room::RoomActor;
-use crate::websocket::InputState;
 use crate::AppDeps;
 use actix::prelude::*;
 use actix_web_actors::ws;

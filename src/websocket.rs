@@ -12,6 +12,7 @@
 //! small buffer and writes each batch of frames the context encodes with one
 //! write.
 
+use crate::message::InputState;
 use crate::session::Session;
 use actix_codec::{AsyncRead, AsyncWrite, Framed};
 use actix_http::body::{BodySize, MessageBody};
@@ -24,7 +25,7 @@ use actix_web_actors::ws;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 
@@ -256,31 +257,6 @@ struct FrameGate {
     complete: u64,
     /// Shared with the session: frames it handled, and the oversize flag.
     state: Arc<InputState>,
-}
-
-/// What the socket reader and the session know of each other.
-#[derive(Debug, Default)]
-pub struct InputState {
-    /// Frames the session has handled (it counts every decoded item).
-    pub handled: AtomicU64,
-    /// A frame header declared more than `max_frame_bytes`.
-    pub oversized: std::sync::atomic::AtomicBool,
-    /// The reader, parked while the session holds frames it has not
-    /// handled yet (it un-counts a frame it puts aside, see `Session`).
-    pub reader: futures_util::task::AtomicWaker,
-}
-
-impl InputState {
-    /// The session put a frame aside: don't read on until it is taken up.
-    pub fn defer_one(&self) {
-        self.handled.fetch_sub(1, Ordering::AcqRel);
-    }
-
-    /// A frame put aside is handled now: reading may go on.
-    pub fn resume_one(&self) {
-        self.handled.fetch_add(1, Ordering::AcqRel);
-        self.reader.wake();
-    }
 }
 
 impl FrameGate {

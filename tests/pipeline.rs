@@ -7,7 +7,7 @@ mod common;
 
 use common::cluster::{ClusterEnv, TestDb};
 use common::*;
-use confab::protocol::ChatMessage;
+use confab::chat::ChatMessage;
 use confab::store::Store;
 use serde_json::{json, Value};
 use std::sync::Arc;

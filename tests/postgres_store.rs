@@ -4,8 +4,8 @@
 
 mod common;
 
+use confab::chat::ChatMessage;
 use confab::config::Config;
-use confab::protocol::ChatMessage;
 use confab::store::postgres::PgStore;
 use confab::store::{RoomSummary, Store, StoreError};
 use std::process::{Command, Stdio};

@@ -5,11 +5,11 @@
 //! Case counts are kept modest so the file runs in a few seconds in debug.
 
 use async_trait::async_trait;
+use confab::chat::ChatMessage;
 use confab::history;
 use confab::protocol::{
     check_content, check_display_name, check_room, is_valid_room, parse_client_frame,
-    parse_cursor_param, ChatMessage, ClientFrame, ErrorCode, MAX_JOIN_HISTORY, MAX_NAME_CHARS,
-    MAX_REF_CHARS,
+    parse_cursor_param, ClientFrame, ErrorCode, MAX_JOIN_HISTORY, MAX_NAME_CHARS, MAX_REF_CHARS,
 };
 use confab::store::sqlite::SqliteStore;
 use confab::store::{RecentRef, RoomSummary, SharedStore, Store, StoreError};

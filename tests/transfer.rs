@@ -6,7 +6,7 @@ mod common;
 
 use common::cluster::{psql, ClusterEnv, TestDb};
 use common::*;
-use confab::protocol::ChatMessage;
+use confab::chat::ChatMessage;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};

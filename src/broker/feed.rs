@@ -7,8 +7,8 @@
 //! both groups acknowledged them (`trim`).
 
 use super::wire::decode_body;
+use crate::chat::ChatMessage;
 use crate::persist::{Persist, PersistFailed};
-use crate::protocol::ChatMessage;
 use actix::prelude::*;
 use deadpool_redis::redis::{
     self, aio::MultiplexedConnection, streams::StreamId, AsyncConnectionConfig, RedisResult,

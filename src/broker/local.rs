@@ -5,9 +5,10 @@
 use super::{
     Accepted, Announce, Broker, BrokerError, Draft, Inbound, Presence, Relay, RemotePresence,
 };
+use crate::chat::ChatMessage;
 use crate::dedupe::{Claim, RefCache};
 use crate::persist::Persist;
-use crate::protocol::{ChatMessage, ErrorCode, Rejection, UserInfo};
+use crate::protocol::{ErrorCode, Rejection, UserInfo};
 use crate::store::SharedStore;
 use actix::prelude::*;
 use async_trait::async_trait;

@@ -18,9 +18,12 @@ mod import;
 pub use import::SeqRaiser;
 pub mod local;
 pub mod redis;
+mod refs;
+pub use refs::Refs;
 mod wire;
 
-use crate::protocol::{ChatMessage, Rejection, UserInfo};
+use crate::chat::ChatMessage;
+use crate::protocol::{Rejection, UserInfo};
 use actix::prelude::*;
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -148,7 +151,7 @@ pub trait Relay: Send + Sync + 'static {
     ) -> Result<Vec<ChatMessage>, BrokerError>;
     /// The accepted send a `(user, ref)` names, if the broker knows one that this
     /// instance's ref window doesn't (cluster: sent through another instance).
-    /// Ask [`crate::dedupe::Refs`], which looks here after the window.
+    /// Ask [`crate::broker::Refs`], which looks here after the window.
     async fn known_ref(&self, _user_id: &str, _client_ref: &str) -> Option<Arc<ChatMessage>> {
         None
     }

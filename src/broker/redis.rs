@@ -11,8 +11,9 @@ use super::wire::{
 use super::{
     Accepted, Announce, Broker, BrokerError, Draft, Inbound, Presence, Relay, RemotePresence,
 };
+use crate::chat::ChatMessage;
 use crate::persist::Persist;
-use crate::protocol::{ChatMessage, UserInfo};
+use crate::protocol::UserInfo;
 use crate::store::SharedStore;
 use actix::prelude::*;
 use async_trait::async_trait;

@@ -11,7 +11,8 @@
 //! - channel `ns:room:{room}`: `M`essage batches, `P+`/`P-` presence, `T`yping.
 
 use super::{Draft, Inbound};
-use crate::protocol::{ChatMessage, UserInfo};
+use crate::chat::ChatMessage;
+use crate::protocol::UserInfo;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 

@@ -187,6 +187,7 @@ pub(crate) fn to_json<T: Serialize>(value: &T) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chat::ChatMessage;
     use serde_json::Value;
 
     fn err(text: &str) -> Rejection {

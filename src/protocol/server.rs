@@ -2,12 +2,9 @@
 //! every recipient.
 
 use super::to_json;
+use crate::chat::ChatMessage;
 use serde::Serialize;
 use std::fmt::Write as _;
-
-/// The message type moved to [`crate::chat`]; re-exported here until every
-/// import names it there.
-pub use crate::chat::ChatMessage;
 
 /// A user as the protocol shows it.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq, Hash)]

@@ -6,8 +6,8 @@
 //! the next seq once it is there. The actor owns the timers and fetches; this
 //! buffer only says when they are due.
 
+use crate::chat::ChatMessage;
 use crate::message::FrameFormat;
-use crate::protocol::ChatMessage;
 use bytestring::ByteString;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, OnceLock};

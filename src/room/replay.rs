@@ -6,8 +6,8 @@
 //! replay, in order.
 
 use super::delivery::{Delivered, Delivery};
+use crate::chat::ChatMessage;
 use crate::message::{FrameFormat, Join};
-use crate::protocol::ChatMessage;
 use crate::FastMap;
 use bytestring::ByteString;
 use std::collections::VecDeque;
