@@ -221,22 +221,26 @@ impl RefCache {
     }
 }
 
+/// A message of room "g" as `user` sent it with ref `r`, for ref tests.
+#[cfg(test)]
+pub(crate) fn sent_with_ref(user: &str, r: &str, seq: u64) -> Arc<ChatMessage> {
+    Arc::new(ChatMessage {
+        room: "g".into(),
+        seq,
+        id: format!("id-{seq}"),
+        user_id: user.into(),
+        user_name: user.into(),
+        content: "x".into(),
+        timestamp_ms: crate::protocol::now_ms(),
+        client_ref: Some(r.into()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn msg(user: &str, r: &str, seq: u64) -> Arc<ChatMessage> {
-        Arc::new(ChatMessage {
-            room: "g".into(),
-            seq,
-            id: format!("id-{seq}"),
-            user_id: user.into(),
-            user_name: user.into(),
-            content: "x".into(),
-            timestamp_ms: crate::protocol::now_ms(),
-            client_ref: Some(r.into()),
-        })
-    }
+    use super::sent_with_ref as msg;
 
     #[test]
     fn claim_complete_and_replay() {

@@ -46,24 +46,11 @@ impl Refs {
 
 #[cfg(test)]
 mod tests {
-    fn msg(user: &str, r: &str, seq: u64) -> Arc<ChatMessage> {
-        Arc::new(ChatMessage {
-            room: "g".into(),
-            seq,
-            id: format!("id-{seq}"),
-            user_id: user.into(),
-            user_name: user.into(),
-            content: "x".into(),
-            timestamp_ms: crate::protocol::now_ms(),
-            client_ref: Some(r.into()),
-        })
-    }
-
     use super::*;
     use crate::broker::{
         Accepted, Announce, Broker, BrokerError, Draft, Inbound, Presence, Relay, RemotePresence,
     };
-    use crate::dedupe::Claim;
+    use crate::dedupe::{sent_with_ref as msg, Claim};
     use actix::Recipient;
     use async_trait::async_trait;
     use std::collections::HashMap;

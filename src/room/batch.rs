@@ -84,19 +84,9 @@ impl Batching {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::{Backlog, ToSession};
-    use crate::protocol::UserInfo;
-    use actix::prelude::*;
-    use std::sync::Arc;
 
-    struct Sink;
-    impl Actor for Sink {
-        type Context = Context<Self>;
-    }
-    impl Handler<ToSession> for Sink {
-        type Result = ();
-        fn handle(&mut self, _: ToSession, _: &mut Self::Context) {}
-    }
+    use crate::protocol::UserInfo;
+    use std::sync::Arc;
 
     fn send(batching: &mut Batching, to: &Outlet, n: usize) -> Vec<String> {
         let user = Arc::new(UserInfo {
@@ -124,7 +114,7 @@ mod tests {
 
     #[actix::test]
     async fn one_batch_in_flight_in_arrival_order() {
-        let to = Outlet::new(Sink.start().recipient(), Arc::new(Backlog::new(8, 1024)));
+        let to = super::super::test_outlet();
         let mut b = Batching::default();
         assert!(b.is_idle());
         assert!(b.start().is_none(), "nothing queued");
@@ -156,7 +146,7 @@ mod tests {
 
     #[actix::test]
     async fn a_batch_takes_at_most_the_max() {
-        let to = Outlet::new(Sink.start().recipient(), Arc::new(Backlog::new(8, 1024)));
+        let to = super::super::test_outlet();
         let mut b = Batching::default();
         send(&mut b, &to, SEND_BATCH_MAX + 3);
         assert_eq!(b.start().expect("full batch").1.len(), SEND_BATCH_MAX);

@@ -362,17 +362,6 @@ impl PresenceFrames<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::{Backlog, ToSession};
-    use actix::prelude::*;
-
-    struct Sink;
-    impl Actor for Sink {
-        type Context = Context<Self>;
-    }
-    impl Handler<ToSession> for Sink {
-        type Result = ();
-        fn handle(&mut self, _: ToSession, _: &mut Self::Context) {}
-    }
 
     fn user(id: &str, name: &str) -> Arc<UserInfo> {
         Arc::new(UserInfo {
@@ -382,7 +371,7 @@ mod tests {
     }
 
     fn member(user: &Arc<UserInfo>) -> Member {
-        let to = Outlet::new(Sink.start().recipient(), Arc::new(Backlog::new(8, 1024)));
+        let to = super::super::test_outlet();
         Member {
             user: user.clone(),
             to,

@@ -490,3 +490,22 @@ impl Handler<Inbound> for RoomActor {
         }
     }
 }
+
+/// An outlet to an actor that drops everything: for the unit tests of the
+/// room's parts, which look at state, not at what a session receives.
+#[cfg(test)]
+fn test_outlet() -> Outlet {
+    use actix::prelude::*;
+    struct Sink;
+    impl Actor for Sink {
+        type Context = Context<Self>;
+    }
+    impl Handler<ToSession> for Sink {
+        type Result = ();
+        fn handle(&mut self, _: ToSession, _: &mut Self::Context) {}
+    }
+    Outlet::new(
+        Sink.start().recipient(),
+        Arc::new(crate::message::Backlog::new(8, 1024)),
+    )
+}

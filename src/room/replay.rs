@@ -256,11 +256,10 @@ pub(super) async fn fetch_range(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::{Backlog, Outlet, ToSession};
+
     use crate::protocol::UserInfo;
     use crate::room::delivery::tests::msg;
     use crate::room::delivery::Next;
-    use actix::prelude::*;
 
     #[test]
     fn a_plain_join_replays_the_newest() {
@@ -355,15 +354,6 @@ mod tests {
         assert_eq!(recovered[1..], frames_of(2..=4));
     }
 
-    struct Sink;
-    impl Actor for Sink {
-        type Context = Context<Self>;
-    }
-    impl Handler<ToSession> for Sink {
-        type Result = ();
-        fn handle(&mut self, _: ToSession, _: &mut Self::Context) {}
-    }
-
     fn join(session: Uuid, history: u32) -> Join {
         Join {
             room: "general".into(),
@@ -372,7 +362,7 @@ mod tests {
                 id: "u1".into(),
                 name: "Ann".into(),
             }),
-            to: Outlet::new(Sink.start().recipient(), Arc::new(Backlog::new(8, 1024))),
+            to: super::super::test_outlet(),
             format: FrameFormat::V1,
             history,
             since: None,
