@@ -18,10 +18,15 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-/// Why a batch was not written (already logged by Persist).
+/// Why a batch was not written (already logged by Persist). Cloned to every
+/// sender of the batch, so the store's error is shared.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("the store failed: {0}")]
-pub struct PersistFailed(pub String);
+pub enum PersistFailed {
+    #[error("the store failed: {0}")]
+    Store(#[source] Arc<crate::store::StoreError>),
+    #[error("the persist actor is gone")]
+    Gone,
+}
 
 /// Messages to write; `done` hears the outcome of the transaction they were in.
 /// Messages of one room must be handed over in seq order.
@@ -95,10 +100,8 @@ impl Persist {
         persist
             .send(Enqueue { rows, done })
             .await
-            .map_err(|e| PersistFailed(format!("persist actor gone: {e}")))?;
-        outcome
-            .await
-            .map_err(|_| PersistFailed("persist actor dropped the batch".into()))?
+            .map_err(|_| PersistFailed::Gone)?;
+        outcome.await.map_err(|_| PersistFailed::Gone)?
     }
 
     /// This Persist's queue is the instance's whole persist lag.
@@ -242,7 +245,7 @@ impl Persist {
                         }
                         Err(error) => {
                             tracing::error!(%error, rows = row_count, "batch failed; nothing in it is acknowledged");
-                            Err(PersistFailed(error.to_string()))
+                            Err(PersistFailed::Store(Arc::new(error)))
                         }
                     };
                     for item in batch {

@@ -39,8 +39,14 @@ pub enum StartError {
         bind: String,
         source: std::io::Error,
     },
-    #[error("server.tls: {0}")]
-    Tls(String),
+    /// `what` names the file or step; the TLS library's error is kept.
+    #[error("server.tls: {what}: {source}")]
+    Tls {
+        what: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("server.tls: no PEM certificate in {0}")]
+    NoCertificate(String),
     #[error("cannot set up the broker: {0}")]
     Broker(#[from] crate::broker::BrokerError),
     #[error("server error: {0}")]
@@ -315,21 +321,25 @@ pub fn tls_config(
     }
     let certs = CertificateDer::pem_file_iter(&tls.cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| StartError::Tls(format!("cannot read the certificate {}: {e}", tls.cert)))?;
+        .map_err(|e| tls_error(format!("cannot read the certificate {}", tls.cert), e))?;
     if certs.is_empty() {
-        return Err(StartError::Tls(format!(
-            "no PEM certificate in {}",
-            tls.cert
-        )));
+        return Err(StartError::NoCertificate(tls.cert.clone()));
     }
     let key = PrivateKeyDer::from_pem_file(&tls.key)
-        .map_err(|e| StartError::Tls(format!("cannot read the private key {}: {e}", tls.key)))?;
+        .map_err(|e| tls_error(format!("cannot read the private key {}", tls.key), e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
         .map(Some)
-        .map_err(|e| StartError::Tls(format!("the certificate and key don't work together: {e}")))
+        .map_err(|e| tls_error("the certificate and key don't work together".into(), e))
+}
+
+fn tls_error(what: String, source: impl std::error::Error + Send + Sync + 'static) -> StartError {
+    StartError::Tls {
+        what,
+        source: Box::new(source),
+    }
 }
 
 /// Tells a `Type=notify` systemd unit (READY=1, STOPPING=1); without

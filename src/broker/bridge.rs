@@ -166,7 +166,7 @@ impl Handler<Attach> for RedisBridge {
             if !already {
                 sink.subscribe(&channel)
                     .await
-                    .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+                    .map_err(BrokerError::failed)?;
             }
             Ok(())
         })

@@ -513,7 +513,7 @@ async fn acknowledge(
         let mut outcome = batch
             .done
             .await
-            .unwrap_or_else(|_| Err(PersistFailed("persist dropped the batch".into())));
+            .unwrap_or_else(|_| Err(PersistFailed::Gone));
         let mut backoff = Duration::from_millis(100);
         while let Err(error) = outcome {
             if *shutdown.borrow() {

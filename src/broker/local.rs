@@ -64,10 +64,7 @@ impl Relay for LocalBroker {
     fn detach(&self, _room: &str, _id: u64) {}
 
     async fn head(&self, room: &str, _floor: u64) -> Result<u64, BrokerError> {
-        self.store
-            .last_seq(room)
-            .await
-            .map_err(|e| BrokerError::Unavailable(e.to_string()))
+        self.store.last_seq(room).await.map_err(BrokerError::failed)
     }
 
     async fn accept(
@@ -123,7 +120,7 @@ impl Relay for LocalBroker {
             for (user, r) in claimed {
                 self.refs.forget(&user, &r);
             }
-            return Err(BrokerError::Unavailable(failed.to_string()));
+            return Err(BrokerError::failed(failed));
         }
         for msg in &rows {
             self.refs.complete(msg);

@@ -30,8 +30,18 @@ use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
+    /// Nothing failed, but this can't be done now (the relay is reconnecting).
     #[error("broker unavailable: {0}")]
     Unavailable(String),
+    /// A dependency (Redis, the store, Persist) failed; the error is kept.
+    #[error("broker unavailable: {0}")]
+    Failed(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl BrokerError {
+    pub fn failed(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Failed(Box::new(e))
+    }
 }
 
 /// A validated send waiting for its seq. Its id and timestamp are fixed here,

@@ -41,8 +41,8 @@ enum Announcement {
     Flush(tokio::sync::oneshot::Sender<()>),
 }
 
-fn unavailable(e: impl std::fmt::Display) -> BrokerError {
-    BrokerError::Unavailable(e.to_string())
+fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> BrokerError {
+    BrokerError::failed(e)
 }
 
 pub struct RedisBroker {
@@ -159,7 +159,9 @@ impl Broker for RedisBroker {
 
     async fn ready(&self) -> Result<(), BrokerError> {
         if !self.relay_up.load(Ordering::SeqCst) {
-            return Err(unavailable("the pub/sub relay is reconnecting"));
+            return Err(BrokerError::Unavailable(
+                "the pub/sub relay is reconnecting".into(),
+            ));
         }
         let mut conn = self.conn().await?;
         redis::cmd("PING")
@@ -249,8 +251,8 @@ impl Relay for RedisBroker {
             }
         };
         if values.len() != drafts.len() {
-            return Err(unavailable(
-                "the sequencing script answered a different count",
+            return Err(BrokerError::Unavailable(
+                "the sequencing script answered a different count".into(),
             ));
         }
         let mut results = Vec::with_capacity(drafts.len());
@@ -262,10 +264,18 @@ impl Relay for RedisBroker {
                     let client_ref = draft.client_ref.as_deref().unwrap_or_default();
                     match parse_original(&text, &draft.user.id, client_ref) {
                         Some(original) => Accepted::Duplicate(Arc::new(original)),
-                        None => return Err(unavailable("unreadable ref record in Redis")),
+                        None => {
+                            return Err(BrokerError::Unavailable(
+                                "unreadable ref record in Redis".into(),
+                            ))
+                        }
                     }
                 }
-                other => return Err(unavailable(format!("unexpected script reply {other:?}"))),
+                other => {
+                    return Err(BrokerError::Unavailable(format!(
+                        "unexpected script reply {other:?}"
+                    )))
+                }
             };
             results.push(result);
         }
