@@ -12,6 +12,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 a=$1 b=$2 tool=$3 rounds=${4:-3}
+results=${AB_RESULTS:-/tmp/confab-ab}   # every run's JSON report is kept here
+mkdir -p "$results"
 secret=confab-bench-secret-not-for-production
 port=8080
 
@@ -47,11 +49,12 @@ run() { # scenario, label, binary
         --connections 10000 --per-room 100) ;;
   esac
   stop
+  printf '%s\n' "$out" >"$results/$1-$2-$round.json"
   python3 - "$1" "$2" "$out" <<'PY'
 import json, sys
 scenario, label, raw = sys.argv[1], sys.argv[2], sys.argv[3]
 try:
-    r = json.loads(raw.strip().splitlines()[-1])
+    r = json.loads(raw[raw.index("{"):])
 except Exception:
     print(f"{scenario:7} {label:2} (no result) {raw[-300:]!r}")
     sys.exit(0)
