@@ -240,16 +240,21 @@ pub enum ImportError {
         source: StoreError,
     },
     /// The batch ending at `line` was written, then `after_batch` failed.
-    #[error("line {line}: {reason}")]
-    Hook { line: u64, reason: String },
+    #[error("line {line}: {source}")]
+    Hook {
+        line: u64,
+        source: crate::broker::RaiseError,
+    },
 }
 
 /// Called after each batch is committed, with the batch's newest seq per room
 /// (cluster mode raises the rooms' Redis seqs with it).
-pub type AfterBatch<'a> =
-    &'a mut dyn FnMut(
-        &BTreeMap<String, u64>,
-    ) -> futures_util::future::LocalBoxFuture<'static, anyhow::Result<()>>;
+pub type AfterBatch<'a> = &'a mut dyn FnMut(
+    &BTreeMap<String, u64>,
+) -> futures_util::future::LocalBoxFuture<
+    'static,
+    Result<(), crate::broker::RaiseError>,
+>;
 
 /// Reads NDJSON from `input` line by line and imports it in batches of
 /// [`IMPORT_BATCH`]. Blank lines are skipped. The first bad line stops it: what
@@ -368,10 +373,9 @@ async fn flush(
         let head = done.heads.entry(room.clone()).or_default();
         *head = (*head).max(*seq);
     }
-    after_batch(&heads).await.map_err(|e| ImportError::Hook {
-        line: last,
-        reason: format!("{e:#}"),
-    })
+    after_batch(&heads)
+        .await
+        .map_err(|source| ImportError::Hook { line: last, source })
 }
 
 /// `confab import FILE`: imports the file, then prints a summary on stderr.
@@ -729,7 +733,10 @@ mod tests {
 
     fn no_hook() -> impl FnMut(
         &BTreeMap<String, u64>,
-    ) -> futures_util::future::LocalBoxFuture<'static, anyhow::Result<()>> {
+    ) -> futures_util::future::LocalBoxFuture<
+        'static,
+        Result<(), crate::broker::RaiseError>,
+    > {
         |_| Box::pin(async { Ok(()) })
     }
 

@@ -15,7 +15,7 @@ pub mod bridge;
 mod feed;
 pub use feed::AnalyticsFeed;
 mod import;
-pub use import::SeqRaiser;
+pub use import::{RaiseError, SeqRaiser};
 pub mod local;
 pub mod redis;
 mod refs;
