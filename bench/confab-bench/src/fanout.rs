@@ -6,6 +6,7 @@ use crate::load::{validate, Fleet, LoadArgs, Pace};
 use crate::procfs;
 use crate::report::fanout::FanoutReport;
 use crate::report::verify;
+use crate::report::Report;
 use crate::stats;
 use crate::window::{CpuMark, Window};
 use crate::{Output, Status};
@@ -99,11 +100,7 @@ pub async fn fanout(args: FanoutArgs, output: Output) -> anyhow::Result<Status> 
         stop: stop.clone(),
         server_pid,
     };
-    if output.json {
-        println!("{}", serde_json::to_string_pretty(&report.json())?);
-    } else {
-        report.print();
-    }
+    report.emit(output.json)?;
     let failures = report.failures;
     fleet.shutdown();
     if !failures.is_empty() {

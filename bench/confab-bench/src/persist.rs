@@ -5,6 +5,7 @@
 
 use crate::procfs::{cpus_allowed, proc_cpu};
 use crate::report::persist::PersistReport;
+use crate::report::Report;
 use crate::{Output, Status};
 use actix::prelude::*;
 use anyhow::{bail, Context as _};
@@ -106,11 +107,7 @@ pub async fn persist_scenario(mut args: PersistArgs, output: Output) -> anyhow::
         }
     }
     let report = result?;
-    if output.json {
-        println!("{}", serde_json::to_string_pretty(&report.json())?);
-    } else {
-        report.print();
-    }
+    report.emit(output.json)?;
     if !report.verified() {
         bail!(
             "verification failed: {} rows and room heads summing to {} for {} committed messages",

@@ -5,6 +5,7 @@ use crate::bound::{Bound, Stop};
 use crate::load::{senders_per_room, validate, Fleet, LoadArgs, Pace};
 use crate::procfs;
 use crate::report::ramp::RampReport;
+use crate::report::Report;
 use crate::stats;
 use crate::window::{CpuMark, Window};
 use crate::{Output, Status};
@@ -209,11 +210,7 @@ pub async fn ramp(args: RampArgs, output: Output) -> anyhow::Result<Status> {
         stop: stop.clone(),
         server_pid,
     };
-    if output.json {
-        println!("{}", serde_json::to_string_pretty(&report.json())?);
-    } else {
-        report.print();
-    }
+    report.emit(output.json)?;
     fleet.shutdown();
     if !failures.is_empty() {
         bail!("ramp failed: {}", failures.join("; "));

@@ -20,8 +20,8 @@ pub struct FanoutReport<'a> {
     pub server_pid: Option<u32>,
 }
 
-impl FanoutReport<'_> {
-    pub fn json(&self) -> serde_json::Value {
+impl super::Report for FanoutReport<'_> {
+    fn json(&self) -> serde_json::Value {
         let a = self.args;
         let mut config = config_json(&a.load, self.fleet, self.threads);
         config["rate_per_sender"] = json!(a.rate);
@@ -55,7 +55,7 @@ impl FanoutReport<'_> {
         })
     }
 
-    pub fn print(&self) {
+    fn print(&self) {
         let a = self.args;
         let l = &a.load;
         let w = &self.window;

@@ -11,6 +11,22 @@ use crate::procfs::cpus_allowed;
 use crate::stats::{self, Counters};
 use serde_json::json;
 
+/// A scenario's report: one JSON object (`--json`) or a table for people.
+pub trait Report {
+    fn json(&self) -> serde_json::Value;
+    fn print(&self);
+
+    /// Prints the report in the form `--json` asked for.
+    fn emit(&self, as_json: bool) -> serde_json::Result<()> {
+        if as_json {
+            println!("{}", serde_json::to_string_pretty(&self.json())?);
+        } else {
+            self.print();
+        }
+        Ok(())
+    }
+}
+
 /// What a delivery is, said in every report.
 pub const DELIVERY_MEANING: &str =
     "message frames received by all clients, the sender's own copy included";

@@ -38,8 +38,10 @@ impl PersistReport {
     fn rows_per_txn(&self) -> f64 {
         self.txns.rows as f64 / self.txns.transactions.max(1) as f64
     }
+}
 
-    pub fn json(&self) -> serde_json::Value {
+impl super::Report for PersistReport {
+    fn json(&self) -> serde_json::Value {
         let a = &self.args;
         let lat = &self.latency;
         let txn = &self.txns.duration;
@@ -92,7 +94,7 @@ impl PersistReport {
         })
     }
 
-    pub fn print(&self) {
+    fn print(&self) {
         let a = &self.args;
         let lat = &self.latency;
         let txn = &self.txns.duration;

@@ -20,8 +20,8 @@ pub struct RampReport<'a> {
     pub server_pid: Option<u32>,
 }
 
-impl RampReport<'_> {
-    pub fn json(&self) -> serde_json::Value {
+impl super::Report for RampReport<'_> {
+    fn json(&self) -> serde_json::Value {
         let a = self.args;
         let members = self.fleet.members;
         let mut config = config_json(&a.load, self.fleet, self.threads);
@@ -68,7 +68,7 @@ impl RampReport<'_> {
         })
     }
 
-    pub fn print(&self) {
+    fn print(&self) {
         let a = self.args;
         let l = &a.load;
         let members = self.fleet.members;
