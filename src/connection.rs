@@ -145,21 +145,30 @@ enum Found {
     Nothing,
 }
 
+/// Finds a canned answer in what the dispatcher writes. One pass over the
+/// bytes for the empty length only canned answers carry (plain `memmem`, so
+/// large responses cost little), then a look at the status line before it.
 fn canned_answer(buf: &[u8]) -> Found {
-    for (status, code, message) in CANNED {
-        let Some(start) = find(buf, status) else {
+    use memchr::memmem;
+    const EMPTY_LENGTH: &[u8] = b"\r\ncontent-length: 0\r\n";
+    let mut from = 0;
+    while let Some(at) = memmem::find(&buf[from..], EMPTY_LENGTH).map(|i| from + i) {
+        from = at + EMPTY_LENGTH.len();
+        let Some(start) = memmem::rfind(&buf[..at], b"HTTP/1.1 ") else {
             continue;
         };
-        let Some(end) = find(&buf[start..], b"\r\n\r\n") else {
+        let Some((_, code, message)) = CANNED
+            .iter()
+            .find(|(head, _, _)| buf[start..].starts_with(head))
+        else {
             continue;
         };
-        return Found::At(start, end + 4, Rejection::new(code, message));
+        let Some(end) = memmem::find(&buf[start..], b"\r\n\r\n") else {
+            return Found::Nothing;
+        };
+        return Found::At(start, end + 4, Rejection::new(*code, *message));
     }
     Found::Nothing
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// The canned head with its status line and headers kept, the length and
