@@ -230,14 +230,6 @@ async fn the_ui_is_served_with_security_headers() {
     assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn metrics_can_live_on_a_private_address_behind_a_token() {
     let metrics_port = free_port();

@@ -310,10 +310,7 @@ async fn ready_is_sent_only_once_bound_and_migrated() {
     let dir = tempfile::tempdir().expect("tempdir");
     let socket_path = dir.path().join("notify.sock");
     let socket = tokio::net::UnixDatagram::bind(&socket_path).expect("bind notify socket");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = free_port();
     let mut config = Config::defaults(dir.path());
     config.set("server", "bind", &toml_str(&format!("127.0.0.1:{port}")));
     let config_path = dir.path().join("config.toml");

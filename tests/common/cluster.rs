@@ -2,7 +2,6 @@
 //! test (so runs never collide), and a private redis-server for fault tests.
 
 use super::{toml_str, uid, Server, ServerBuilder};
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -173,10 +172,7 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start() -> RedisServer {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
+        let port = super::free_port();
         let mut server = RedisServer { port, child: None };
         server.spawn();
         server

@@ -35,6 +35,15 @@ pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A port nothing listens on right now (the OS picks it), for servers a test
+/// must name before they start.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_confab")
 }
