@@ -154,9 +154,14 @@ async fn sqlite_applies_changes_where_it_stores_them() {
     let store = SqliteStore::open(&path, 2).await.expect("open");
     let files = dir.path().to_path_buf();
     check(&store, move || {
-        // Every byte of the database file (not the write-ahead log, whose
-        // old pages are reused later; see docs/operations.md).
-        String::from_utf8_lossy(&std::fs::read(files.join("confab.db")).unwrap()).into_owned()
+        // Every byte of the database file and of its write-ahead log.
+        ["confab.db", "confab.db-wal"]
+            .iter()
+            .map(|f| {
+                String::from_utf8_lossy(&std::fs::read(files.join(f)).unwrap_or_default())
+                    .into_owned()
+            })
+            .collect()
     })
     .await;
 }
@@ -169,4 +174,51 @@ async fn postgres_applies_changes_where_it_stores_them() {
         db.query("SELECT string_agg(content, '|') FROM messages")
     })
     .await;
+}
+
+/// Cluster mode: instances write parts of the persist stream, so changes may
+/// commit before earlier ones and before their message. The end state is the
+/// same as in seq order.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_changes_committed_out_of_order_end_the_same() {
+    let db = TestDb::create();
+    let store = PgStore::open(&db.url(), 4).await.expect("open");
+    let log: Vec<Arc<ChatMessage>> = batches().into_iter().flatten().collect();
+    // Newest first, one entry per transaction: every change before its message.
+    for e in log.iter().rev() {
+        store.insert_batch(vec![e.clone()]).await.expect("entry");
+    }
+    // React, unreact, react again by one user, committed 5, 7, 6.
+    let more = [
+        entry(16, Kind::React, "dan", "🔥", Some("e3")),
+        entry(18, Kind::React, "dan", "🔥", Some("e3")),
+        entry(17, Kind::Unreact, "dan", "🔥", Some("e3")),
+        // Two edits committed newest first.
+        entry(20, Kind::Edit, "bob", "kept, edited twice", Some("e3")),
+        entry(19, Kind::Edit, "bob", "kept, edited once", Some("e3")),
+    ];
+    for e in more {
+        store.insert_batch(vec![e]).await.expect("entry");
+    }
+    let page = store.page(ROOM, None, 50).await.unwrap();
+    assert!(
+        page[0].deleted && page[0].content.is_empty(),
+        "{:?}",
+        page[0]
+    );
+    assert_eq!(page[2].content, "kept, edited twice");
+    assert_eq!(page[2].edited_at_ms, Some(1_795_428_000_020));
+    let emoji: Vec<(&str, u64)> = page[2]
+        .reactions
+        .iter()
+        .map(|r| (r.emoji.as_str(), r.count))
+        .collect();
+    assert_eq!(
+        emoji,
+        [("👍", 1), ("🎉", 1), ("🔥", 1)],
+        "{:?}",
+        page[2].reactions
+    );
+    let raw = db.query("SELECT string_agg(content, '|') FROM messages");
+    assert!(!raw.contains("secret"), "{raw}");
 }
