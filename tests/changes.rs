@@ -923,6 +923,26 @@ async fn delete_by_the_author_or_a_moderator_in_either_claim_form() {
         assert_keys(h, &HISTORY_KEYS);
     }
     assert_eq!(history[3]["content"], "m4");
+
+    // `confab token --mod` mints a moderator's token.
+    let config = server.config_path.display().to_string();
+    let out = run_cli(
+        &[
+            "token", "--sub", "cli-mod", "--name", "mod-cli", "--mod", "--config", &config,
+        ],
+        &[],
+        server.dir(),
+    );
+    assert_eq!(out.code(), Some(0), "confab token --mod: {out:?}");
+    let mut cli = Peer::new(&server, out.stdout.trim()).await;
+    cli.join("del").await;
+    let d4 = cli.delete("del", &id(4)).await;
+    assert_eq!(d4["seq"], 10, "{d4}");
+    let f = bob.event_at(10).await;
+    assert_eq!(
+        (&f["type"], &f["user_id"]),
+        (&json!("deleted"), &json!("cli-mod"))
+    );
 }
 
 // ---------------------------------------------------------------------------
