@@ -209,6 +209,7 @@ fn to_counted(m: &ChatMessage, lang: &'static str) -> CountedMessage {
         user_id: m.user_id.clone(),
         user_name: m.user_name.clone(),
         lang: lang.to_string(),
+        counts: m.is_message(),
     }
 }
 
@@ -229,7 +230,11 @@ fn detector() -> &'static std::sync::mpsc::Sender<DetectJob> {
             .spawn(move || {
                 lower_priority();
                 for (messages, answer) in queue {
-                    let _ = answer.send(messages.iter().map(|m| language(&m.content)).collect());
+                    let languages = messages.iter().map(|m| match m.is_message() {
+                        true => language(&m.content),
+                        false => "und", // a change is not a new message
+                    });
+                    let _ = answer.send(languages.collect());
                 }
             });
         if let Err(error) = spawned {

@@ -44,6 +44,29 @@ pub struct Claims {
     pub exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rooms: Option<Vec<String>>,
+    /// `true`: a moderator. Any other value (or none) is not.
+    #[serde(rename = "mod", default, skip_serializing_if = "Option::is_none")]
+    pub moderator: Option<serde_json::Value>,
+    /// Roles from an identity provider: `"mod"` among them makes a moderator.
+    /// Anything but an array of strings grants no role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles: Option<serde_json::Value>,
+}
+
+/// The role (in `roles`) that makes a moderator.
+pub const MODERATOR_ROLE: &str = "mod";
+
+impl Claims {
+    /// A moderator deletes anyone's messages: `"mod": true`, or `"mod"` in `roles`.
+    pub fn is_moderator(&self) -> bool {
+        let flag = self.moderator.as_ref().and_then(|v| v.as_bool()) == Some(true);
+        let role = self
+            .roles
+            .as_ref()
+            .and_then(|v| v.as_array())
+            .is_some_and(|roles| roles.iter().any(|r| r.as_str() == Some(MODERATOR_ROLE)));
+        flag || role
+    }
 }
 
 /// Which rooms a token may join and read. Entries ending in `*` are prefixes.
@@ -93,6 +116,8 @@ pub struct Identity {
     pub rooms: RoomAccess,
     /// When the token stops being valid (Unix seconds); `None` for token-less guests.
     pub expires_at: Option<u64>,
+    /// The token's claims make this user a moderator (never a guest).
+    pub moderator: bool,
 }
 
 pub struct Auth {
@@ -116,11 +141,25 @@ impl Auth {
     }
 
     pub fn mint(&self, sub: &str, name: &str, ttl_secs: u64, rooms: Option<Vec<String>>) -> String {
+        self.mint_as(sub, name, ttl_secs, rooms, false)
+    }
+
+    /// [`Auth::mint`], with `"mod": true` when `moderator`.
+    pub fn mint_as(
+        &self,
+        sub: &str,
+        name: &str,
+        ttl_secs: u64,
+        rooms: Option<Vec<String>>,
+        moderator: bool,
+    ) -> String {
         let claims = Claims {
             sub: sub.to_string(),
             name: name.to_string(),
             exp: unix_now().saturating_add(ttl_secs),
             rooms,
+            moderator: moderator.then_some(serde_json::Value::Bool(true)),
+            roles: None,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .unwrap_or_default()
@@ -142,6 +181,7 @@ impl Auth {
                 Rejection::new(ErrorCode::Unauthorized, why)
             })?;
         let claims = data.claims;
+        let moderator = claims.is_moderator();
         if claims.sub.is_empty() || claims.sub.contains('\0') {
             return Err(Rejection::new(
                 ErrorCode::Unauthorized,
@@ -158,6 +198,7 @@ impl Auth {
             }),
             rooms: claims.rooms.map_or_else(RoomAccess::all, RoomAccess::only),
             expires_at: Some(claims.exp),
+            moderator,
         })
     }
 }

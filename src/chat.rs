@@ -1,19 +1,89 @@
 //! The chat message, the domain type every layer passes around: rooms
 //! sequence it, the broker fans it out, stores keep it. Its wire forms (frames,
 //! history objects, acks) are in [`crate::protocol`].
+//!
+//! A room's log holds messages and the changes made to them (edits, deletes,
+//! reactions), each with its own seq: a [`ChatMessage`] is either, told apart
+//! by its [`Kind`]. How changes apply to a message is in [`crate::changes`].
 
-/// One accepted chat message: its identity (room, seq, id, timestamp) is fixed
-/// when it is accepted and never changes.
+/// What an entry of a room's log is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum Kind {
+    /// A chat message (possibly a reply).
+    #[default]
+    Message,
+    /// New content for `target` (by its author).
+    Edit,
+    /// `target` deleted (by its author or a moderator).
+    Delete,
+    /// The sender's reaction `content` (an emoji) added to `target`.
+    React,
+    /// The sender's reaction `content` removed from `target`.
+    Unreact,
+}
+
+impl Kind {
+    /// The name stored in the database and carried through Redis.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Message => "message",
+            Kind::Edit => "edit",
+            Kind::Delete => "delete",
+            Kind::React => "react",
+            Kind::Unreact => "unreact",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Kind> {
+        Some(match name {
+            "message" => Kind::Message,
+            "edit" => Kind::Edit,
+            "delete" => Kind::Delete,
+            "react" => Kind::React,
+            "unreact" => Kind::Unreact,
+            _ => return None,
+        })
+    }
+}
+
+/// One emoji's reactions on a message, as history shows them.
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReactionSummary {
+    pub emoji: String,
+    pub count: u64,
+    /// The first few users who reacted (oldest first).
+    pub users: Vec<String>,
+}
+
+/// Users listed per emoji in history objects.
+pub const REACTION_USERS_SHOWN: usize = 5;
+
+/// One entry of a room's log: its identity (room, seq, id, timestamp) is
+/// fixed when it is accepted and never changes. A message read back from the
+/// store carries its current state (`edited_at_ms`, `deleted`, `reactions`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ChatMessage {
     pub room: String,
     pub seq: u64,
     pub id: String,
     pub user_id: String,
     pub user_name: String,
+    /// A message's or an edit's text, a reaction's emoji; empty for a delete
+    /// and for a deleted message.
     pub content: String,
     pub timestamp_ms: i64,
     pub client_ref: Option<String>,
+    pub kind: Kind,
+    /// The message a change applies to.
+    pub target: Option<String>,
+    /// The message a message replies to.
+    pub reply_to: Option<String>,
+    /// When a message was last edited (state, not part of the event).
+    pub edited_at_ms: Option<i64>,
+    /// A message that was deleted (its content is gone).
+    pub deleted: bool,
+    /// A message's reactions (filled by history reads only).
+    pub reactions: Vec<ReactionSummary>,
 }
 
 impl ChatMessage {
@@ -26,10 +96,13 @@ impl ChatMessage {
             seq: self.seq,
             id: self.id.clone(),
             user_id: self.user_id.clone(),
-            user_name: String::new(),
-            content: String::new(),
             timestamp_ms: self.timestamp_ms,
             client_ref: self.client_ref.clone(),
+            ..ChatMessage::default()
         }
+    }
+
+    pub fn is_message(&self) -> bool {
+        self.kind == Kind::Message
     }
 }

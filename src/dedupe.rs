@@ -233,6 +233,7 @@ pub(crate) fn sent_with_ref(user: &str, r: &str, seq: u64) -> Arc<ChatMessage> {
         content: "x".into(),
         timestamp_ms: crate::protocol::now_ms(),
         client_ref: Some(r.into()),
+        ..ChatMessage::default()
     })
 }
 

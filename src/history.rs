@@ -55,6 +55,7 @@ mod tests {
             content: String::new(),
             timestamp_ms: 0,
             client_ref: None,
+            ..ChatMessage::default()
         };
         let (page, next) = finish_page((4..=9).map(mk).collect(), 5);
         assert_eq!(

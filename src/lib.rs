@@ -3,6 +3,7 @@
 pub mod analytics;
 pub mod auth;
 pub mod broker;
+pub mod changes;
 pub mod chat;
 pub mod config;
 pub mod connection;

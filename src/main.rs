@@ -43,6 +43,9 @@ enum Command {
         /// Comma-separated rooms the token may use; `team-*` is a prefix
         #[arg(long)]
         rooms: Option<String>,
+        /// A moderator: may delete anyone's messages (claim `"mod": true`)
+        #[arg(long = "mod")]
+        moderator: bool,
     },
     /// Validate a configuration and print the effective one (secrets redacted)
     CheckConfig {
@@ -104,7 +107,8 @@ fn main() -> ExitCode {
             name,
             ttl,
             rooms,
-        } => token(&config, &source, &sub, &name, ttl, rooms),
+            moderator,
+        } => token(&config, &source, &sub, &name, ttl, rooms, moderator),
         Command::Migrate => {
             init_logging(&config);
             run_async(async { confab::store::migrate(&config).await.context("migrate") })
@@ -160,6 +164,7 @@ fn token(
     name: &str,
     ttl: Option<u64>,
     rooms: Option<String>,
+    moderator: bool,
 ) -> anyhow::Result<()> {
     use confab::auth::{load_secret, SecretError, SecretSource};
     let name = confab::protocol::check_display_name(name)
@@ -197,7 +202,8 @@ fn token(
             .filter(|s| !s.is_empty())
             .collect()
     });
-    let token = auth.mint(sub, &name, ttl.unwrap_or(config.auth.token_ttl_secs), rooms);
+    let ttl = ttl.unwrap_or(config.auth.token_ttl_secs);
+    let token = auth.mint_as(sub, &name, ttl, rooms, moderator);
     let mut out = std::io::stdout().lock();
     writeln!(out, "{token}")
         .and_then(|()| out.flush())

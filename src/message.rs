@@ -7,6 +7,7 @@
 //! - room -> session: [`ToSession`], through an [`Outlet`] (with its [`Backlog`]);
 //! - room -> registry: [`RoomIdle`], and the [`Occupancy`] counters they share.
 
+use crate::chat::Kind;
 use crate::protocol::{Rejection, UserInfo};
 use actix::prelude::*;
 use bytestring::ByteString;
@@ -24,6 +25,8 @@ pub struct Join {
     pub room: String,
     pub session: Uuid,
     pub user: Arc<UserInfo>,
+    /// The token makes this user a moderator (they delete anyone's messages).
+    pub moderator: bool,
     pub to: Outlet,
     pub format: FrameFormat,
     /// Replay the newest N (already clamped to 0..=100), when `since` is absent.
@@ -48,15 +51,21 @@ pub struct Leave {
 #[rtype(result = "()")]
 pub struct Settle;
 
-/// A chat message a member sends to the room.
+/// A chat message, or a change to one, a member sends to the room.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Post {
     pub session: Uuid,
     /// To answer a session the room no longer knows (it was just dropped).
     pub to: Recipient<ToSession>,
+    /// A message's or an edit's text, a reaction's emoji, empty for a delete.
     pub content: String,
     pub client_ref: Option<String>,
+    pub kind: Kind,
+    /// A change's target message.
+    pub target: Option<String>,
+    /// The message a message replies to.
+    pub reply_to: Option<String>,
 }
 
 /// A member is typing.

@@ -4,10 +4,11 @@
 //! runs the heartbeat. All actix-web-actors plumbing lives in this module.
 
 use crate::auth::Identity;
+use crate::chat::Kind;
 use crate::limits::ConnectionSlot;
 use crate::message::InputState;
 use crate::message::{self, Backlog, FrameFormat, Outlet, ToSession};
-use crate::protocol::{self, ClientFrame, ErrorCode, Rejection, UserInfo};
+use crate::protocol::{self, Change, ClientFrame, ErrorCode, Rejection, UserInfo};
 use crate::registry::JoinRoom;
 use crate::room::RoomActor;
 use crate::AppDeps;
@@ -22,6 +23,15 @@ use uuid::Uuid;
 /// connection's input with them), so pipelined requests can't pile up pages
 /// in memory.
 const HISTORY_IN_FLIGHT: usize = 4;
+
+/// What a client posts to a room: a message, or a change to one.
+enum Posting {
+    Message {
+        content: String,
+        reply_to: Option<String>,
+    },
+    Change(Change),
+}
 
 struct HistoryRequest {
     room: String,
@@ -160,6 +170,7 @@ impl Session {
                 room: room_name.clone(),
                 session: act.id,
                 user: act.user.clone(),
+                moderator: act.identity.moderator,
                 to: Outlet::new(ctx.address().recipient(), act.backlog.clone()),
                 format: act.format,
                 history,
@@ -206,11 +217,14 @@ impl Session {
         );
     }
 
-    fn send_message(
+    /// A message, or a change to one (`what`), for `room`: checked here as
+    /// far as the frame alone allows, then handed to the room, which checks
+    /// it against the message it targets.
+    fn post(
         &mut self,
         ctx: &mut ws::WebsocketContext<Self>,
         room: String,
-        content: String,
+        what: Posting,
         client_ref: Option<String>,
     ) {
         // A known ref is answered with the original ack before any other check.
@@ -221,11 +235,24 @@ impl Session {
             }
         }
         let context = |e: Rejection| e.with_ref(client_ref.as_deref()).in_room(Some(&room));
-        if let Err(e) = protocol::check_content(&content, self.deps.config.limits.max_message_chars)
-        {
-            return self.refuse_send(ctx, context(e), client_ref);
-        }
-        if let Err(e) = self.deps.moderation.check(&content) {
+        let (kind, target, reply_to, content) = match what {
+            Posting::Message { content, reply_to } => (Kind::Message, None, reply_to, content),
+            Posting::Change(change) => match change {
+                Change::Edit { target, content } => (Kind::Edit, Some(target), None, content),
+                Change::Delete { target } => (Kind::Delete, Some(target), None, String::new()),
+                Change::React { target, emoji } => (Kind::React, Some(target), None, emoji),
+                Change::Unreact { target, emoji } => (Kind::Unreact, Some(target), None, emoji),
+            },
+        };
+        let checked = match kind {
+            Kind::Message | Kind::Edit => {
+                protocol::check_content(&content, self.deps.config.limits.max_message_chars)
+                    .and_then(|()| self.deps.moderation.check(&content))
+            }
+            Kind::React | Kind::Unreact => protocol::check_emoji(&content),
+            Kind::Delete => Ok(()),
+        };
+        if let Err(e) = checked {
             return self.refuse_send(ctx, context(e), client_ref);
         }
         let Some(addr) = self.rooms.get(&room).cloned() else {
@@ -247,6 +274,9 @@ impl Session {
             to: ctx.address().recipient(),
             content,
             client_ref,
+            kind,
+            target,
+            reply_to,
         });
     }
 
@@ -344,7 +374,11 @@ impl Session {
     fn handle_text(&mut self, ctx: &mut ws::WebsocketContext<Self>, text: &str) {
         if self.format == FrameFormat::Seed {
             if let Some((room, _)) = self.seed.clone() {
-                self.send_message(ctx, room, text.to_string(), None);
+                let what = Posting::Message {
+                    content: text.to_string(),
+                    reply_to: None,
+                };
+                self.post(ctx, room, what, None);
             }
             return;
         }
@@ -386,7 +420,18 @@ impl Session {
                 room,
                 content,
                 client_ref,
-            } => self.send_message(ctx, room, content, client_ref),
+                reply_to,
+            } => self.post(
+                ctx,
+                room,
+                Posting::Message { content, reply_to },
+                client_ref,
+            ),
+            ClientFrame::Change {
+                room,
+                change,
+                client_ref,
+            } => self.post(ctx, room, Posting::Change(change), client_ref),
             ClientFrame::Typing { room } => match self.rooms.get(&room) {
                 Some(addr) => addr.do_send(message::Typing { session: self.id }),
                 None => self.not_joined(ctx, &room),

@@ -3,7 +3,7 @@
 //! room with [`Pipeline::after`], import reads its file line by line and writes
 //! batches with [`Pipeline::import_batch`], so neither holds more than a page.
 
-use crate::chat::ChatMessage;
+use crate::chat::{ChatMessage, Kind};
 use crate::config::Config;
 use crate::protocol;
 use crate::store::{Pipeline, StoreError};
@@ -22,12 +22,14 @@ pub const IMPORT_BATCH: usize = 500;
 pub const MAX_LINE_BYTES: usize = 8 << 20;
 
 /// The header line of a CSV export (its rows end with CRLF, as RFC 4180 says).
-pub const CSV_HEADER: &str = "room,seq,id,user,user_id,content,timestamp\r\n";
+pub const CSV_HEADER: &str =
+    "room,seq,id,user,user_id,content,timestamp,kind,target,reply_to,edited_at,deleted\r\n";
 
 /// The format of `confab export`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
-    /// One JSON message object per line, as history pages render them.
+    /// One JSON object per line: a message as history pages render it
+    /// (without `reactions`), a change as its live frame with `kind`.
     Ndjson,
     /// RFC 4180: a header line, then one row per message, CRLF line ends.
     Csv,
@@ -76,7 +78,7 @@ async fn export_paged<W: Write>(
             match format {
                 Format::Ndjson => {
                     // The history message object, so exports and history agree.
-                    line.push_str(&m.object_json());
+                    line.push_str(&m.export_json());
                     line.push('\n');
                 }
                 Format::Csv => csv_row(m, &mut line),
@@ -106,7 +108,15 @@ pub fn csv_row(m: &ChatMessage, out: &mut String) {
     push_csv_field(out, &m.content);
     out.push(',');
     out.push_str(&m.timestamp());
-    out.push_str("\r\n");
+    let _ = write!(out, ",{},", m.kind.as_str());
+    push_csv_field(out, m.target.as_deref().unwrap_or(""));
+    out.push(',');
+    push_csv_field(out, m.reply_to.as_deref().unwrap_or(""));
+    out.push(',');
+    if let Some(at) = m.edited_at_ms {
+        out.push_str(&protocol::format_timestamp(at));
+    }
+    out.push_str(if m.deleted { ",true\r\n" } else { ",false\r\n" });
 }
 
 /// Appends one RFC 4180 field: quoted when it holds a comma, a quote, CR or
@@ -157,8 +167,8 @@ pub async fn run_export(
 
 // --------------------------------------------------------------------- import
 
-/// One line of an NDJSON export: a history message object. Other fields
-/// (such as `type`) are ignored.
+/// One line of an NDJSON export: a history message object, or a change
+/// (with `kind`). Other fields (such as `type`) are ignored.
 #[derive(serde::Deserialize)]
 struct Line {
     room: String,
@@ -166,11 +176,32 @@ struct Line {
     id: String,
     user: String,
     user_id: String,
-    content: String,
+    #[serde(default)]
+    content: Option<String>,
     timestamp: String,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    target: Option<String>,
+    #[serde(default)]
+    emoji: Option<String>,
+    #[serde(default)]
+    added: Option<bool>,
+    #[serde(default)]
+    reply_to: Option<String>,
+    #[serde(default)]
+    edited_at: Option<String>,
+    #[serde(default)]
+    deleted: bool,
 }
 
-/// Parses one line of an export into the message it describes (without a
+fn parse_time(name: &str, text: &str) -> Result<i64, String> {
+    Ok(chrono::DateTime::parse_from_rfc3339(text)
+        .map_err(|e| format!("\"{name}\" {text:?} is not an RFC 3339 time ({e})"))?
+        .timestamp_millis())
+}
+
+/// Parses one line of an export into the entry it describes (without a
 /// `client_ref`), or says what is wrong with it.
 pub fn parse_line(text: &str) -> Result<ChatMessage, String> {
     let line: Line = serde_json::from_str(text).map_err(|e| {
@@ -185,36 +216,57 @@ pub fn parse_line(text: &str) -> Result<ChatMessage, String> {
     if line.seq > i64::MAX as u64 {
         return Err(format!("\"seq\" {} is too large", line.seq));
     }
-    let timestamp_ms = chrono::DateTime::parse_from_rfc3339(&line.timestamp)
-        .map_err(|e| {
-            format!(
-                "\"timestamp\" {:?} is not an RFC 3339 time ({e})",
-                line.timestamp
-            )
-        })?
-        .timestamp_millis();
-    for (name, value) in [
-        ("id", &line.id),
-        ("user", &line.user),
-        ("user_id", &line.user_id),
-        ("content", &line.content),
-    ] {
+    let timestamp_ms = parse_time("timestamp", &line.timestamp)?;
+    let kind = match line.kind.as_deref() {
+        None => Kind::Message,
+        Some("react") if line.added == Some(false) => Kind::Unreact,
+        Some(k) => {
+            Kind::parse(k).ok_or_else(|| format!("\"kind\" {k:?} is not one confab writes"))?
+        }
+    };
+    let content = match kind {
+        Kind::Message | Kind::Edit => line.content.ok_or("missing field `content`")?,
+        Kind::React | Kind::Unreact => line.emoji.ok_or("missing field `emoji`")?,
+        Kind::Delete => String::new(),
+    };
+    if kind != Kind::Message && line.target.is_none() {
+        return Err("a change needs its \"target\"".into());
+    }
+    let edited_at_ms = match &line.edited_at {
+        Some(at) => Some(parse_time("edited_at", at)?),
+        None => None,
+    };
+    let fields = [
+        ("id", Some(&line.id)),
+        ("user", Some(&line.user)),
+        ("user_id", Some(&line.user_id)),
+        ("content", Some(&content)),
+        ("target", line.target.as_ref()),
+        ("reply_to", line.reply_to.as_ref()),
+    ];
+    for (name, value) in fields {
         // Postgres text can't hold NUL, and both backends must agree.
-        if value.contains('\0') {
+        if value.is_some_and(|v| v.contains('\0')) {
             return Err(format!(
                 "\"{name}\" must not contain the NUL character (U+0000)"
             ));
         }
     }
+    let is_message = kind == Kind::Message;
     Ok(ChatMessage {
         room: line.room,
         seq: line.seq,
         id: line.id,
         user_id: line.user_id,
         user_name: line.user,
-        content: line.content,
+        content,
         timestamp_ms,
-        client_ref: None,
+        kind,
+        target: line.target.filter(|_| !is_message),
+        reply_to: line.reply_to.filter(|_| is_message),
+        edited_at_ms: edited_at_ms.filter(|_| is_message),
+        deleted: line.deleted && is_message,
+        ..ChatMessage::default()
     })
 }
 
@@ -531,6 +583,7 @@ mod tests {
             content: content.into(),
             timestamp_ms: 1_795_428_000_123 + seq as i64,
             client_ref: None,
+            ..ChatMessage::default()
         }
     }
 
@@ -630,7 +683,12 @@ mod tests {
                 "user",
                 "user_id",
                 "content",
-                "timestamp"
+                "timestamp",
+                "kind",
+                "target",
+                "reply_to",
+                "edited_at",
+                "deleted"
             ]
         );
         for (m, r) in messages.iter().zip(&records[1..]) {
@@ -642,6 +700,11 @@ mod tests {
                 m.user_id.clone(),
                 m.content.clone(),
                 m.timestamp(),
+                "message".to_string(),
+                String::new(),
+                String::new(),
+                String::new(),
+                "false".to_string(),
             ];
             assert_eq!(r, &want);
         }
@@ -667,7 +730,7 @@ mod tests {
             .lines()
             .map(|l| {
                 let m = parse_line(l).unwrap();
-                assert_eq!(m.object_json(), l, "the history object, byte for byte");
+                assert_eq!(m.export_json(), l, "the history object, byte for byte");
                 m.seq
             })
             .collect();
@@ -787,7 +850,7 @@ mod tests {
 
     #[test]
     fn a_bad_line_stops_the_import_after_writing_what_came_before() {
-        let good = |seq| msg("general", seq, "hi").object_json();
+        let good = |seq| msg("general", seq, "hi").export_json();
         let file = format!(
             "{}\n\n{}\n{}\n{{\"room\":\"general\",\"seq\":0}}\n{}\n",
             good(1),
@@ -834,7 +897,7 @@ mod tests {
 
     #[test]
     fn lines_are_checked() {
-        let ok = msg("general", 7, "a \"b\"\nc").object_json();
+        let ok = msg("general", 7, "a \"b\"\nc").export_json();
         let m = parse_line(&ok).unwrap();
         assert_eq!(m, msg("general", 7, "a \"b\"\nc"));
         let with = |key: &str, value: serde_json::Value| {

@@ -255,6 +255,7 @@ fn old_and_new(room: &str) -> Vec<Arc<ChatMessage>> {
                     now - 3_600_000
                 },
                 client_ref: None,
+                ..ChatMessage::default()
             })
         })
         .collect()

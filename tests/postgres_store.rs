@@ -24,6 +24,7 @@ fn msg(room: &str, seq: u64, content: &str, client_ref: Option<&str>) -> Arc<Cha
         content: content.into(),
         timestamp_ms: 1_700_000_000_000 + seq as i64,
         client_ref: client_ref.map(str::to_string),
+        ..ChatMessage::default()
     })
 }
 

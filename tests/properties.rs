@@ -209,6 +209,7 @@ fn well_formed() -> impl Strategy<Value = (Value, ClientFrame)> {
                         room,
                         content,
                         client_ref,
+                        reply_to: None,
                     },
                 )
             }),
@@ -328,6 +329,7 @@ fn frame_room(frame: &ClientFrame) -> Option<&str> {
         ClientFrame::Join { room, .. }
         | ClientFrame::Leave { room }
         | ClientFrame::Send { room, .. }
+        | ClientFrame::Change { room, .. }
         | ClientFrame::Typing { room }
         | ClientFrame::History { room, .. } => Some(room),
     }
@@ -339,6 +341,12 @@ fn frame_type(frame: &ClientFrame) -> &'static str {
         ClientFrame::Join { .. } => "join",
         ClientFrame::Leave { .. } => "leave",
         ClientFrame::Send { .. } => "send",
+        ClientFrame::Change { change, .. } => match change {
+            confab::protocol::Change::Edit { .. } => "edit",
+            confab::protocol::Change::Delete { .. } => "delete",
+            confab::protocol::Change::React { .. } => "react",
+            confab::protocol::Change::Unreact { .. } => "unreact",
+        },
         ClientFrame::Typing { .. } => "typing",
         ClientFrame::History { .. } => "history",
     }
@@ -634,6 +642,14 @@ impl Store for MemStore {
         rows.reverse();
         Ok(rows)
     }
+    async fn targets(
+        &self,
+        _room: &str,
+        _ids: Vec<String>,
+        _users: Vec<String>,
+    ) -> Result<Vec<confab::changes::TargetState>, StoreError> {
+        Ok(Vec::new())
+    }
     async fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError> {
         Ok(Vec::new())
     }
@@ -655,6 +671,7 @@ fn message(room: &str, seq: u64) -> Arc<ChatMessage> {
         content: format!("message {seq}"),
         timestamp_ms: 1_795_428_000_000 + seq as i64,
         client_ref: None,
+        ..ChatMessage::default()
     })
 }
 

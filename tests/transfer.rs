@@ -396,6 +396,7 @@ async fn insert_directly(config: &Path, room: &str, n: u64) {
                     content: format!("{s}: {content}"),
                     timestamp_ms: 1_795_428_000_000 + s as i64,
                     client_ref: None,
+                    ..ChatMessage::default()
                 })
             })
             .collect();

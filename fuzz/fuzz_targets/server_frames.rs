@@ -41,6 +41,7 @@ fuzz_target!(|input: Input| {
         content: input.content.clone(),
         timestamp_ms: input.timestamp_ms,
         client_ref: input.client_ref.clone(),
+        ..ChatMessage::default()
     };
     let ts = m.timestamp();
     assert_eq!(ts, format_timestamp(input.timestamp_ms));
@@ -143,6 +144,7 @@ fn check_finish_page(rows: u8, limit: u8) {
             content: String::new(),
             timestamp_ms: 0,
             client_ref: None,
+            ..ChatMessage::default()
         })
         .collect();
     let n = rows.len();

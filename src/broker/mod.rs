@@ -22,7 +22,7 @@ mod refs;
 pub use refs::Refs;
 mod wire;
 
-use crate::chat::ChatMessage;
+use crate::chat::{ChatMessage, Kind};
 use crate::protocol::{Rejection, UserInfo};
 use actix::prelude::*;
 use async_trait::async_trait;
@@ -44,18 +44,25 @@ impl BrokerError {
     }
 }
 
-/// A validated send waiting for its seq. Its id and timestamp are fixed here,
-/// so every copy of the message (ack, live frames, history) carries the same ones.
+/// A validated send or change waiting for its seq. Its id and timestamp are
+/// fixed here, so every copy (ack, live frames, history) carries the same ones.
 #[derive(Debug, Clone)]
 pub struct Draft {
     pub user: Arc<UserInfo>,
+    /// A message's or an edit's text, a reaction's emoji, empty for a delete.
     pub content: String,
     pub client_ref: Option<String>,
     pub id: String,
     pub timestamp_ms: i64,
+    pub kind: Kind,
+    /// The message a change applies to.
+    pub target: Option<String>,
+    /// The message a message replies to.
+    pub reply_to: Option<String>,
 }
 
 impl Draft {
+    /// A message.
     pub fn new(user: Arc<UserInfo>, content: String, client_ref: Option<String>) -> Self {
         Self {
             user,
@@ -63,7 +70,31 @@ impl Draft {
             client_ref,
             id: uuid::Uuid::now_v7().to_string(),
             timestamp_ms: crate::protocol::now_ms(),
+            kind: Kind::Message,
+            target: None,
+            reply_to: None,
         }
+    }
+
+    /// A change of kind `kind` to message `target`.
+    pub fn change(
+        user: Arc<UserInfo>,
+        kind: Kind,
+        target: String,
+        content: String,
+        client_ref: Option<String>,
+    ) -> Self {
+        Self {
+            kind,
+            target: Some(target),
+            ..Self::new(user, content, client_ref)
+        }
+    }
+
+    /// A message replying to `reply_to`.
+    pub fn replying_to(mut self, reply_to: Option<String>) -> Self {
+        self.reply_to = reply_to;
+        self
     }
 
     pub fn into_message(self, room: &str, seq: u64) -> ChatMessage {
@@ -76,6 +107,10 @@ impl Draft {
             content: self.content,
             timestamp_ms: self.timestamp_ms,
             client_ref: self.client_ref,
+            kind: self.kind,
+            target: self.target,
+            reply_to: self.reply_to,
+            ..ChatMessage::default()
         }
     }
 }
@@ -90,6 +125,9 @@ pub enum Accepted {
     Duplicate(Arc<ChatMessage>),
     /// This draft alone is refused.
     Rejected(Rejection),
+    /// A change that would change nothing (a reaction already there): acked
+    /// as `unchanged`, naming its target message; nothing is sequenced.
+    Unchanged(Arc<ChatMessage>),
 }
 
 /// Traffic for a local room that another instance produced (or a hint that

@@ -11,7 +11,7 @@
 //! - channel `ns:room:{room}`: `M`essage batches, `P+`/`P-` presence, `T`yping.
 
 use super::{Draft, Inbound};
-use crate::chat::ChatMessage;
+use crate::chat::{ChatMessage, Kind};
 use crate::protocol::UserInfo;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -133,6 +133,15 @@ struct WireBody {
     ts: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     r: Option<String>,
+    /// The entry's kind, absent for a message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    k: Option<String>,
+    /// A change's target message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    t: Option<String>,
+    /// The message a message replies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rt: Option<String>,
 }
 
 pub(super) fn encode_body(draft: &Draft) -> String {
@@ -143,12 +152,20 @@ pub(super) fn encode_body(draft: &Draft) -> String {
         c: draft.content.clone(),
         ts: draft.timestamp_ms,
         r: draft.client_ref.clone(),
+        k: (draft.kind != Kind::Message).then(|| draft.kind.as_str().to_string()),
+        t: draft.target.clone(),
+        rt: draft.reply_to.clone(),
     };
     serde_json::to_string(&body).unwrap_or_default()
 }
 
 pub(super) fn decode_body(room: &str, seq: u64, body: &str) -> Option<ChatMessage> {
     let b: WireBody = serde_json::from_str(body).ok()?;
+    let kind = match b.k.as_deref() {
+        None => Kind::Message,
+        // A kind this instance doesn't know (a newer one's) is unreadable.
+        Some(k) => Kind::parse(k)?,
+    };
     Some(ChatMessage {
         room: room.to_string(),
         seq,
@@ -158,6 +175,10 @@ pub(super) fn decode_body(room: &str, seq: u64, body: &str) -> Option<ChatMessag
         content: b.c,
         timestamp_ms: b.ts,
         client_ref: b.r,
+        kind,
+        target: b.t,
+        reply_to: b.rt,
+        ..ChatMessage::default()
     })
 }
 
@@ -235,9 +256,9 @@ pub(super) fn parse_original(text: &str, user_id: &str, client_ref: &str) -> Opt
         id,
         user_id: user_id.to_string(),
         user_name: String::new(),
-        content: String::new(),
         timestamp_ms,
         client_ref: Some(client_ref.to_string()),
+        ..ChatMessage::default()
     })
 }
 
@@ -288,6 +309,32 @@ mod tests {
             None
         );
         assert!(decode_body("g", 1, "not json").is_none());
+    }
+
+    #[test]
+    fn changes_and_replies_round_trip() {
+        let edit = Draft::change(
+            alice(),
+            Kind::Edit,
+            "m-1".into(),
+            "new".into(),
+            Some("c".into()),
+        );
+        let m = decode_body("g", 9, &encode_body(&edit)).unwrap();
+        assert_eq!(m, edit.clone().into_message("g", 9));
+        assert_eq!((m.kind, m.target.as_deref()), (Kind::Edit, Some("m-1")));
+        let reply = Draft::new(alice(), "+1".into(), None).replying_to(Some("m-1".into()));
+        let m = decode_body("g", 10, &encode_body(&reply)).unwrap();
+        assert_eq!(
+            (m.kind, m.reply_to.as_deref()),
+            (Kind::Message, Some("m-1"))
+        );
+        assert!(
+            !encode_body(&reply).contains("\"k\""),
+            "a message carries no kind"
+        );
+        let future = r#"{"id":"x","uid":"u","un":"n","c":"","ts":1,"k":"poll"}"#;
+        assert!(decode_body("g", 11, future).is_none());
     }
 
     #[test]

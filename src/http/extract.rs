@@ -104,6 +104,7 @@ pub fn guest_identity(name: String) -> Identity {
         }),
         rooms: crate::auth::RoomAccess::all(),
         expires_at: None,
+        moderator: false,
     }
 }
 

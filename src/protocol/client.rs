@@ -3,6 +3,26 @@
 use super::{check_room, ErrorCode, Rejection, MAX_JOIN_HISTORY, MAX_REF_CHARS};
 use serde_json::{Map, Value};
 
+/// What a change frame asks for, and of which message (`target`, its id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Edit { target: String, content: String },
+    Delete { target: String },
+    React { target: String, emoji: String },
+    Unreact { target: String, emoji: String },
+}
+
+impl Change {
+    pub fn target(&self) -> &str {
+        match self {
+            Change::Edit { target, .. }
+            | Change::Delete { target }
+            | Change::React { target, .. }
+            | Change::Unreact { target, .. } => target,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientFrame {
     Join {
@@ -16,6 +36,14 @@ pub enum ClientFrame {
     Send {
         room: String,
         content: String,
+        client_ref: Option<String>,
+        /// The message this one replies to.
+        reply_to: Option<String>,
+    },
+    /// A change to a message: `edit`, `delete`, `react`, `unreact`.
+    Change {
+        room: String,
+        change: Change,
         client_ref: Option<String>,
     },
     Typing {
@@ -76,27 +104,41 @@ fn parse_object(obj: &Map<String, Value>) -> Result<ClientFrame, Rejection> {
         }),
         "send" => {
             let room = room_field(obj)?;
-            let client_ref = match obj.get("ref") {
+            let client_ref = ref_field(obj)?;
+            let content = string_field(obj, "content")?;
+            let reply_to = match obj.get("reply_to") {
                 None | Some(Value::Null) => None,
-                Some(Value::String(r)) => {
-                    let n = r.chars().count();
-                    if n == 0 || n > MAX_REF_CHARS || r.contains('\0') {
-                        return Err(frame_error(
-                            "\"ref\" is a string of 1-64 characters (no NUL)",
-                        ));
-                    }
-                    Some(r.clone())
-                }
-                Some(_) => return Err(frame_error("\"ref\" is a string of 1-64 characters")),
-            };
-            let content = match obj.get("content") {
-                Some(Value::String(c)) => c.clone(),
-                Some(_) => return Err(frame_error("\"content\" must be a string")),
-                None => return Err(frame_error("missing \"content\"")),
+                Some(_) => Some(id_field(obj, "reply_to")?),
             };
             Ok(ClientFrame::Send {
                 room,
                 content,
+                client_ref,
+                reply_to,
+            })
+        }
+        "edit" | "delete" | "react" | "unreact" => {
+            let room = room_field(obj)?;
+            let client_ref = ref_field(obj)?;
+            let target = id_field(obj, "id")?;
+            let change = match kind {
+                "edit" => Change::Edit {
+                    target,
+                    content: string_field(obj, "content")?,
+                },
+                "delete" => Change::Delete { target },
+                "react" => Change::React {
+                    target,
+                    emoji: string_field(obj, "emoji")?,
+                },
+                _ => Change::Unreact {
+                    target,
+                    emoji: string_field(obj, "emoji")?,
+                },
+            };
+            Ok(ClientFrame::Change {
+                room,
+                change,
                 client_ref,
             })
         }
@@ -116,6 +158,48 @@ fn parse_object(obj: &Map<String, Value>) -> Result<ClientFrame, Rejection> {
 
 fn frame_error(message: impl Into<String>) -> Rejection {
     Rejection::new(ErrorCode::InvalidFrame, message)
+}
+
+/// `ref`: optional, a string of 1-64 characters without NUL.
+fn ref_field(obj: &Map<String, Value>) -> Result<Option<String>, Rejection> {
+    match obj.get("ref") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(r)) => {
+            let n = r.chars().count();
+            if n == 0 || n > MAX_REF_CHARS || r.contains('\0') {
+                return Err(frame_error(
+                    "\"ref\" is a string of 1-64 characters (no NUL)",
+                ));
+            }
+            Ok(Some(r.clone()))
+        }
+        Some(_) => Err(frame_error("\"ref\" is a string of 1-64 characters")),
+    }
+}
+
+/// A required string field (its content is checked elsewhere).
+fn string_field(obj: &Map<String, Value>, key: &str) -> Result<String, Rejection> {
+    match obj.get(key) {
+        Some(Value::String(c)) => Ok(c.clone()),
+        Some(_) => Err(frame_error(format!("\"{key}\" must be a string"))),
+        None => Err(frame_error(format!("missing \"{key}\""))),
+    }
+}
+
+/// A message id: a string of 1-64 characters without NUL (ids are UUIDs;
+/// anything else is simply not found).
+fn id_field(obj: &Map<String, Value>, key: &str) -> Result<String, Rejection> {
+    match obj.get(key) {
+        Some(Value::String(id))
+            if !id.is_empty() && id.chars().count() <= 64 && !id.contains('\0') =>
+        {
+            Ok(id.clone())
+        }
+        Some(_) => Err(frame_error(format!(
+            "\"{key}\" is a message id: a string of 1-64 characters"
+        ))),
+        None => Err(frame_error(format!("missing \"{key}\""))),
+    }
 }
 
 fn room_field(obj: &Map<String, Value>) -> Result<String, Rejection> {

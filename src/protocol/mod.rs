@@ -33,6 +33,12 @@ pub enum ErrorCode {
     TooManyRooms,
     Unavailable,
     NotFound,
+    /// A change or reply for a deleted message.
+    MessageDeleted,
+    /// A reaction that is not one grapheme cluster or a `:shortcode:`.
+    InvalidEmoji,
+    /// A reaction that would give a message more than [`MAX_EMOJI_PER_MESSAGE`] emoji.
+    TooManyReactions,
     /// A stats `window` other than 1h, 24h or 7d.
     InvalidWindow,
     /// An HTTP request that took longer than `server.request_timeout_secs`.
@@ -66,6 +72,9 @@ impl ErrorCode {
             ErrorCode::TooManyRooms => "too_many_rooms",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::MessageDeleted => "message_deleted",
+            ErrorCode::InvalidEmoji => "invalid_emoji",
+            ErrorCode::TooManyReactions => "too_many_reactions",
             ErrorCode::InvalidWindow => "invalid_window",
             ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::PayloadTooLarge => "payload_too_large",
@@ -371,7 +380,8 @@ mod tests {
             ClientFrame::Send {
                 room: "g".into(),
                 content: " hi ".into(),
-                client_ref: Some("c".into())
+                client_ref: Some("c".into()),
+                reply_to: None,
             }
         );
     }
@@ -386,7 +396,7 @@ mod tests {
             user_name: "al\"ice".into(),
             content: "<b>hi</b>\n".into(),
             timestamp_ms: 1_795_428_000_123,
-            client_ref: None,
+            ..ChatMessage::default()
         };
         let frame: Value = serde_json::from_str(&m.frame_json()).unwrap();
         let obj: Value = serde_json::from_str(&m.object_json()).unwrap();

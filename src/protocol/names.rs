@@ -221,3 +221,86 @@ pub fn check_content(content: &str, max_chars: usize) -> Result<(), Rejection> {
     }
     Ok(())
 }
+
+/// Distinct emoji one message can carry (bounds its history object).
+pub const MAX_EMOJI_PER_MESSAGE: usize = 50;
+/// The longest `:shortcode:` name, between the colons.
+pub const MAX_SHORTCODE_CHARS: usize = 32;
+/// The most bytes one grapheme cluster may take as a reaction (a family
+/// emoji with skin tones is about 40; a stack of combining marks is not an emoji).
+pub const MAX_EMOJI_BYTES: usize = 64;
+
+/// A reaction: one grapheme cluster (no whitespace or control characters) or
+/// a `:shortcode:` of `a-z 0-9 _ + -`.
+pub fn check_emoji(emoji: &str) -> Result<(), Rejection> {
+    let refuse = || {
+        Err(Rejection::new(
+            ErrorCode::InvalidEmoji,
+            "an emoji is one grapheme cluster or a :shortcode: of at most 32 characters (a-z 0-9 _ + -)",
+        ))
+    };
+    if let Some(name) = emoji.strip_prefix(':').and_then(|e| e.strip_suffix(':')) {
+        let ok = !name.is_empty()
+            && name.chars().count() <= MAX_SHORTCODE_CHARS
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_+-".contains(c));
+        return if ok { Ok(()) } else { refuse() };
+    }
+    use unicode_segmentation::UnicodeSegmentation;
+    let mut clusters = emoji.graphemes(true);
+    let one = clusters.next().is_some() && clusters.next().is_none();
+    let visible = emoji
+        .chars()
+        .next()
+        .is_some_and(|c| !c.is_whitespace() && !c.is_control() && !is_default_ignorable(c));
+    if one && visible && emoji.len() <= MAX_EMOJI_BYTES && !emoji.chars().any(char::is_control) {
+        Ok(())
+    } else {
+        refuse()
+    }
+}
+
+#[cfg(test)]
+mod emoji_tests {
+    use super::check_emoji;
+
+    #[test]
+    fn one_grapheme_or_a_shortcode() {
+        for ok in [
+            "👍",
+            "❤️",
+            "👍🏽",
+            "👨‍👩‍👧‍👦",
+            "🇫🇷",
+            "a",
+            "é",
+            "e\u{301}",
+            ":party_parrot:",
+            ":+1:",
+            ":a-b:",
+        ] {
+            assert!(check_emoji(ok).is_ok(), "{ok:?}");
+        }
+        let long = format!(":{}:", "a".repeat(33));
+        for bad in [
+            "",
+            "👍👍",
+            "ab",
+            " ",
+            "\u{200b}",
+            "\n",
+            "::",
+            ":UP:",
+            ":a b:",
+            long.as_str(),
+            ":x",
+            "\u{7}",
+        ] {
+            assert!(check_emoji(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_emoji(&format!(":{}:", "a".repeat(32))).is_ok());
+        let zalgo = format!("a{}", "\u{301}".repeat(40));
+        assert!(check_emoji(&zalgo).is_err(), "over 64 bytes");
+    }
+}

@@ -2,7 +2,7 @@
 //! every recipient.
 
 use super::to_json;
-use crate::chat::ChatMessage;
+use crate::chat::{ChatMessage, Kind};
 use serde::Serialize;
 use std::fmt::Write as _;
 
@@ -13,48 +13,131 @@ pub struct UserInfo {
     pub name: String,
 }
 
-/// The wire forms of a message: its history object, live frame, seed frame
+/// The wire forms of a log entry: its history object, live frame, seed frame
 /// and ack.
 impl ChatMessage {
     pub fn timestamp(&self) -> String {
         format_timestamp(self.timestamp_ms)
     }
 
-    /// The message object of history pages: `{"room",...,"timestamp"}`.
+    /// The message object of history pages: `{"room",...,"timestamp"}` and
+    /// its current state (`edited_at`, `deleted`, `reply_to`, `reactions`).
     pub fn object_json(&self) -> String {
-        let mut out = String::with_capacity(128 + self.content.len());
+        let mut out = String::with_capacity(160 + self.content.len());
+        out.push('{');
         self.write_fields(&mut out);
-        out.insert(0, '{');
+        self.write_state(&mut out);
+        out.push_str(",\"reactions\":[");
+        for (i, r) in self.reactions.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(
+                out,
+                "{{\"emoji\":{},\"count\":{},\"users\":[",
+                json_str(&r.emoji),
+                r.count
+            );
+            for (j, user) in r.users.iter().enumerate() {
+                if j > 0 {
+                    out.push(',');
+                }
+                out.push_str(&json_str(user));
+            }
+            out.push_str("]}");
+        }
+        out.push_str("]}");
+        out
+    }
+
+    /// An entry as `confab export` writes it: a message as its history
+    /// object without `reactions` (the reaction events rebuild them), a
+    /// change as its live frame with `"kind"` in place of `"type"`.
+    pub fn export_json(&self) -> String {
+        let mut out = String::with_capacity(160 + self.content.len());
+        out.push('{');
+        if !self.is_message() {
+            let _ = write!(out, "\"kind\":\"{}\",", self.kind.as_str());
+        }
+        self.write_fields(&mut out);
+        self.write_state(&mut out);
         out.push('}');
         out
     }
 
-    /// The live frame: the message object with `"type":"message"` first.
+    /// The live frame: `message`, `edited`, `deleted` or `reaction`.
     pub fn frame_json(&self) -> String {
-        let mut out = String::with_capacity(144 + self.content.len());
-        out.push_str("{\"type\":\"message\",");
+        let mut out = String::with_capacity(160 + self.content.len());
+        out.push_str(match self.kind {
+            Kind::Message => "{\"type\":\"message\",",
+            Kind::Edit => "{\"type\":\"edited\",",
+            Kind::Delete => "{\"type\":\"deleted\",",
+            Kind::React | Kind::Unreact => "{\"type\":\"reaction\",",
+        });
         self.write_fields(&mut out);
+        self.write_state(&mut out);
         out.push('}');
         out
     }
 
+    /// The fields every entry has, then what its kind adds: a change names
+    /// its `target`; a reaction's content is its `emoji`; a delete has none.
     fn write_fields(&self, out: &mut String) {
         let _ = write!(
             out,
-            "\"room\":{},\"seq\":{},\"id\":{},\"user\":{},\"user_id\":{},\"content\":{},\"timestamp\":\"{}\"",
+            "\"room\":{},\"seq\":{},\"id\":{},",
             json_str(&self.room),
             self.seq,
             json_str(&self.id),
+        );
+        if let Some(target) = self.target.as_deref().filter(|_| !self.is_message()) {
+            let _ = write!(out, "\"target\":{},", json_str(target));
+        }
+        let _ = write!(
+            out,
+            "\"user\":{},\"user_id\":{},",
             json_str(&self.user_name),
             json_str(&self.user_id),
-            json_str(&self.content),
-            self.timestamp()
         );
+        match self.kind {
+            Kind::Message | Kind::Edit => {
+                let _ = write!(out, "\"content\":{},", json_str(&self.content));
+            }
+            Kind::React | Kind::Unreact => {
+                let _ = write!(
+                    out,
+                    "\"emoji\":{},\"added\":{},",
+                    json_str(&self.content),
+                    self.kind == Kind::React
+                );
+            }
+            Kind::Delete => {}
+        }
+        let _ = write!(out, "\"timestamp\":\"{}\"", self.timestamp());
     }
 
-    /// The seed-compatible frame.
-    pub fn seed_frame_json(&self) -> String {
-        to_json(&serde_json::json!({
+    /// A message's state beyond its event: only what applies.
+    fn write_state(&self, out: &mut String) {
+        if !self.is_message() {
+            return;
+        }
+        if let Some(reply_to) = &self.reply_to {
+            let _ = write!(out, ",\"reply_to\":{}", json_str(reply_to));
+        }
+        if let Some(at) = self.edited_at_ms {
+            let _ = write!(out, ",\"edited_at\":\"{}\"", format_timestamp(at));
+        }
+        if self.deleted {
+            out.push_str(",\"deleted\":true");
+        }
+    }
+
+    /// The seed-compatible frame; `None` for changes, which seed clients don't see.
+    pub fn seed_frame_json(&self) -> Option<String> {
+        if !self.is_message() {
+            return None;
+        }
+        Some(to_json(&serde_json::json!({
             "client_id": self.user_id,
             "room_id": self.room,
             "message": self.content,
@@ -62,11 +145,20 @@ impl ChatMessage {
             "seq": self.seq,
             "id": self.id,
             "user": self.user_name,
-        }))
+        })))
     }
 
     /// The ack for the sender.
     pub fn ack_json(&self, client_ref: Option<&str>) -> String {
+        self.ack_json_with(client_ref, false)
+    }
+
+    /// The ack of a change that changed nothing: it names the target message.
+    pub fn unchanged_ack_json(&self, client_ref: Option<&str>) -> String {
+        self.ack_json_with(client_ref, true)
+    }
+
+    fn ack_json_with(&self, client_ref: Option<&str>, unchanged: bool) -> String {
         #[derive(Serialize)]
         struct Ack<'a> {
             r#type: &'static str,
@@ -76,6 +168,8 @@ impl ChatMessage {
             seq: u64,
             id: &'a str,
             timestamp: String,
+            #[serde(skip_serializing_if = "std::ops::Not::not")]
+            unchanged: bool,
         }
         to_json(&Ack {
             r#type: "ack",
@@ -84,6 +178,7 @@ impl ChatMessage {
             seq: self.seq,
             id: &self.id,
             timestamp: self.timestamp(),
+            unchanged,
         })
     }
 }

@@ -15,8 +15,11 @@ pub(super) const SEND_BATCH_MAX: usize = 512;
 pub(super) struct Sender {
     pub(super) session: Uuid,
     pub(super) user_id: String,
-    /// The spam window's fingerprint of the content, to forget a refused send.
-    pub(super) spam_print: u64,
+    /// May delete anyone's messages.
+    pub(super) moderator: bool,
+    /// The spam window's fingerprint of the content, to forget a refused
+    /// send (`None`: a change without text, not judged as spam).
+    pub(super) spam_print: Option<u64>,
     pub(super) to: Outlet,
     pub(super) format: FrameFormat,
     pub(super) client_ref: Option<String>,
@@ -100,7 +103,8 @@ mod tests {
                 let sender = Sender {
                     session: Uuid::nil(),
                     user_id: user.id.clone(),
-                    spam_print: 0,
+                    moderator: false,
+                    spam_print: None,
                     to: to.clone(),
                     format: FrameFormat::V1,
                     client_ref: Some(format!("r{i}")),

@@ -6,7 +6,8 @@
 //! the next seq once it is there. The actor owns the timers and fetches; this
 //! buffer only says when they are due.
 
-use crate::chat::ChatMessage;
+use crate::changes::TargetState;
+use crate::chat::{ChatMessage, Kind};
 use crate::message::FrameFormat;
 use bytestring::ByteString;
 use std::collections::{BTreeMap, VecDeque};
@@ -15,13 +16,14 @@ use std::sync::{Arc, OnceLock};
 /// Recent messages kept in memory so most joins replay without a store read.
 pub(super) const RECENT_CAPACITY: usize = 128;
 
-/// A message with its frames, serialized once and shared by every member.
+/// A log entry with its frames, serialized once and shared by every member.
 pub(super) struct Delivered {
     pub(super) msg: Arc<ChatMessage>,
     /// The protocol v1 frame, which most members read: made up front.
     v1: ByteString,
-    /// The seed-compatible frame, made on first use.
-    seed: OnceLock<ByteString>,
+    /// The seed-compatible frame, made on first use (`None`: seed clients
+    /// see messages only, and no tombstones).
+    seed: OnceLock<Option<ByteString>>,
 }
 
 impl Delivered {
@@ -34,12 +36,18 @@ impl Delivered {
         }
     }
 
-    pub(super) fn frame(&self, format: FrameFormat) -> ByteString {
+    /// The frame a member of `format` gets, if any.
+    pub(super) fn frame(&self, format: FrameFormat) -> Option<ByteString> {
         match format {
-            FrameFormat::V1 => self.v1.clone(),
+            FrameFormat::V1 => Some(self.v1.clone()),
             FrameFormat::Seed => self
                 .seed
-                .get_or_init(|| ByteString::from(self.msg.seed_frame_json()))
+                .get_or_init(|| {
+                    let shown = !self.msg.deleted;
+                    shown
+                        .then(|| self.msg.seed_frame_json().map(ByteString::from))
+                        .flatten()
+                })
                 .clone(),
         }
     }
@@ -122,9 +130,20 @@ impl Delivery {
             if held(msg) {
                 return Next::Held;
             }
-            let Some((_, msg)) = self.waiting.pop_first() else {
+            let Some((_, mut msg)) = self.waiting.pop_first() else {
                 return Next::Empty;
             };
+            match (msg.kind, msg.target.clone()) {
+                // An edit sequenced after its message's delete changes
+                // nothing, and its text goes nowhere.
+                (Kind::Edit, Some(target)) if self.was_deleted(&target) => {
+                    let mut erased = (*msg).clone();
+                    erased.content.clear();
+                    msg = Arc::new(erased);
+                }
+                (Kind::Delete, Some(target)) => self.erase(&target),
+                _ => {}
+            }
             self.delivered = seq;
             let delivered = Arc::new(Delivered::new(msg));
             if self.recent.len() == RECENT_CAPACITY {
@@ -132,6 +151,53 @@ impl Delivery {
             }
             self.recent.push_back(delivered.clone());
             return Next::Deliver(delivered);
+        }
+    }
+
+    /// The entries delivered recently and those waiting, in seq order (with
+    /// the gaps the waiting ones may have).
+    fn entries(&self) -> impl Iterator<Item = &ChatMessage> {
+        self.recent
+            .iter()
+            .map(|d| d.msg.as_ref())
+            .chain(self.waiting.values().map(|m| m.as_ref()))
+    }
+
+    /// Whether message `id` is among the recent or waiting entries, so its
+    /// state is known without reading the store.
+    pub(super) fn knows(&self, id: &str) -> bool {
+        self.entries().any(|m| m.is_message() && m.id == id)
+    }
+
+    /// Message `id`'s state as the recent and waiting entries show it, over
+    /// `base` (read from the store) when the message itself isn't among them.
+    pub(super) fn resolve(&self, id: &str, base: Option<TargetState>) -> Option<TargetState> {
+        crate::changes::resolve(self.entries(), id, base)
+    }
+
+    fn was_deleted(&self, id: &str) -> bool {
+        self.recent.iter().any(|d| match d.msg.kind {
+            Kind::Message => d.msg.deleted && d.msg.id == id,
+            Kind::Delete => d.msg.target.as_deref() == Some(id),
+            _ => false,
+        })
+    }
+
+    /// Message `id` was deleted: the recent buffer's copy of it becomes a
+    /// tombstone and its edits lose their text, so replays from memory show
+    /// the deletion too.
+    fn erase(&mut self, id: &str) {
+        for entry in self.recent.iter_mut() {
+            let hit = match entry.msg.kind {
+                Kind::Message => entry.msg.id == id,
+                Kind::Edit => entry.msg.target.as_deref() == Some(id),
+                _ => false,
+            };
+            if hit {
+                let mut erased = (*entry.msg).clone();
+                crate::changes::erase(&mut erased);
+                *entry = Arc::new(Delivered::new(Arc::new(erased)));
+            }
         }
     }
 
@@ -206,8 +272,55 @@ pub(super) mod tests {
             user_name: "Ann".into(),
             content: format!("hello {seq}"),
             timestamp_ms: 1_700_000_000_000,
-            client_ref: None,
+            ..ChatMessage::default()
         })
+    }
+
+    fn change(seq: u64, kind: Kind, target: u64) -> Arc<ChatMessage> {
+        let mut m = (*msg(seq)).clone();
+        m.kind = kind;
+        m.target = Some(format!("m{target}"));
+        m.content = format!("edit {seq}");
+        Arc::new(m)
+    }
+
+    #[test]
+    fn a_delete_erases_the_recent_copies_and_later_edits() {
+        let mut d = Delivery::new();
+        for m in [
+            msg(1),
+            change(2, Kind::Edit, 1),
+            change(3, Kind::Delete, 1),
+            change(4, Kind::Edit, 1),
+            msg(5),
+        ] {
+            d.offer(m);
+        }
+        let mut out = Vec::new();
+        drain(&mut d, &HashSet::new(), &mut out);
+        let replay: Vec<String> = d
+            .recent_between(0, 5)
+            .unwrap()
+            .map(|e| e.frame(FrameFormat::V1).unwrap().to_string())
+            .collect();
+        assert!(
+            replay
+                .iter()
+                .all(|f| !f.contains("hello 1") && !f.contains("edit 2") && !f.contains("edit 4")),
+            "{replay:?}"
+        );
+        assert!(replay[0].contains("\"deleted\":true"));
+        assert!(
+            d.recent_between(0, 1)
+                .unwrap()
+                .all(|e| e.frame(FrameFormat::Seed).is_none()),
+            "no tombstones for seed clients"
+        );
+        assert!(
+            d.knows("m1") && d.knows("m5") && !d.knows("m2"),
+            "events are not messages"
+        );
+        assert!(d.resolve("m1", None).unwrap().deleted);
     }
 
     /// Delivers what can be delivered, like the actor's flush; `true` when it
@@ -314,11 +427,11 @@ pub(super) mod tests {
     #[test]
     fn frames_are_made_once_per_format() {
         let m = Delivered::new(msg(1));
-        assert_eq!(m.frame(FrameFormat::V1), m.msg.frame_json());
-        let seed = m.frame(FrameFormat::Seed);
-        assert_eq!(seed, m.msg.seed_frame_json());
+        assert_eq!(m.frame(FrameFormat::V1).unwrap(), m.msg.frame_json());
+        let seed = m.frame(FrameFormat::Seed).unwrap();
+        assert_eq!(seed, m.msg.seed_frame_json().unwrap());
         assert!(std::ptr::eq(
-            m.frame(FrameFormat::Seed).as_ptr(),
+            m.frame(FrameFormat::Seed).unwrap().as_ptr(),
             seed.as_ptr()
         ));
     }

@@ -9,10 +9,12 @@ use super::batch::Sender;
 use super::delivery::{Delivered, Next};
 use super::replay::{self, Hold};
 use super::{FlushPresenceSoon, Outbox, Phase, RoomActor, GAP_WAIT, RESYNC_AFTER_FAILURE};
-use crate::broker::{Accepted, RemotePresence};
+use crate::broker::{Accepted, Draft, RemotePresence};
+use crate::changes::{self, TargetState, Verdict};
 use crate::chat::ChatMessage;
 use crate::message::{FrameFormat, Join, ToSession};
 use crate::protocol::{self, ErrorCode, Rejection, UserInfo};
+use crate::FastMap;
 use actix::prelude::*;
 use bytestring::ByteString;
 use std::collections::VecDeque;
@@ -75,23 +77,136 @@ impl RoomActor {
     // ------------------------------------------------------------- sending
 
     /// Hands the queued sends to the broker, unless a batch is in flight.
+    /// Changes and replies are first checked against their target message:
+    /// from the recent entries when it is among them, else read from the store.
     pub(super) fn start_batch(&mut self, ctx: &mut Context<Self>) {
         let Some((senders, drafts)) = self.batching.start() else {
             return;
         };
+        let mut unknown: Vec<String> = Vec::new();
+        let mut users: Vec<String> = Vec::new();
+        for draft in &drafts {
+            let Some(target) = changes::target_of(draft) else {
+                continue;
+            };
+            if !self.delivery.knows(target) && !unknown.iter().any(|t| t == target) {
+                unknown.push(target.to_string());
+            }
+            if !users.contains(&draft.user.id) {
+                users.push(draft.user.id.clone());
+            }
+        }
+        if unknown.is_empty() {
+            return self.check_and_accept(ctx, senders, drafts, Vec::new());
+        }
+        let (store, room) = (self.deps.store.clone(), self.name.clone());
+        ctx.spawn(
+            async move { store.targets(&room, unknown, users).await }
+                .into_actor(self)
+                .map(move |result, act, ctx| match result {
+                    Ok(stored) => act.check_and_accept(ctx, senders, drafts, stored),
+                    Err(error) => {
+                        let failed = crate::broker::BrokerError::failed(error);
+                        let results = vec![None; senders.len()];
+                        act.end_batch(ctx, senders, results, Err(failed));
+                    }
+                }),
+        );
+    }
+
+    /// Decides each draft of the batch in order (an earlier one's effect
+    /// counts for the next), answers those the rules settle, and hands the
+    /// rest to the broker.
+    fn check_and_accept(
+        &mut self,
+        ctx: &mut Context<Self>,
+        senders: Vec<Sender>,
+        drafts: Vec<Draft>,
+        stored: Vec<TargetState>,
+    ) {
+        let mut states: FastMap<String, Option<TargetState>> = FastMap::default();
+        let mut settled: Vec<Option<Accepted>> = Vec::with_capacity(drafts.len());
+        let mut to_accept = Vec::with_capacity(drafts.len());
+        for (sender, draft) in senders.iter().zip(drafts) {
+            let Some(target) = changes::target_of(&draft) else {
+                settled.push(None);
+                to_accept.push(draft);
+                continue;
+            };
+            let state = states.entry(target.to_string()).or_insert_with(|| {
+                let base = stored.iter().find(|s| s.id == target).cloned();
+                self.delivery.resolve(target, base)
+            });
+            match changes::check(&draft, sender.moderator, state.as_mut()) {
+                Verdict::Accept => {
+                    settled.push(None);
+                    to_accept.push(draft);
+                }
+                Verdict::Unchanged(state) => {
+                    settled.push(Some(Accepted::Unchanged(Arc::new(state.ack(&self.name)))))
+                }
+                Verdict::Refuse(rejection) => settled.push(Some(Accepted::Rejected(rejection))),
+            }
+        }
+        if to_accept.is_empty() {
+            return self.end_batch(ctx, senders, settled, Ok(Vec::new()));
+        }
         let broker = self.deps.broker.clone();
         let room = self.name.clone();
         let delivered = self.delivery.delivered();
         ctx.spawn(
-            async move { broker.accept(&room, delivered, drafts).await }
+            async move { broker.accept(&room, delivered, to_accept).await }
                 .into_actor(self)
-                .map(move |result, act, ctx| {
-                    act.batching.finish();
-                    act.finish_batch(ctx, senders, result);
-                    act.start_batch(ctx);
-                    act.maybe_idle(ctx);
-                }),
+                .map(move |result, act, ctx| act.end_batch(ctx, senders, settled, result)),
         );
+    }
+
+    /// The batch is over: its answers go out and the next batch may start.
+    /// `settled` holds the answers the rules gave, `None` where the broker's
+    /// come in, in order.
+    fn end_batch(
+        &mut self,
+        ctx: &mut Context<Self>,
+        senders: Vec<Sender>,
+        settled: Vec<Option<Accepted>>,
+        accepted: Result<Vec<Accepted>, crate::broker::BrokerError>,
+    ) {
+        self.batching.finish();
+        let results = match accepted {
+            Ok(accepted) => {
+                let mut accepted = accepted.into_iter();
+                settled
+                    .into_iter()
+                    .map(|s| {
+                        s.or_else(|| accepted.next()).unwrap_or_else(|| {
+                            Accepted::Rejected(Rejection::new(
+                                ErrorCode::Unavailable,
+                                "the send was not accepted; send it again",
+                            ))
+                        })
+                    })
+                    .collect()
+            }
+            Err(error) => {
+                tracing::warn!(room = %self.name, %error, "sends refused: the broker failed");
+                // A broker that failed late may have accepted some of them anyway.
+                ctx.run_later(RESYNC_AFTER_FAILURE, |act, ctx| act.resync(ctx));
+                settled
+                    .into_iter()
+                    .map(|s| {
+                        s.unwrap_or_else(|| {
+                            Accepted::Rejected(Rejection::new(
+                                ErrorCode::Unavailable,
+                                "the message could not be stored; it was not accepted, send it again",
+                            ))
+                        })
+                    })
+                    .collect()
+            }
+        };
+        self.finish_batch(ctx, senders, results);
+        self.start_batch(ctx);
+        self.maybe_idle(ctx);
     }
 
     /// Acks (or refuses) each send of a finished batch, then delivers what it
@@ -100,59 +215,53 @@ impl RoomActor {
         &mut self,
         ctx: &mut Context<Self>,
         senders: Vec<Sender>,
-        result: Result<Vec<Accepted>, crate::broker::BrokerError>,
+        results: Vec<Accepted>,
     ) {
         let mut outbox = Outbox::default();
-        match result {
-            Ok(results) => {
-                for (sender, accepted) in senders.into_iter().zip(results) {
-                    match accepted {
-                        Accepted::New(msg) => {
-                            crate::metrics::get().messages_accepted.increment(1);
-                            self.ack(&mut outbox, &sender, &msg);
-                            self.delivery.offer(msg);
-                        }
-                        Accepted::Duplicate(original) => {
-                            self.spam.unrecord(&sender.user_id, sender.spam_print);
-                            self.ack(&mut outbox, &sender, &original)
-                        }
-                        Accepted::Rejected(rejection) => {
-                            self.spam.unrecord(&sender.user_id, sender.spam_print);
-                            self.refuse(
-                                &sender.to,
-                                rejection.with_ref(sender.client_ref.as_deref()),
-                            )
-                        }
-                    }
+        for (sender, accepted) in senders.into_iter().zip(results) {
+            match accepted {
+                Accepted::New(msg) => {
+                    crate::metrics::get().messages_accepted.increment(1);
+                    self.ack(&mut outbox, &sender, &msg, false);
+                    self.delivery.offer(msg);
                 }
-            }
-            Err(error) => {
-                tracing::warn!(room = %self.name, %error, "sends refused: the broker failed");
-                for sender in senders {
-                    self.spam.unrecord(&sender.user_id, sender.spam_print);
-                    let rejection = Rejection::new(
-                        ErrorCode::Unavailable,
-                        "the message could not be stored; it was not accepted, send it again",
-                    )
-                    .with_ref(sender.client_ref.as_deref());
-                    self.refuse(&sender.to, rejection);
+                Accepted::Duplicate(original) => {
+                    self.unrecord_spam(&sender);
+                    self.ack(&mut outbox, &sender, &original, false)
                 }
-                // A broker that failed late may have accepted some of them anyway.
-                ctx.run_later(RESYNC_AFTER_FAILURE, |act, ctx| act.resync(ctx));
+                Accepted::Unchanged(target) => {
+                    self.unrecord_spam(&sender);
+                    self.ack(&mut outbox, &sender, &target, true)
+                }
+                Accepted::Rejected(rejection) => {
+                    self.unrecord_spam(&sender);
+                    self.refuse(&sender.to, rejection.with_ref(sender.client_ref.as_deref()))
+                }
             }
         }
         self.flush_delivery(ctx, &mut outbox);
         self.send_outbox(outbox);
     }
 
-    fn ack(&self, outbox: &mut Outbox, sender: &Sender, msg: &ChatMessage) {
+    fn unrecord_spam(&mut self, sender: &Sender) {
+        if let Some(print) = sender.spam_print {
+            self.spam.unrecord(&sender.user_id, print);
+        }
+    }
+
+    fn ack(&self, outbox: &mut Outbox, sender: &Sender, msg: &ChatMessage, unchanged: bool) {
         crate::metrics::get()
             .accept_seconds
             .record(crate::metrics::seconds(sender.arrived.elapsed()));
         if sender.format != FrameFormat::V1 {
             return;
         }
-        let ack = ByteString::from(msg.ack_json(sender.client_ref.as_deref()));
+        let client_ref = sender.client_ref.as_deref();
+        let ack = ByteString::from(if unchanged {
+            msg.unchanged_ack_json(client_ref)
+        } else {
+            msg.ack_json(client_ref)
+        });
         if self.membership.contains(&sender.session) {
             outbox.entry(sender.session).or_default().push(ack);
         } else {
@@ -206,11 +315,11 @@ impl RoomActor {
         let replay_cap = self.deps.config.limits.session_queue;
         let mut overflowed = Vec::new();
         for (id, m) in self.membership.iter() {
+            let Some(frame) = delivered.frame(m.format) else {
+                continue; // a change, which seed clients don't see
+            };
             match self.replays.hold(id, &delivered, replay_cap) {
-                Hold::Send => outbox
-                    .entry(*id)
-                    .or_default()
-                    .push(delivered.frame(m.format)),
+                Hold::Send => outbox.entry(*id).or_default().push(frame),
                 Hold::Buffered => {}
                 // Frames waiting behind a replay count against the session's queue too.
                 Hold::Overflow => {

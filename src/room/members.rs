@@ -19,6 +19,8 @@ const TYPING_WINDOW: Duration = Duration::from_secs(2);
 /// One session in the room.
 pub(super) struct Member {
     pub(super) user: Arc<UserInfo>,
+    /// May delete anyone's messages.
+    pub(super) moderator: bool,
     pub(super) to: Outlet,
     pub(super) format: FrameFormat,
 }
@@ -374,6 +376,7 @@ mod tests {
         let to = super::super::test_outlet();
         Member {
             user: user.clone(),
+            moderator: false,
             to,
             format: FrameFormat::V1,
         }

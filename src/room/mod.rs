@@ -22,6 +22,7 @@ mod members;
 mod replay;
 
 use crate::broker::{Announce, Draft, Inbound};
+use crate::chat::Kind;
 use crate::limits::SpamWindow;
 use crate::message::{
     FrameFormat, Join, Leave, Occupancy, Outlet, Post, RoomIdle, Settle, ToSession, Typing,
@@ -325,6 +326,7 @@ impl Handler<Join> for RoomActor {
         if !self.membership.contains(&session) {
             let member = Member {
                 user: join.user.clone(),
+                moderator: join.moderator,
                 to: join.to.clone(),
                 format: join.format,
             };
@@ -409,7 +411,9 @@ impl Handler<Post> for RoomActor {
             self.refuse(&member.to, rejection.with_ref(post.client_ref.as_deref()));
             return;
         }
-        if self.spam.is_spam(&member.user.id, &post.content, 0) {
+        // Spam is judged on text: messages and edits.
+        let has_text = matches!(post.kind, Kind::Message | Kind::Edit);
+        if has_text && self.spam.is_spam(&member.user.id, &post.content, 0) {
             let rejection = Rejection::new(
                 ErrorCode::Spam,
                 "the same message was sent too often; wait before repeating it",
@@ -417,17 +421,30 @@ impl Handler<Post> for RoomActor {
             self.refuse(&member.to, rejection.with_ref(post.client_ref.as_deref()));
             return;
         }
-        let spam_print = self.spam.record(&member.user.id, &post.content);
+        let spam_print = has_text.then(|| self.spam.record(&member.user.id, &post.content));
         let sender = Sender {
             session: post.session,
             user_id: member.user.id.clone(),
+            moderator: member.moderator,
             spam_print,
             to: member.to.clone(),
             format: member.format,
             client_ref: post.client_ref.clone(),
             arrived: Instant::now(),
         };
-        let draft = Draft::new(member.user.clone(), post.content, post.client_ref);
+        let draft = match (post.kind, post.target) {
+            (Kind::Message, _) | (_, None) => {
+                Draft::new(member.user.clone(), post.content, post.client_ref)
+                    .replying_to(post.reply_to)
+            }
+            (kind, Some(target)) => Draft::change(
+                member.user.clone(),
+                kind,
+                target,
+                post.content,
+                post.client_ref,
+            ),
+        };
         self.batching.push(sender, draft);
         self.start_batch(ctx);
     }

@@ -56,7 +56,7 @@ pub(super) fn from_recent(
     Some(
         delivery
             .recent_between(after, upto)?
-            .map(|d| d.frame(format))
+            .filter_map(|d| d.frame(format))
             .collect(),
     )
 }
@@ -88,13 +88,13 @@ pub(super) fn fetched_frames(
         .chain(
             replayed
                 .into_iter()
-                .map(|msg| Delivered::new(Arc::new(msg)).frame(format)),
+                .filter_map(|msg| Delivered::new(Arc::new(msg)).frame(format)),
         )
         .chain(
             buffered
                 .iter()
                 .filter(|d| d.msg.seq > upto)
-                .map(|d| d.frame(format)),
+                .filter_map(|d| d.frame(format)),
         )
         .collect()
 }
@@ -225,7 +225,8 @@ impl Replays {
 
 /// The room's messages `after < seq <= upto`: the broker's recent part (the
 /// room's stream in cluster mode), the store for what it no longer holds.
-/// Join replays and gap fills both read this way.
+/// Join replays and gap fills both read this way. A message deleted within
+/// the range comes back erased (the stream still holds its text).
 pub(super) async fn fetch_range(
     broker: &crate::broker::SharedBroker,
     store: &crate::store::SharedStore,
@@ -243,6 +244,7 @@ pub(super) async fn fetch_range(
     tail.retain(|m| m.seq > after && m.seq <= upto);
     let covered_from = tail.first().map_or(upto + 1, |m| m.seq);
     if covered_from <= after + 1 {
+        crate::changes::scrub(&mut tail);
         return Ok(tail);
     }
     let mut head = store
@@ -250,6 +252,7 @@ pub(super) async fn fetch_range(
         .await
         .map_err(|e| e.to_string())?;
     head.extend(tail);
+    crate::changes::scrub(&mut head);
     Ok(head)
 }
 
@@ -301,7 +304,7 @@ mod tests {
         let expected: Vec<ByteString> = (3..=4).map(|s| msg(s).frame_json().into()).collect();
         assert_eq!(frames, expected);
         let seed = from_recent(&d, FrameFormat::Seed, 4, 5).expect("covered");
-        assert_eq!(seed, [ByteString::from(msg(5).seed_frame_json())]);
+        assert_eq!(seed, [ByteString::from(msg(5).seed_frame_json().unwrap())]);
     }
 
     fn fetched(seqs: impl IntoIterator<Item = u64>) -> Vec<ChatMessage> {
@@ -362,6 +365,7 @@ mod tests {
                 id: "u1".into(),
                 name: "Ann".into(),
             }),
+            moderator: false,
             to: super::super::test_outlet(),
             format: FrameFormat::V1,
             history,

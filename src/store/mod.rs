@@ -5,7 +5,8 @@ pub mod postgres;
 mod schema;
 pub mod sqlite;
 
-use crate::chat::ChatMessage;
+use crate::changes::TargetState;
+use crate::chat::{ChatMessage, Kind, ReactionSummary, REACTION_USERS_SHOWN};
 use async_trait::async_trait;
 use std::sync::Arc;
 
@@ -134,13 +135,23 @@ pub trait Store: Send + Sync + 'static {
         after: u64,
         upto: u64,
     ) -> Result<Vec<ChatMessage>, StoreError>;
-    /// The newest `limit` messages with `seq < before` (all when `None`), oldest first.
+    /// The newest `limit` messages (not changes) with `seq < before` (all
+    /// when `None`), oldest first, in their current state with their reactions.
     async fn page(
         &self,
         room: &str,
         before: Option<u64>,
         limit: u32,
     ) -> Result<Vec<ChatMessage>, StoreError>;
+    /// The state of the messages `ids` of a room (those that exist: events
+    /// and other rooms' messages are not found), with the reactions of
+    /// `users` on them, for the rules of changes.
+    async fn targets(
+        &self,
+        room: &str,
+        ids: Vec<String>,
+        users: Vec<String>,
+    ) -> Result<Vec<TargetState>, StoreError>;
     /// Every room that has messages, with its newest seq.
     async fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError>;
     /// Messages accepted since `since_ms` that carried a client ref.
@@ -247,6 +258,8 @@ pub struct CountedMessage {
     pub user_name: String,
     /// ISO 639-3 code, or "und".
     pub lang: String,
+    /// A message counts; a change (edit, delete, reaction) only takes its seq.
+    pub counts: bool,
 }
 
 /// A room's messages for the counters, in seq order.
@@ -280,10 +293,13 @@ pub fn tally(activity: &RoomActivity, counted_seq: u64) -> Option<(u64, Vec<Acti
         if m.seq < next {
             continue; // a duplicate in the input
         }
-        if m.seq > next && !(activity.skip_gap && rows.is_empty()) {
+        if m.seq > next && !(activity.skip_gap && next == counted_seq + 1) {
             break;
         }
         next = m.seq + 1;
+        if !m.counts {
+            continue;
+        }
         let minute_ms = m.timestamp_ms - m.timestamp_ms.rem_euclid(60_000);
         match rows
             .iter_mut()
@@ -302,7 +318,7 @@ pub fn tally(activity: &RoomActivity, counted_seq: u64) -> Option<(u64, Vec<Acti
             }),
         }
     }
-    (!rows.is_empty()).then_some((next - 1, rows))
+    (next > counted_seq + 1).then_some((next - 1, rows))
 }
 
 /// One row of `messages`, as both backends read and write it.
@@ -317,6 +333,11 @@ struct MessageRow {
     content: String,
     created_at_ms: i64,
     client_ref: Option<String>,
+    kind: String,
+    target: Option<String>,
+    reply_to: Option<String>,
+    edited_at_ms: Option<i64>,
+    deleted: bool,
 }
 
 impl From<&ChatMessage> for MessageRow {
@@ -330,6 +351,11 @@ impl From<&ChatMessage> for MessageRow {
             content: m.content.clone(),
             created_at_ms: m.timestamp_ms,
             client_ref: m.client_ref.clone(),
+            kind: m.kind.as_str().to_string(),
+            target: m.target.clone(),
+            reply_to: m.reply_to.clone(),
+            edited_at_ms: m.edited_at_ms,
+            deleted: m.deleted,
         }
     }
 }
@@ -345,8 +371,232 @@ impl From<MessageRow> for ChatMessage {
             content: r.content,
             timestamp_ms: r.created_at_ms,
             client_ref: r.client_ref,
+            // A kind only a newer version knows reads as a message.
+            kind: Kind::parse(&r.kind).unwrap_or_default(),
+            target: r.target,
+            reply_to: r.reply_to,
+            edited_at_ms: r.edited_at_ms,
+            deleted: r.deleted,
+            reactions: Vec::new(),
         }
     }
+}
+
+// ------------------------------------------------------------------ changes
+//
+// A change is stored as its own row, then applied to its message in the same
+// transaction, in seq order, only when its row is new (a replayed entry is
+// already applied). The statements are the same for both backends: `$n`
+// parameters, which SQLite reads as `?n` (see [`sqlite_params`]).
+
+/// An edit by the author of a live message replaces its content.
+const EDIT_APPLY: &str = "UPDATE messages SET content = $1, edited_at_ms = $2 \
+     WHERE room = $3 AND id = $4 AND kind = 'message' AND deleted = false AND user_id = $5";
+/// An edit that changed nothing (its message was deleted first) keeps no text.
+const EDIT_ERASE: &str = "UPDATE messages SET content = '' WHERE room = $1 AND seq = $2";
+/// A delete leaves a tombstone...
+const DELETE_MESSAGE: &str =
+    "UPDATE messages SET content = '', deleted = true, edited_at_ms = NULL \
+     WHERE room = $1 AND id = $2 AND kind = 'message'";
+/// ...erases its edits' text...
+const DELETE_EDITS: &str =
+    "UPDATE messages SET content = '' WHERE room = $1 AND target = $2 AND kind = 'edit'";
+/// ...and drops its reactions.
+const DELETE_REACTIONS: &str = "DELETE FROM reactions WHERE room = $1 AND message_id = $2";
+/// A reaction on a live message (once per user and emoji).
+const REACT: &str = "INSERT INTO reactions (room, message_id, emoji, user_id, message_seq, seq) \
+     SELECT room, id, $1, $2, seq, $3 FROM messages \
+     WHERE room = $4 AND id = $5 AND kind = 'message' AND deleted = false \
+     ON CONFLICT DO NOTHING";
+const UNREACT: &str =
+    "DELETE FROM reactions WHERE room = $1 AND message_id = $2 AND emoji = $3 AND user_id = $4";
+/// Reactions whose message retention deleted.
+const ORPHAN_REACTIONS: &str = "DELETE FROM reactions WHERE NOT EXISTS \
+     (SELECT 1 FROM messages m WHERE m.room = reactions.room AND m.seq = reactions.message_seq)";
+/// Per message of a page (by seq range) and emoji: how many, and when first.
+const REACTION_COUNTS: &str = "SELECT message_seq, emoji, COUNT(*) AS n, MIN(seq) AS first_seq \
+     FROM reactions WHERE room = $1 AND message_seq >= $2 AND message_seq <= $3 \
+     GROUP BY message_seq, emoji";
+/// Per message of a page and emoji: the first users who reacted.
+const REACTION_USERS: &str = "SELECT message_seq, emoji, user_id FROM \
+     (SELECT message_seq, emoji, user_id, \
+      ROW_NUMBER() OVER (PARTITION BY message_seq, emoji ORDER BY seq) AS rn \
+      FROM reactions WHERE room = $1 AND message_seq >= $2 AND message_seq <= $3) ranked \
+     WHERE rn <= 5 ORDER BY message_seq, emoji, rn";
+
+/// SQLite spells numbered parameters `?n`.
+fn sqlite_params(sql: &str) -> String {
+    sql.replace('$', "?")
+}
+
+/// `sql` with `params` bound in order.
+fn bound<DB>(
+    sql: String,
+    params: Vec<Param>,
+) -> diesel::query_builder::BoxedSqlQuery<'static, DB, diesel::query_builder::SqlQuery>
+where
+    DB: diesel::backend::Backend
+        + diesel::sql_types::HasSqlType<diesel::sql_types::Text>
+        + diesel::sql_types::HasSqlType<diesel::sql_types::BigInt>,
+    String: diesel::serialize::ToSql<diesel::sql_types::Text, DB>,
+    i64: diesel::serialize::ToSql<diesel::sql_types::BigInt, DB>,
+{
+    let mut query = diesel::sql_query(sql).into_boxed::<DB>();
+    for param in params {
+        query = match param {
+            Param::Text(t) => query.bind::<diesel::sql_types::Text, _>(t),
+            Param::Int(i) => query.bind::<diesel::sql_types::BigInt, _>(i),
+        };
+    }
+    query
+}
+
+/// One statement of applying a change, with its parameters in order.
+enum Apply {
+    Sql(&'static str, Vec<Param>),
+    /// An edit: [`EDIT_APPLY`], and [`EDIT_ERASE`] when that changed nothing.
+    Edit {
+        apply: Vec<Param>,
+        erase: Vec<Param>,
+    },
+}
+
+enum Param {
+    Text(String),
+    Int(i64),
+}
+
+/// What storing `entry` (a change) does to its message.
+fn apply_change(entry: &ChatMessage) -> Vec<Apply> {
+    use Param::{Int, Text};
+    let Some(target) = entry.target.clone() else {
+        return Vec::new();
+    };
+    let room = || Text(entry.room.clone());
+    match entry.kind {
+        Kind::Message => Vec::new(),
+        Kind::Edit => vec![Apply::Edit {
+            apply: vec![
+                Text(entry.content.clone()),
+                Int(entry.timestamp_ms),
+                room(),
+                Text(target),
+                Text(entry.user_id.clone()),
+            ],
+            erase: vec![room(), Int(entry.seq as i64)],
+        }],
+        Kind::Delete => vec![
+            Apply::Sql(DELETE_MESSAGE, vec![room(), Text(target.clone())]),
+            Apply::Sql(DELETE_EDITS, vec![room(), Text(target.clone())]),
+            Apply::Sql(DELETE_REACTIONS, vec![room(), Text(target)]),
+        ],
+        Kind::React => vec![Apply::Sql(
+            REACT,
+            vec![
+                Text(entry.content.clone()),
+                Text(entry.user_id.clone()),
+                Int(entry.seq as i64),
+                room(),
+                Text(target),
+            ],
+        )],
+        Kind::Unreact => vec![Apply::Sql(
+            UNREACT,
+            vec![
+                room(),
+                Text(target),
+                Text(entry.content.clone()),
+                Text(entry.user_id.clone()),
+            ],
+        )],
+    }
+}
+
+/// A page's reactions, per message seq and emoji.
+#[derive(diesel::QueryableByName)]
+struct ReactionCount {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    message_seq: i64,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    emoji: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    first_seq: i64,
+}
+
+#[derive(diesel::QueryableByName)]
+struct ReactionUser {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    message_seq: i64,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    emoji: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    user_id: String,
+}
+
+/// The seq range a page's reactions are read for.
+fn page_span(page: &[ChatMessage]) -> Option<(i64, i64)> {
+    Some((page.first()?.seq as i64, page.last()?.seq as i64))
+}
+
+/// Puts each message's reactions on it: emoji in the order they were first
+/// used, each with its count and first users.
+fn attach_reactions(
+    page: &mut [ChatMessage],
+    counts: Vec<ReactionCount>,
+    users: Vec<ReactionUser>,
+) {
+    let mut counts = counts;
+    counts.sort_by_key(|c| (c.message_seq, c.first_seq));
+    for c in counts {
+        let Some(m) = page.iter_mut().find(|m| m.seq as i64 == c.message_seq) else {
+            continue;
+        };
+        if m.deleted || !m.is_message() {
+            continue;
+        }
+        let shown = users
+            .iter()
+            .filter(|u| u.message_seq == c.message_seq && u.emoji == c.emoji)
+            .take(REACTION_USERS_SHOWN)
+            .map(|u| u.user_id.clone())
+            .collect();
+        m.reactions.push(ReactionSummary {
+            emoji: c.emoji,
+            count: c.n.max(0) as u64,
+            users: shown,
+        });
+    }
+}
+
+/// Builds the rules' view of stored messages from their rows, their
+/// reaction counts and the asked-about users' reactions.
+fn build_targets(
+    messages: Vec<(i64, String, String, i64, bool)>,
+    counts: Vec<(String, String, i64)>,
+    pairs: Vec<(String, String, String)>,
+) -> Vec<TargetState> {
+    messages
+        .into_iter()
+        .map(|(seq, id, author, timestamp_ms, deleted)| {
+            let mut state = TargetState {
+                seq: seq.max(0) as u64,
+                id,
+                author,
+                timestamp_ms,
+                deleted,
+                ..TargetState::default()
+            };
+            for (_, emoji, n) in counts.iter().filter(|c| c.0 == state.id) {
+                state.emoji.insert(emoji.clone(), (*n).max(0) as u64);
+            }
+            for (_, emoji, user) in pairs.iter().filter(|p| p.0 == state.id) {
+                state.reacted.insert((user.clone(), emoji.clone()));
+            }
+            state
+        })
+        .collect()
 }
 
 /// Rooms whose newest seq is above what their counters include. `?`-free so
@@ -479,7 +729,29 @@ mod tests {
             user_id: user.into(),
             user_name: user.to_uppercase(),
             lang: "eng".into(),
+            counts: true,
         }
+    }
+
+    #[test]
+    fn changes_take_their_seq_without_counting() {
+        let mut edit = msg(2, 0, "a");
+        edit.counts = false;
+        let a = room(vec![msg(1, 0, "a"), edit, msg(3, 0, "a")], false);
+        let (counted, rows) = tally(&a, 0).expect("counted");
+        assert_eq!((counted, rows[0].messages), (3, 2));
+        let only_changes = room(
+            vec![CountedMessage {
+                counts: false,
+                ..msg(4, 0, "a")
+            }],
+            false,
+        );
+        assert_eq!(
+            tally(&only_changes, 3),
+            Some((4, Vec::new())),
+            "the seq moves on"
+        );
     }
 
     fn room(messages: Vec<CountedMessage>, skip_gap: bool) -> RoomActivity {

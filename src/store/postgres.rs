@@ -4,15 +4,17 @@
 //! Only `diesel_async::RunQueryDsl` is imported here; importing
 //! `diesel::prelude::*` next to it makes `.execute` ambiguous.
 
-use super::schema::{analytics_rooms, messages, room_activity, rooms};
+use super::schema::{analytics_rooms, messages, reactions, room_activity, rooms};
 use super::{
-    room_heads, tally, ActivityRow, MessageRow, Pipeline, RecentRef, RoomActivity, RoomSummary,
-    Store, StoreError, UncountedRow,
+    apply_change, attach_reactions, bound, build_targets, page_span, room_heads, tally,
+    ActivityRow, Apply, MessageRow, Pipeline, ReactionCount, ReactionUser, RecentRef, RoomActivity,
+    RoomSummary, Store, StoreError, UncountedRow,
 };
+use crate::changes::TargetState;
 use crate::chat::ChatMessage;
 use async_trait::async_trait;
 use diesel::connection::SimpleConnection;
-use diesel::sql_types::{Array, BigInt, Nullable, Text};
+use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text};
 use diesel::{ExpressionMethods, OptionalExtension, QueryDsl, SelectableHelper};
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_async::pooled_connection::deadpool::{Object, Pool, PoolError};
@@ -200,15 +202,82 @@ struct Taken {
     taken: i64,
 }
 
-const INSERT_UNNEST: &str = "INSERT INTO messages \
-     (room, seq, id, user_id, user_name, content, created_at_ms, client_ref) \
+/// Inserts the batch and tells how many rows were new, and which of the new
+/// ones are changes (to apply to their messages).
+const INSERT_UNNEST: &str = "WITH ins AS (INSERT INTO messages \
+     (room, seq, id, user_id, user_name, content, created_at_ms, client_ref, \
+      kind, target, reply_to, edited_at_ms, deleted) \
      SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], \
-     $6::text[], $7::int8[], $8::text[]) \
-     ON CONFLICT (room, seq) DO NOTHING";
+     $6::text[], $7::int8[], $8::text[], $9::text[], $10::text[], $11::text[], $12::int8[], \
+     $13::bool[]) \
+     ON CONFLICT (room, seq) DO NOTHING RETURNING room, seq, kind) \
+     SELECT count(*) AS inserted, \
+     COALESCE(array_agg(room) FILTER (WHERE kind <> 'message'), '{}') AS change_rooms, \
+     COALESCE(array_agg(seq) FILTER (WHERE kind <> 'message'), '{}') AS change_seqs FROM ins";
+
+#[derive(diesel::QueryableByName)]
+struct Inserted {
+    #[diesel(sql_type = BigInt)]
+    inserted: i64,
+    #[diesel(sql_type = Array<Text>)]
+    change_rooms: Vec<String>,
+    #[diesel(sql_type = Array<BigInt>)]
+    change_seqs: Vec<i64>,
+}
 
 /// One column of the batch, for an array parameter.
 fn column<T>(rows: &[MessageRow], get: impl Fn(&MessageRow) -> T) -> Vec<T> {
     rows.iter().map(get).collect()
+}
+
+/// Runs the statements that apply one change.
+async fn apply(c: &mut AsyncPgConnection, steps: Vec<Apply>) -> Result<(), diesel::result::Error> {
+    for step in steps {
+        match step {
+            Apply::Sql(sql, params) => {
+                bound::<diesel::pg::Pg>(sql.to_string(), params)
+                    .execute(c)
+                    .await?;
+            }
+            Apply::Edit { apply, erase } => {
+                let edit = bound::<diesel::pg::Pg>(super::EDIT_APPLY.to_string(), apply);
+                if edit.execute(c).await? == 0 {
+                    bound::<diesel::pg::Pg>(super::EDIT_ERASE.to_string(), erase)
+                        .execute(c)
+                        .await?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The reactions of a page of messages.
+async fn load_reactions(
+    c: &mut AsyncPgConnection,
+    room: &str,
+    page: &mut [ChatMessage],
+) -> Result<(), diesel::result::Error> {
+    let Some((lo, hi)) = page_span(page) else {
+        return Ok(());
+    };
+    let counts: Vec<ReactionCount> = diesel::sql_query(super::REACTION_COUNTS)
+        .bind::<Text, _>(room)
+        .bind::<BigInt, _>(lo)
+        .bind::<BigInt, _>(hi)
+        .load(c)
+        .await?;
+    if counts.is_empty() {
+        return Ok(());
+    }
+    let users: Vec<ReactionUser> = diesel::sql_query(super::REACTION_USERS)
+        .bind::<Text, _>(room)
+        .bind::<BigInt, _>(lo)
+        .bind::<BigInt, _>(hi)
+        .load(c)
+        .await?;
+    attach_reactions(page, counts, users);
+    Ok(())
 }
 
 impl PgStore {
@@ -234,7 +303,7 @@ impl PgStore {
             // One statement with eight array parameters, whatever the batch
             // size: far cheaper to parse and plan than a multi-row VALUES list.
             // A re-delivered entry (cluster mode after a crash) is a no-op.
-            let inserted = diesel::sql_query(INSERT_UNNEST)
+            let inserted: Inserted = diesel::sql_query(INSERT_UNNEST)
                 .bind::<Array<Text>, _>(column(&rows, |r| r.room.clone()))
                 .bind::<Array<BigInt>, _>(column(&rows, |r| r.seq))
                 .bind::<Array<Text>, _>(column(&rows, |r| r.id.clone()))
@@ -243,8 +312,30 @@ impl PgStore {
                 .bind::<Array<Text>, _>(column(&rows, |r| r.content.clone()))
                 .bind::<Array<BigInt>, _>(column(&rows, |r| r.created_at_ms))
                 .bind::<Array<Nullable<Text>>, _>(column(&rows, |r| r.client_ref.clone()))
-                .execute(c)
+                .bind::<Array<Text>, _>(column(&rows, |r| r.kind.clone()))
+                .bind::<Array<Nullable<Text>>, _>(column(&rows, |r| r.target.clone()))
+                .bind::<Array<Nullable<Text>>, _>(column(&rows, |r| r.reply_to.clone()))
+                .bind::<Array<Nullable<BigInt>>, _>(column(&rows, |r| r.edited_at_ms))
+                .bind::<Array<Bool>, _>(column(&rows, |r| r.deleted))
+                .get_result(c)
                 .await?;
+            // A change applies once, when its row is new, in seq order.
+            let mut changes: Vec<&Arc<ChatMessage>> = batch
+                .iter()
+                .filter(|m| {
+                    !m.is_message()
+                        && inserted
+                            .change_rooms
+                            .iter()
+                            .zip(&inserted.change_seqs)
+                            .any(|(room, seq)| *room == m.room && *seq == m.seq as i64)
+                })
+                .collect();
+            changes.sort_unstable_by(|a, b| (&a.room, a.seq).cmp(&(&b.room, b.seq)));
+            for m in changes {
+                apply(c, apply_change(m)).await?;
+            }
+            let inserted = inserted.inserted.max(0) as usize;
             if refuse_taken && inserted < rows.len() {
                 let taken: Taken = diesel::sql_query(TAKEN_SEQS)
                     .bind::<Array<Text>, _>(column(&rows, |r| r.room.clone()))
@@ -343,6 +434,7 @@ impl Store for PgStore {
         let mut conn = self.conn().await?;
         let mut query = messages::table
             .filter(messages::room.eq(room))
+            .filter(messages::kind.eq("message"))
             .order(messages::seq.desc())
             .limit(i64::from(limit))
             .select(MessageRow::as_select())
@@ -352,7 +444,50 @@ impl Store for PgStore {
         }
         let mut rows: Vec<MessageRow> = query.load(&mut conn).await?;
         rows.reverse();
-        Ok(rows.into_iter().map(ChatMessage::from).collect())
+        let mut page: Vec<ChatMessage> = rows.into_iter().map(ChatMessage::from).collect();
+        load_reactions(&mut conn, room, &mut page).await?;
+        Ok(page)
+    }
+
+    async fn targets(
+        &self,
+        room: &str,
+        ids: Vec<String>,
+        users: Vec<String>,
+    ) -> Result<Vec<TargetState>, StoreError> {
+        let mut conn = self.conn().await?;
+        let found = messages::table
+            .filter(messages::room.eq(room))
+            .filter(messages::id.eq_any(&ids))
+            .filter(messages::kind.eq("message"))
+            .select((
+                messages::seq,
+                messages::id,
+                messages::user_id,
+                messages::created_at_ms,
+                messages::deleted,
+            ))
+            .load(&mut conn)
+            .await?;
+        let counts = reactions::table
+            .filter(reactions::room.eq(room))
+            .filter(reactions::message_id.eq_any(&ids))
+            .group_by((reactions::message_id, reactions::emoji))
+            .select((
+                reactions::message_id,
+                reactions::emoji,
+                diesel::dsl::count_star(),
+            ))
+            .load(&mut conn)
+            .await?;
+        let pairs = reactions::table
+            .filter(reactions::room.eq(room))
+            .filter(reactions::message_id.eq_any(&ids))
+            .filter(reactions::user_id.eq_any(&users))
+            .select((reactions::message_id, reactions::emoji, reactions::user_id))
+            .load(&mut conn)
+            .await?;
+        Ok(build_targets(found, counts, pairs))
     }
 
     async fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError> {
@@ -420,14 +555,20 @@ impl Pipeline for PgStore {
 
     async fn delete_older_than(&self, cutoff_ms: i64, limit: u32) -> Result<usize, StoreError> {
         let mut conn = self.conn().await?;
-        Ok(diesel::sql_query(
+        let deleted = diesel::sql_query(
             "DELETE FROM messages WHERE ctid IN \
              (SELECT ctid FROM messages WHERE created_at_ms < $1 LIMIT $2)",
         )
         .bind::<BigInt, _>(cutoff_ms)
         .bind::<BigInt, _>(i64::from(limit))
         .execute(&mut conn)
-        .await?)
+        .await?;
+        if deleted > 0 {
+            diesel::sql_query(super::ORPHAN_REACTIONS)
+                .execute(&mut conn)
+                .await?;
+        }
+        Ok(deleted)
     }
 
     async fn count_activity(

@@ -10,6 +10,22 @@ diesel::table! {
         content -> Text,
         created_at_ms -> BigInt,
         client_ref -> Nullable<Text>,
+        kind -> Text,
+        target -> Nullable<Text>,
+        reply_to -> Nullable<Text>,
+        edited_at_ms -> Nullable<BigInt>,
+        deleted -> Bool,
+    }
+}
+
+diesel::table! {
+    reactions (room, message_id, emoji, user_id) {
+        room -> Text,
+        message_id -> Text,
+        emoji -> Text,
+        user_id -> Text,
+        message_seq -> BigInt,
+        seq -> BigInt,
     }
 }
 
@@ -38,4 +54,10 @@ diesel::table! {
         counted_seq -> BigInt,
     }
 }
-diesel::allow_tables_to_appear_in_same_query!(messages, rooms, room_activity, analytics_rooms);
+diesel::allow_tables_to_appear_in_same_query!(
+    messages,
+    rooms,
+    room_activity,
+    analytics_rooms,
+    reactions
+);

@@ -2,11 +2,13 @@
 //! diesel-async's `SyncConnectionWrapper`, so every query runs on the blocking
 //! pool and never on an actor thread.
 
-use super::schema::{analytics_rooms, messages, room_activity, rooms};
+use super::schema::{analytics_rooms, messages, reactions, room_activity, rooms};
 use super::{
-    room_heads, tally, ActivityRow, MessageRow, Pipeline, RecentRef, RoomActivity, RoomSummary,
-    Store, StoreError, UncountedRow,
+    apply_change, attach_reactions, bound, build_targets, page_span, room_heads, sqlite_params,
+    tally, ActivityRow, Apply, MessageRow, Pipeline, ReactionCount, ReactionUser, RecentRef,
+    RoomActivity, RoomSummary, Store, StoreError, UncountedRow,
 };
+use crate::changes::TargetState;
 use crate::chat::ChatMessage;
 use async_trait::async_trait;
 use diesel::connection::SimpleConnection;
@@ -31,8 +33,11 @@ type Conn = SyncConnectionWrapper<SqliteConnection>;
 /// ack) survives power loss, not only a crash; busy_timeout rides out a checkpoint.
 /// Checkpoints every 4,000 pages (16 MB of WAL) instead of 1,000: a page that many
 /// commits touch is copied back to the database once per checkpoint, not four times.
+/// `secure_delete` zeroes what a delete or an update frees, so a deleted message's
+/// text is gone from the file, not left in free space (messages are only inserted
+/// on the hot path, so this costs nothing there).
 const CONNECTION_PRAGMAS: &str = "PRAGMA busy_timeout = 5000; PRAGMA synchronous = FULL; \
-     PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 4000;";
+     PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 4000; PRAGMA secure_delete = ON;";
 
 pub struct SqliteStore {
     /// Readers: history, recovery, `/readyz`.
@@ -167,6 +172,7 @@ fn write_batch(
         // statement journal, and a derived Insertable leaves a NULL
         // `client_ref` out of the column list, which makes the SQL vary and
         // defeats the statement cache.
+        let mut changes = Vec::new();
         for m in batch {
             let row = (
                 messages::room.eq(&m.room),
@@ -177,16 +183,28 @@ fn write_batch(
                 messages::content.eq(&m.content),
                 messages::created_at_ms.eq(m.timestamp_ms),
                 messages::client_ref.eq(m.client_ref.as_deref()),
+                messages::kind.eq(m.kind.as_str()),
+                messages::target.eq(m.target.as_deref()),
+                messages::reply_to.eq(m.reply_to.as_deref()),
+                messages::edited_at_ms.eq(m.edited_at_ms),
+                messages::deleted.eq(m.deleted),
             );
-            if keep_existing {
+            let inserted = if keep_existing {
                 diesel::insert_or_ignore_into(messages::table)
                     .values(row)
-                    .execute(c)?;
+                    .execute(c)?
             } else {
                 diesel::insert_into(messages::table)
                     .values(row)
-                    .execute(c)?;
+                    .execute(c)?
+            };
+            // A change applies once, when its row is new.
+            if inserted > 0 && !m.is_message() {
+                changes.push(m);
             }
+        }
+        for m in changes {
+            apply(c, apply_change(m))?;
         }
         for (room, last_seq, created_at_ms) in heads {
             diesel::insert_into(rooms::table)
@@ -206,6 +224,51 @@ fn write_batch(
         }
         Ok(())
     })
+}
+
+/// Runs the statements that apply one change.
+fn apply(c: &mut SqliteConnection, steps: Vec<Apply>) -> QueryResult<()> {
+    for step in steps {
+        match step {
+            Apply::Sql(sql, params) => {
+                bound::<diesel::sqlite::Sqlite>(sqlite_params(sql), params).execute(c)?;
+            }
+            Apply::Edit { apply, erase } => {
+                let edit = bound::<diesel::sqlite::Sqlite>(sqlite_params(super::EDIT_APPLY), apply);
+                if edit.execute(c)? == 0 {
+                    bound::<diesel::sqlite::Sqlite>(sqlite_params(super::EDIT_ERASE), erase)
+                        .execute(c)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The reactions of a page of messages.
+fn load_reactions(
+    c: &mut SqliteConnection,
+    room: &str,
+    page: &mut [ChatMessage],
+) -> QueryResult<()> {
+    let Some((lo, hi)) = page_span(page) else {
+        return Ok(());
+    };
+    let counts: Vec<ReactionCount> = diesel::sql_query(sqlite_params(super::REACTION_COUNTS))
+        .bind::<diesel::sql_types::Text, _>(room)
+        .bind::<diesel::sql_types::BigInt, _>(lo)
+        .bind::<diesel::sql_types::BigInt, _>(hi)
+        .load(c)?;
+    if counts.is_empty() {
+        return Ok(());
+    }
+    let users: Vec<ReactionUser> = diesel::sql_query(sqlite_params(super::REACTION_USERS))
+        .bind::<diesel::sql_types::Text, _>(room)
+        .bind::<diesel::sql_types::BigInt, _>(lo)
+        .bind::<diesel::sql_types::BigInt, _>(hi)
+        .load(c)?;
+    attach_reactions(page, counts, users);
+    Ok(())
 }
 
 #[async_trait]
@@ -267,6 +330,7 @@ impl Store for SqliteStore {
         self.with_conn(move |c| {
             let mut query = messages::table
                 .filter(messages::room.eq(&room))
+                .filter(messages::kind.eq("message"))
                 .order(messages::seq.desc())
                 .limit(i64::from(limit))
                 .select(MessageRow::as_select())
@@ -276,7 +340,50 @@ impl Store for SqliteStore {
             }
             let mut rows: Vec<MessageRow> = query.load(c)?;
             rows.reverse();
-            Ok(rows.into_iter().map(ChatMessage::from).collect())
+            let mut page: Vec<ChatMessage> = rows.into_iter().map(ChatMessage::from).collect();
+            load_reactions(c, &room, &mut page)?;
+            Ok(page)
+        })
+        .await
+    }
+
+    async fn targets(
+        &self,
+        room: &str,
+        ids: Vec<String>,
+        users: Vec<String>,
+    ) -> Result<Vec<TargetState>, StoreError> {
+        let room = room.to_string();
+        self.with_conn(move |c| {
+            let found = messages::table
+                .filter(messages::room.eq(&room))
+                .filter(messages::id.eq_any(&ids))
+                .filter(messages::kind.eq("message"))
+                .select((
+                    messages::seq,
+                    messages::id,
+                    messages::user_id,
+                    messages::created_at_ms,
+                    messages::deleted,
+                ))
+                .load(c)?;
+            let counts = reactions::table
+                .filter(reactions::room.eq(&room))
+                .filter(reactions::message_id.eq_any(&ids))
+                .group_by((reactions::message_id, reactions::emoji))
+                .select((
+                    reactions::message_id,
+                    reactions::emoji,
+                    diesel::dsl::count_star(),
+                ))
+                .load(c)?;
+            let pairs = reactions::table
+                .filter(reactions::room.eq(&room))
+                .filter(reactions::message_id.eq_any(&ids))
+                .filter(reactions::user_id.eq_any(&users))
+                .select((reactions::message_id, reactions::emoji, reactions::user_id))
+                .load(c)?;
+            Ok(build_targets(found, counts, pairs))
         })
         .await
     }
@@ -349,13 +456,17 @@ impl Pipeline for SqliteStore {
 
     async fn delete_older_than(&self, cutoff_ms: i64, limit: u32) -> Result<usize, StoreError> {
         Self::on(&self.writer, move |c| {
-            diesel::sql_query(
+            let deleted = diesel::sql_query(
                 "DELETE FROM messages WHERE rowid IN \
                  (SELECT rowid FROM messages WHERE created_at_ms < ? LIMIT ?)",
             )
             .bind::<diesel::sql_types::BigInt, _>(cutoff_ms)
             .bind::<diesel::sql_types::BigInt, _>(i64::from(limit))
-            .execute(c)
+            .execute(c)?;
+            if deleted > 0 {
+                diesel::sql_query(super::ORPHAN_REACTIONS).execute(c)?;
+            }
+            Ok(deleted)
         })
         .await
     }

@@ -308,6 +308,7 @@ async fn produce(p: Producer) {
                     content: content(&mut rng, p.content_bytes),
                     timestamp_ms: now_ms(),
                     client_ref: Some(format!("r{}", rng.random::<u32>())),
+                    ..ChatMessage::default()
                 })
             })
             .collect();
@@ -436,6 +437,15 @@ impl Store for Metered {
         limit: u32,
     ) -> Result<Vec<ChatMessage>, StoreError> {
         self.inner.page(room, before, limit).await
+    }
+
+    async fn targets(
+        &self,
+        room: &str,
+        ids: Vec<String>,
+        users: Vec<String>,
+    ) -> Result<Vec<confab::changes::TargetState>, StoreError> {
+        self.inner.targets(room, ids, users).await
     }
 
     async fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError> {

@@ -1,0 +1,28 @@
+-- Edits, deletes and reactions are entries of a room's log like messages
+-- (kind, and the message they change in target); a message keeps its current
+-- state in place (content, edited_at_ms, deleted), updated in the transaction
+-- that stores the change. Existing rows are messages.
+ALTER TABLE messages ADD COLUMN kind TEXT NOT NULL DEFAULT 'message';
+ALTER TABLE messages ADD COLUMN target TEXT;
+ALTER TABLE messages ADD COLUMN reply_to TEXT;
+ALTER TABLE messages ADD COLUMN edited_at_ms BIGINT;
+ALTER TABLE messages ADD COLUMN deleted BOOLEAN NOT NULL DEFAULT 0;
+
+-- Changes name their message by id.
+CREATE INDEX messages_room_id ON messages (room, id);
+-- A delete erases the edits of its message.
+CREATE INDEX messages_room_target ON messages (room, target) WHERE target IS NOT NULL;
+
+-- Current reactions: one row per user and emoji on a message. message_seq
+-- lets a history page read its messages' reactions by seq range.
+CREATE TABLE reactions (
+    room        TEXT    NOT NULL,
+    message_id  TEXT    NOT NULL,
+    emoji       TEXT    NOT NULL,
+    user_id     TEXT    NOT NULL,
+    message_seq BIGINT  NOT NULL,
+    seq         BIGINT  NOT NULL,
+    PRIMARY KEY (room, message_id, emoji, user_id)
+) WITHOUT ROWID;
+
+CREATE INDEX reactions_room_message_seq ON reactions (room, message_seq);
