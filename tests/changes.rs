@@ -1984,3 +1984,85 @@ async fn cluster_edit_racing_a_delete_leaves_no_content() {
         assert_absent(&frames, &[&original, &racing], "replay after the race");
     }
 }
+
+/// Each instance's persist consumer writes the entries it read: a change
+/// taken by one instance right after its message was sequenced by the other
+/// must still apply to that message (edit, delete, reaction), whatever
+/// transaction commits first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_changes_right_after_their_message_all_persist() {
+    let env = ClusterEnv::new();
+    let (a, b) = (env.instance(), env.instance());
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let alice_sub = uid("alice");
+    let mut alice = Peer::new(&a, &token(&alice_sub, "alice")).await;
+    let mut alice_b = Peer::new(&b, &token(&alice_sub, "alice")).await;
+    let mut bob = Peer::user(&b, "bob").await;
+    let bob_id = bob.id.clone();
+    for p in [&mut alice, &mut alice_b, &mut bob] {
+        p.join("burst").await;
+    }
+    const ROUNDS: usize = 30;
+    for i in 0..ROUNDS {
+        let ack = alice.send("burst", &format!("burst-{i}-{tag}")).await;
+        let (id, seq) = (s(&ack["id"]), seq_of(&ack));
+        // Through B, as soon as B delivered the message (not waiting for acks).
+        alice_b.event_at(seq).await;
+        bob.event_at(seq).await;
+        match i % 3 {
+            0 => alice_b.c.send_json(delete_f("burst", &id)).await,
+            1 => {
+                alice_b
+                    .c
+                    .send_json(edit_f("burst", &id, &format!("burst-edit-{i}")))
+                    .await
+            }
+            _ => bob.c.send_json(react_f("burst", &id, "👍")).await,
+        }
+        // The change is sequenced before the next message.
+        alice.event_at(seq + 1).await;
+    }
+    // What differs from the expected state, per round.
+    let wrong = |h: &[Value]| -> Vec<String> {
+        if h.len() != ROUNDS {
+            return vec![format!("{} messages in history, want {ROUNDS}", h.len())];
+        }
+        let mut out = Vec::new();
+        for (i, m) in h.iter().enumerate() {
+            let ok = match i % 3 {
+                0 => m["deleted"] == true && m["content"] == "",
+                1 => m["content"] == format!("burst-edit-{i}").as_str(),
+                _ => m["reactions"] == json!([reaction("👍", 1, &[&bob_id])]),
+            };
+            if !ok {
+                let change = ["delete", "edit", "react"][i % 3];
+                out.push(format!("round {i} ({change} after seq {}): {m}", m["seq"]));
+            }
+        }
+        out
+    };
+    for server in [&a, &b] {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let h = server.history_all("burst", &reader()).await;
+            let w = wrong(&h);
+            if w.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "history (port {}) lost changes applied right after their message:\n{}",
+                server.port,
+                w.join("\n")
+            );
+            sleep_ms(200).await;
+        }
+    }
+    let dump = pg_dump(&env.db);
+    for i in (0..ROUNDS).step_by(3) {
+        assert!(
+            !dump.contains(&format!("burst-{i}-{tag}")),
+            "deleted message {i} still stored in Postgres"
+        );
+    }
+}
