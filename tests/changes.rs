@@ -2066,3 +2066,66 @@ async fn cluster_changes_right_after_their_message_all_persist() {
         );
     }
 }
+
+/// A message retention removed is, for changes and replies, a message that
+/// does not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_to_a_message_retention_removed_are_not_found() {
+    use confab::chat::ChatMessage;
+    use std::sync::Arc;
+    let mut server = Server::builder()
+        .set("storage", "retention_days", "1")
+        .start();
+    server.kill();
+    let now = confab::protocol::now_ms();
+    let old_id = uuid::Uuid::now_v7().to_string();
+    let rows: Vec<Arc<ChatMessage>> = [
+        (1u64, &old_id, 10 * 86_400_000i64),
+        (2, &uuid::Uuid::now_v7().to_string(), 3_600_000),
+    ]
+    .into_iter()
+    .map(|(seq, id, age)| {
+        Arc::new(ChatMessage {
+            room: "ret".into(),
+            seq,
+            id: id.clone(),
+            user_id: "u-old".into(),
+            user_name: "old".into(),
+            content: format!("message {seq}"),
+            timestamp_ms: now - age,
+            client_ref: None,
+            ..ChatMessage::default()
+        })
+    })
+    .collect();
+    let store = confab::store::sqlite::SqliteStore::open(&server.dir().join("confab.db"), 1)
+        .await
+        .expect("open");
+    confab::store::Store::insert_batch(&store, rows)
+        .await
+        .expect("insert");
+    drop(store);
+    server.restart();
+    history_until(&server, "ret", Duration::from_secs(15), |h| {
+        seqs(h) == vec![2]
+    })
+    .await;
+
+    // The author, so nothing but the message's absence refuses these.
+    let mut author = Peer::new(&server, &token("u-old", "old")).await;
+    author.join("ret").await;
+    author
+        .refused(edit_f("ret", &old_id, "x"), "not_found")
+        .await;
+    author.refused(delete_f("ret", &old_id), "not_found").await;
+    author
+        .refused(react_f("ret", &old_id, "👍"), "not_found")
+        .await;
+    author
+        .refused(unreact_f("ret", &old_id, "👍"), "not_found")
+        .await;
+    author
+        .refused(reply_f("ret", "x", &old_id), "not_found")
+        .await;
+    assert_eq!(author.send("ret", "still works").await["seq"], 3);
+}
