@@ -731,6 +731,8 @@ async fn edit_content_follows_the_send_rules() {
     let server = Server::builder()
         .set("limits", "max_message_chars", "20")
         .set("moderation", "prohibited_words", r#"["darn"]"#)
+        .set("moderation", "spam_repeats", "2")
+        .set("moderation", "spam_window_secs", "60")
         .start();
     let mut alice = Peer::user(&server, "alice").await;
     alice.join("rules").await;
@@ -757,6 +759,13 @@ async fn edit_content_follows_the_send_rules() {
     assert_eq!(history.len(), 1);
     assert_eq!(history[0]["content"], "é".repeat(20));
     assert_eq!(history[0]["edited_at"], ok["timestamp"]);
+
+    // Spam: what a third send of the same content would get.
+    alice.send("rules", "buy now").await; // 3
+    alice.send("rules", "buy now").await; // 4
+    alice.refused(send_f("rules", "buy now"), "spam").await;
+    alice.refused(edit_f("rules", &id, "buy now"), "spam").await;
+    assert_eq!(alice.send("rules", "other").await["seq"], 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1432,7 +1441,7 @@ async fn replays_reach_past_the_recent_buffer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resent_ref_gets_the_original_ack_and_no_second_event() {
-    let server = Server::start();
+    let mut server = Server::start();
     let alice_sub = uid("alice");
     let mut alice = Peer::new(&server, &token(&alice_sub, "alice")).await;
     let mut bob = Peer::user(&server, "bob").await;
@@ -1456,7 +1465,7 @@ async fn a_resent_ref_gets_the_original_ack_and_no_second_event() {
     // From another connection of the same user.
     let mut alice2 = Peer::new(&server, &token(&alice_sub, "alice")).await;
     alice2.join("idem").await;
-    assert_eq!(alice2.ask(edit).await, first);
+    assert_eq!(alice2.ask(edit.clone()).await, first);
 
     let react = react_f("idem", &id, "👍");
     let r1 = bob.ok(react.clone()).await;
@@ -1464,7 +1473,11 @@ async fn a_resent_ref_gets_the_original_ack_and_no_second_event() {
     let del = delete_f("idem", &id);
     let d1 = alice.ok(del.clone()).await;
     assert_eq!(d1["seq"], 4);
-    assert_eq!(alice.ask(del).await, d1, "original ack, not `unchanged`");
+    assert_eq!(
+        alice.ask(del.clone()).await,
+        d1,
+        "original ack, not `unchanged`"
+    );
 
     let seen: Vec<(i64, String)> = bob
         .events(4)
@@ -1497,6 +1510,16 @@ async fn a_resent_ref_gets_the_original_ack_and_no_second_event() {
     bob.event_at(5).await;
     bob.quiet_after(5, 300).await;
     assert_eq!(alice.send("idem", "next").await["seq"], 6);
+
+    // The ref window survives a restart (rebuilt from the store): the
+    // original acks, before any rule (the message is deleted by now).
+    drop((alice, alice2, bob));
+    server.restart();
+    let mut alice = Peer::new(&server, &token(&alice_sub, "alice")).await;
+    alice.join("idem").await;
+    assert_eq!(alice.ask(edit).await, first, "edit ref after a restart");
+    assert_eq!(alice.ask(del).await, d1, "delete ref after a restart");
+    assert_eq!(alice.send("idem", "after restart").await["seq"], 7);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1838,6 +1861,10 @@ async fn cluster_changes_cross_instances_in_seq_order_and_converge() {
     bob.react("cl", &id1, "👍").await;
     let r = alice.react("cl", &id1, "👍").await;
     bob.event_at(seq_of(&r)).await;
+    // Bob's 👍 (taken by B) is known on A once A delivered it: unchanged there.
+    bob_a.event_at(seq_of(&r)).await;
+    let same = bob_a.unchanged(react_f("cl", &id1, "👍")).await;
+    assert_eq!(same["id"], id1.as_str(), "{same}");
     alice.react("cl", &id2, "❤️").await;
     // The same user's reaction through both instances at once: one reaction.
     let (f1, f2) = (react_f("cl", &id1, "🎉"), react_f("cl", &id1, "🎉"));
