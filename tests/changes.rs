@@ -2029,7 +2029,7 @@ async fn cluster_changes_right_after_their_message_all_persist() {
     for p in [&mut alice, &mut alice_b, &mut bob] {
         p.join("burst").await;
     }
-    const ROUNDS: usize = 30;
+    const ROUNDS: usize = 60;
     for i in 0..ROUNDS {
         let ack = alice.send("burst", &format!("burst-{i}-{tag}")).await;
         let (id, seq) = (s(&ack["id"]), seq_of(&ack));
