@@ -135,6 +135,26 @@ export async function sendFromUi(page, text) {
   await input.press("Enter");
 }
 
+/**
+ * Everything the room in view shows of its stored messages, in DOM order:
+ * [{seq, text, edited, deleted, reply: [author, snippet] | [text] | null, reactions: ["👍 2", …]}].
+ */
+export function shownState(page) {
+  return page.locator("#messages .msg[data-seq]").evaluateAll((items) =>
+    items.map((li) => {
+      const reply = li.querySelector(".reply-preview");
+      return {
+        seq: Number(li.dataset.seq),
+        text: li.querySelector(".msg-text").innerText,
+        edited: li.querySelector(".msg-edited") !== null,
+        deleted: li.classList.contains("deleted"),
+        reply: reply ? [...reply.querySelectorAll("span")].map((s) => s.textContent) : null,
+        reactions: [...li.querySelectorAll(".reaction")].map((c) => `${c.dataset.emoji} ${c.querySelector(".count").textContent}`),
+      };
+    }),
+  );
+}
+
 /** The shown messages of the room in view: [{seq, user, text}] in DOM order. */
 export function shownMessages(page) {
   return page.locator("#messages .msg[data-seq]").evaluateAll((items) =>
@@ -232,6 +252,20 @@ export class WsClient {
     await this.until(() => this.frames.filter((f) => f.type === "ack" && refs.has(f.ref)).length === refs.size, timeoutMs, `${refs.size} acks`);
     const error = this.frames.find((f) => f.type === "error" && refs.has(f.ref));
     if (error) throw new Error(`seeding failed: ${JSON.stringify(error)}`);
+  }
+
+  /** Sends one frame with a fresh ref: resolves with its ack, rejects with its error frame. */
+  async request(frame, timeoutMs = 10000) {
+    const ref = `req-${Date.now()}-${Math.random().toString(36).slice(2)}`;
+    this.send({ ...frame, ref });
+    const answer = await this.next((f) => f.ref === ref && (f.type === "ack" || f.type === "error"), timeoutMs);
+    if (answer.type === "error") throw new Error(`${frame.type} refused: ${JSON.stringify(answer)}`);
+    return answer;
+  }
+
+  /** The id of the message with this content in `room` (seen live or replayed). */
+  async messageId(room, content) {
+    return (await this.next((f) => f.type === "message" && f.room === room && f.content === content)).id;
   }
 
   close() {
