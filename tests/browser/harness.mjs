@@ -3,6 +3,7 @@
 // Node (REST + the `ws` package) to seed data.
 
 import { spawn } from "node:child_process";
+import { createHmac } from "node:crypto";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
@@ -167,6 +168,13 @@ export function shownMessages(page) {
 }
 
 // ------------------------------------------------------------- Node client
+
+/** A token signed with the test servers' secret (docs/protocol.md 2), e.g. {sub, name, mod: true}; valid for an hour. */
+export function mintToken(claims) {
+  const part = (value) => Buffer.from(JSON.stringify(value)).toString("base64url");
+  const body = `${part({ alg: "HS256", typ: "JWT" })}.${part({ exp: Math.floor(Date.now() / 1000) + 3600, ...claims })}`;
+  return `${body}.${createHmac("sha256", JWT_SECRET).update(body).digest("base64url")}`;
+}
 
 export async function guestLogin(baseUrl, name) {
   const res = await fetch(`${baseUrl}/api/login`, {

@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import {
-  freePort, launchBrowser, nodeUser, openUser, removeDir, sendFromUi, shownMessages, shownState, startServer, tempDir, guestLogin, WsClient,
+  freePort, launchBrowser, nodeUser, openUser, removeDir, sendFromUi, shownMessages, shownState, startServer, tempDir, guestLogin, WsClient, mintToken,
 } from "./harness.mjs";
 
 const TEST_TIMEOUT_MS = 60000;
@@ -748,5 +748,55 @@ test("across a reconnect, edits, deletes, reactions and replies made meanwhile c
     await u.context.close();
     await own.stop();
     removeDir(dir);
+  }
+});
+
+test("a moderator (token claim mod: true) gets Delete on everyone's messages, and deletes for all", { timeout: TEST_TIMEOUT_MS }, async () => {
+  const bob = await user("bob", { path: "/#/room/moderated" });
+  const carol = await nodeUser(server.url, "carol", "moderated");
+  const context = await browser.newContext({ viewport: { width: 1200, height: 750 }, locale: "en-US" });
+  contexts.push(context);
+  const page = await context.newPage();
+  try {
+    await sendFromUi(bob.page, "spam spam spam");
+    await item(bob.page, "spam spam spam").waitFor();
+
+    // ann signs in with a moderator token through the token form.
+    await page.goto(`${server.url}/#/room/moderated`);
+    await page.getByText("Sign in with a token").click();
+    await page.getByLabel("Access token").fill(mintToken({ sub: "mod-ann", name: "ann", mod: true }));
+    await page.getByRole("button", { name: "Sign in with token" }).click();
+    await item(page, "spam spam spam").waitFor();
+    await act(page, "spam spam spam", "Delete");
+    await page.getByRole("dialog", { name: "Delete this message?" }).getByRole("button", { name: "Delete" }).click();
+    await item(bob.page, "message deleted").waitFor();
+    await item(page, "message deleted").waitFor();
+    const deleted = await carol.next((f) => f.type === "deleted");
+    assert.equal(deleted.user_id, "mod-ann", "the deleted frame names the moderator");
+    carol.close();
+    assert.deepEqual(bob.errors, []);
+  } finally {
+    await closeAll();
+  }
+});
+
+test("a room whose newest events are all changes still shows its messages, in their current state", { timeout: TEST_TIMEOUT_MS }, async () => {
+  // The join replays the newest 50 *events*: here only edits of a message it
+  // does not replay. The page then loads the newest history page.
+  const seeder = await nodeUser(server.url, "seeder", "busy-edits");
+  await seeder.sendAll("busy-edits", ["draft 0"]);
+  const id = await seeder.messageId("busy-edits", "draft 0");
+  for (let i = 1; i <= 55; i++) await seeder.request({ type: "edit", room: "busy-edits", id, content: `draft ${i}` });
+  seeder.close();
+  const alice = await user("alice", { path: "/#/room/busy-edits" });
+  try {
+    await item(alice.page, "draft 55").locator(".msg-edited").waitFor();
+    await alice.page.locator("#history-status", { hasText: "This is the very beginning of #busy-edits." }).waitFor();
+    assert.deepEqual((await shownState(alice.page)).map((m) => [m.seq, m.text]), [[1, "draft 55"]]);
+    const joined = alice.receivedFrames.find((f) => f.type === "joined" && f.room === "busy-edits");
+    assert.equal(joined.last_seq, 56);
+    assert.deepEqual(alice.errors, []);
+  } finally {
+    await closeAll();
   }
 });

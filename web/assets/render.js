@@ -9,6 +9,7 @@ const GROUP_GAP_MS = 5 * 60 * 1000; // one user's messages closer than this shar
 const QUICK_EMOJI = ["👍", "❤️", "😂", "🎉", "😮", "😢"]; // the reaction picker
 const PREVIEW_CHARS = 80; // of a quoted original (reply previews)
 const HIGHLIGHT_MS = 2000; // an original jumped to from a reply stays highlighted this long
+const TEXT = ".msg-text, .edit-box"; // what a message shows as its text (the scroll anchor)
 const LOAD_OLDER_PX = 200; // scrolled this close to the top: fetch the previous page
 const AT_BOTTOM_PX = 60;
 
@@ -215,7 +216,7 @@ export class View {
       const viewTop = scroller.getBoundingClientRect().top;
       for (const li of messages.querySelectorAll(":scope > .msg[data-seq]")) {
         if (li.getBoundingClientRect().bottom > viewTop) {
-          anchor = { key: li.dataset.key, top: li.querySelector(".msg-text").getBoundingClientRect().top };
+          anchor = { key: li.dataset.key, top: li.querySelector(TEXT).getBoundingClientRect().top };
           break;
         }
       }
@@ -233,7 +234,7 @@ export class View {
       }
     }
 
-    const anchorText = anchor && this.caches.messages.get(anchor.key)?.el.querySelector(".msg-text");
+    const anchorText = anchor && this.caches.messages.get(anchor.key)?.el.querySelector(TEXT);
     if (atBottom) scroller.scrollTop = scroller.scrollHeight;
     else if (anchorText) scroller.scrollTop += anchorText.getBoundingClientRect().top - anchor.top;
     this.stickToBottom = false;
@@ -242,6 +243,10 @@ export class View {
 
   #messageItems(room) {
     const items = [];
+    if (this.editing?.room === room.name) {
+      const target = room.byId.get(this.editing.id);
+      if (!target || target.deleted) this.editing = null; // deleted meanwhile (or the room was reloaded)
+    }
     let prev = null;
     let prevDay = null;
     const daySeparator = (date) => {
@@ -303,7 +308,8 @@ export class View {
     const editing = this.editing?.room === room.name && this.editing.id === m.id && !shown.deleted;
     const time = h("time", { className: "msg-time", text: formatTime(m.date), attrs: { datetime: m.timestamp, title: formatFull(m.date) } });
     const classes = ["msg", grouped && "grouped", own && "own", shown.deleted && "deleted", shown.deleting && "deleting", shown.saving && "saving", editing && "editing"];
-    const li = h("li", { className: classes.filter(Boolean).join(" "), dataset: { seq: m.seq, id: m.id, user: m.user_id, key: messageKey(m) } });
+    // Focusable (not in the tab order) so that a tap on a touch screen shows its actions.
+    const li = h("li", { className: classes.filter(Boolean).join(" "), dataset: { seq: m.seq, id: m.id, user: m.user_id, key: messageKey(m) }, attrs: { tabindex: "-1" } });
 
     let content;
     if (shown.deleted) content = h("div", { className: "msg-content" }, h("div", { className: "msg-text tombstone", text: "message deleted" }));
