@@ -315,6 +315,43 @@ mod tests {
     }
 
     #[test]
+    fn moderators_by_flag_or_role() {
+        let secret = b"s1";
+        let auth = Auth::new(secret);
+        let exp = unix_now() + 60;
+        let verify = |extra: serde_json::Value| {
+            let mut claims = serde_json::json!({"sub": "u-1", "name": "ann", "exp": exp});
+            for (k, v) in extra.as_object().unwrap() {
+                claims[k] = v.clone();
+            }
+            auth.verify(&claims_token(secret, claims))
+                .map(|id| id.moderator)
+        };
+        assert_eq!(verify(serde_json::json!({"mod": true})), Ok(true));
+        assert_eq!(verify(serde_json::json!({"roles": ["x", "mod"]})), Ok(true));
+        assert_eq!(verify(serde_json::json!({})), Ok(false));
+        for not_mod in [
+            serde_json::json!({"mod": false}),
+            serde_json::json!({"mod": "true"}),
+            serde_json::json!({"roles": "mod"}),
+            serde_json::json!({"roles": ["moderator", 1]}),
+        ] {
+            assert_eq!(verify(not_mod.clone()), Ok(false), "{not_mod}");
+        }
+        assert!(
+            auth.verify(&auth.mint_as("u", "ann", 60, None, true))
+                .unwrap()
+                .moderator
+        );
+        assert!(
+            !auth
+                .verify(&auth.mint("u", "ann", 60, None))
+                .unwrap()
+                .moderator
+        );
+    }
+
+    #[test]
     fn expired_is_refused() {
         let auth = Auth::new(b"s1");
         let t = auth.mint("u-1", "alice", 0, None);

@@ -232,6 +232,39 @@ async fn token_command_prints_working_token() {
     c.join("team-x").await;
     c.send_json(json!({"type":"join","room":"b"})).await;
     assert_eq!(c.recv_error().await["code"], "forbidden_room");
+
+    // --mod mints a moderator: it deletes another user's message.
+    let out = run_cli(
+        &[
+            "token", "--sub", "u-mod", "--name", "Mo", "--mod", "--config", &cfg,
+        ],
+        &[],
+        s.dir(),
+    );
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let tok = out.stdout.trim().to_string();
+    assert_eq!(jwt_payload(&tok)["mod"], true);
+    let mut author = s.ws(&token("u-author", "Ann")).await;
+    author.join("a").await;
+    let (ack, _) = author.send_and_echo("a", "moderate me", "m1").await;
+    let mut moderator = s.ws(&tok).await;
+    moderator.join("a").await;
+    moderator
+        .send_json(json!({"type":"delete","room":"a","id":ack["id"],"ref":"d1"}))
+        .await;
+    assert_eq!(moderator.recv_type("ack").await["ref"], "d1");
+    assert!(jwt_payload(&out_token_without_mod(&s, &cfg))
+        .get("mod")
+        .is_none());
+}
+
+fn out_token_without_mod(s: &Server, cfg: &str) -> String {
+    let out = run_cli(
+        &["token", "--sub", "u-x", "--name", "X", "--config", cfg],
+        &[],
+        s.dir(),
+    );
+    out.stdout.trim().to_string()
 }
 
 fn write(dir: &std::path::Path, name: &str, text: &str) -> String {

@@ -153,14 +153,22 @@ const COLUMNS: [&str; 7] = [
     "timestamp",
 ];
 
+/// The CSV header: the message object's fields, then what a log entry adds.
+const CSV_HEADER: &str =
+    "room,seq,id,user,user_id,content,timestamp,kind,target,reply_to,edited_at,deleted\r\n";
+
+/// A plain message's CSV row: its object's fields, then kind `message`,
+/// no target, reply or edit, not deleted.
 fn as_row(m: &Value) -> Vec<String> {
-    COLUMNS
+    let mut row: Vec<String> = COLUMNS
         .iter()
         .map(|k| match &m[*k] {
             Value::String(s) => s.clone(),
             other => other.to_string(),
         })
-        .collect()
+        .collect();
+    row.extend(["message", "", "", "", "false"].map(String::from));
+    row
 }
 
 async fn export_matches_history(backend: Backend) {
@@ -191,9 +199,9 @@ async fn export_matches_history(backend: Backend) {
     assert_eq!(unknown.stdout, "");
 
     let csv = node.export("lobby", &["--format", "csv"]).stdout;
-    assert!(csv.starts_with("room,seq,id,user,user_id,content,timestamp\r\n"));
+    assert!(csv.starts_with(CSV_HEADER));
     let records = parse_csv(&csv);
-    assert_eq!(records[0], COLUMNS);
+    assert_eq!(records[0].join(",") + "\r\n", CSV_HEADER);
     let rows: Vec<Vec<String>> = history.iter().map(as_row).collect();
     assert_eq!(records[1..], rows, "CSV round-trips every field");
     let csv_since = parse_csv(
@@ -203,10 +211,7 @@ async fn export_matches_history(backend: Backend) {
     );
     assert_eq!(csv_since[1..], rows[7..]);
     let header_only = node.export("nobody-here", &["--format", "csv"]).stdout;
-    assert_eq!(
-        header_only,
-        "room,seq,id,user,user_id,content,timestamp\r\n"
-    );
+    assert_eq!(header_only, CSV_HEADER);
 
     for bad in ["no spaces", "", "x/y", &"a".repeat(65)] {
         let out = node.cli(&["export", "--room", bad, "--format", "ndjson"]);
@@ -287,6 +292,81 @@ async fn import_round_trips(backend: Backend) {
     let after = target.server.history_all("lobby", &reader).await;
     assert_eq!(after[..TRICKY.len()], lobby);
     assert_eq!(after.len(), TRICKY.len() + 1);
+}
+
+/// Edits, deletes and reactions go through export and import: the imported
+/// room shows the same current state, and a deleted message's text is in
+/// neither the export nor the target.
+async fn changes_round_trip(backend: Backend) {
+    let source = Node::start(backend);
+    let mut c = source.server.ws_user(&uid("ann"), "ann").await;
+    c.join("lobby").await;
+    let (first, _) = c.send_and_echo("lobby", "first draft", "m1").await;
+    let (gone, _) = c.send_and_echo("lobby", "a secret to delete", "m2").await;
+    let changes = [
+        json!({"type":"edit","room":"lobby","id":first["id"],"content":"final text","ref":"c1"}),
+        json!({"type":"react","room":"lobby","id":first["id"],"emoji":"👍","ref":"c2"}),
+        json!({"type":"react","room":"lobby","id":first["id"],"emoji":":tada:","ref":"c3"}),
+        json!({"type":"unreact","room":"lobby","id":first["id"],"emoji":":tada:","ref":"c4"}),
+        json!({"type":"edit","room":"lobby","id":gone["id"],"content":"another secret","ref":"c5"}),
+        json!({"type":"delete","room":"lobby","id":gone["id"],"ref":"c6"}),
+    ];
+    for change in changes {
+        let r = change["ref"].clone();
+        c.send_json(change).await;
+        let ack = c.recv_type("ack").await;
+        assert_eq!(ack["ref"], r, "{ack}");
+    }
+    let mut reply = json!({"type":"send","room":"lobby","content":"a reply","ref":"m3"});
+    reply["reply_to"] = first["id"].clone();
+    c.send_json(reply).await;
+    assert_eq!(c.recv_type("ack").await["seq"], 9);
+    let ann = c.user_id();
+    c.close().await;
+    let reader = token("r", "r");
+    let history = source.server.history_all("lobby", &reader).await;
+    assert_eq!(history.len(), 3, "messages only: {history:?}");
+    assert_eq!(history[0]["content"], "final text");
+    assert_eq!(
+        history[0]["reactions"],
+        json!([{"emoji":"👍","count":1,"users":[ann]}])
+    );
+    assert_eq!(history[1]["deleted"], true);
+
+    let dump = source.export("lobby", &["--format", "ndjson"]).stdout;
+    assert!(
+        !dump.contains("secret"),
+        "deleted text is not exported: {dump}"
+    );
+    let kinds: Vec<String> = ndjson(&dump)
+        .iter()
+        .map(|l| l["kind"].as_str().unwrap_or("message").to_string())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["message", "message", "edit", "react", "react", "unreact", "edit", "delete", "message"]
+    );
+    let csv = source.export("lobby", &["--format", "csv"]).stdout;
+    assert!(!csv.contains("secret"));
+    let file = write_file(source.server.dir(), "changes.ndjson", &dump);
+
+    let mut target = Node::start(backend);
+    target.server.kill();
+    let out = target.import(&file);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    target.server.restart();
+    assert_eq!(target.server.history_all("lobby", &reader).await, history);
+    assert_eq!(target.export("lobby", &["--format", "ndjson"]).stdout, dump);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_export_and_import_carry_edits_deletes_and_reactions() {
+    changes_round_trip(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_export_and_import_carry_edits_deletes_and_reactions() {
+    changes_round_trip(Backend::Postgres).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -531,7 +611,7 @@ async fn export_runs_in_constant_memory(backend: Backend) {
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut header = String::new();
     stdout.read_line(&mut header).unwrap();
-    assert_eq!(header, "room,seq,id,user,user_id,content,timestamp\r\n");
+    assert_eq!(header, CSV_HEADER);
     drop(stdout);
     let mut stderr = String::new();
     child

@@ -8,7 +8,7 @@
 
 use confab::protocol::{
     check_content, check_display_name, check_room, is_valid_room, parse_client_frame,
-    parse_cursor_param, ClientFrame, ErrorCode, Rejection, MAX_JOIN_HISTORY, MAX_NAME_CHARS,
+    parse_cursor_param, Change, ClientFrame, ErrorCode, Rejection, MAX_JOIN_HISTORY, MAX_NAME_CHARS,
     MAX_REF_CHARS, MAX_ROOM_LEN,
 };
 use libfuzzer_sys::fuzz_target;
@@ -101,10 +101,18 @@ fn check_frame(frame: &ClientFrame, obj: &Map<String, Value>) {
             assert_eq!(kind, Some("typing"));
             assert_valid_room(room, room_field);
         }
+        ClientFrame::Change { room, change, .. } => {
+            assert!(matches!(kind, Some("edit" | "delete" | "react" | "unreact")));
+            assert_valid_room(room, room_field);
+            let target = change.target();
+            assert!(!target.is_empty() && target.chars().count() <= 64 && !target.contains('\0'));
+            assert_eq!(Some(target), obj.get("id").and_then(Value::as_str));
+        }
         ClientFrame::Send {
             room,
             content,
             client_ref,
+            ..
         } => {
             assert_eq!(kind, Some("send"));
             assert_valid_room(room, room_field);
@@ -179,7 +187,20 @@ fn to_wire(frame: &ClientFrame) -> Value {
             room,
             content,
             client_ref,
-        } => json!({"type": "send", "room": room, "content": content, "ref": client_ref}),
+            reply_to,
+        } => {
+            json!({"type": "send", "room": room, "content": content, "ref": client_ref, "reply_to": reply_to})
+        }
+        ClientFrame::Change {
+            room,
+            change,
+            client_ref,
+        } => match change {
+            Change::Edit { target, content } => json!({"type": "edit", "room": room, "id": target, "content": content, "ref": client_ref}),
+            Change::Delete { target } => json!({"type": "delete", "room": room, "id": target, "ref": client_ref}),
+            Change::React { target, emoji } => json!({"type": "react", "room": room, "id": target, "emoji": emoji, "ref": client_ref}),
+            Change::Unreact { target, emoji } => json!({"type": "unreact", "room": room, "id": target, "emoji": emoji, "ref": client_ref}),
+        },
         ClientFrame::History {
             room,
             before,

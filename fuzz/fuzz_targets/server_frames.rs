@@ -65,7 +65,7 @@ fuzz_target!(|input: Input| {
     assert_eq!(ack["id"], m.id.as_str());
     assert_eq!(ack["timestamp"], ts.as_str());
 
-    let seed = parse(&m.seed_frame_json());
+    let seed = parse(&m.seed_frame_json().expect("a message has a seed frame"));
     assert_eq!(seed["client_id"], m.user_id.as_str());
     assert_eq!(seed["room_id"], m.room.as_str());
     assert_eq!(seed["message"], m.content.as_str());

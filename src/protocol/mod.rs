@@ -387,6 +387,149 @@ mod tests {
     }
 
     #[test]
+    fn parse_changes_and_replies() {
+        let change = |text: &str| match parse_client_frame(text) {
+            Ok(ClientFrame::Change {
+                change, client_ref, ..
+            }) => (change, client_ref),
+            other => panic!("{text}: {other:?}"),
+        };
+        assert_eq!(
+            change(r#"{"type":"edit","room":"g","id":"m1","content":"x","ref":"c"}"#),
+            (
+                Change::Edit {
+                    target: "m1".into(),
+                    content: "x".into()
+                },
+                Some("c".into())
+            )
+        );
+        assert_eq!(
+            change(r#"{"type":"delete","room":"g","id":"m1"}"#).0,
+            Change::Delete {
+                target: "m1".into()
+            }
+        );
+        assert_eq!(
+            change(r#"{"type":"unreact","room":"g","id":"m1","emoji":"👍"}"#).0,
+            Change::Unreact {
+                target: "m1".into(),
+                emoji: "👍".into()
+            }
+        );
+        assert!(matches!(
+            parse_client_frame(r#"{"type":"send","room":"g","content":"x","reply_to":"m1"}"#),
+            Ok(ClientFrame::Send { reply_to: Some(r), .. }) if r == "m1"
+        ));
+        let long = "x".repeat(65);
+        for bad in [
+            r#"{"type":"edit","room":"g","content":"x"}"#.to_string(),
+            r#"{"type":"edit","room":"g","id":"m1"}"#.to_string(),
+            r#"{"type":"react","room":"g","id":"m1"}"#.to_string(),
+            r#"{"type":"delete","room":"g","id":""}"#.to_string(),
+            r#"{"type":"delete","room":"g","id":7}"#.to_string(),
+            format!(r#"{{"type":"delete","room":"g","id":"{long}"}}"#),
+            r#"{"type":"send","room":"g","content":"x","reply_to":5}"#.to_string(),
+        ] {
+            let e = parse_client_frame(&bad).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidFrame, "{bad}");
+            assert_eq!(e.room.as_deref(), Some("g"));
+        }
+    }
+
+    #[test]
+    fn change_frames_carry_their_target() {
+        let edit = ChatMessage {
+            room: "g".into(),
+            seq: 9,
+            id: "e9".into(),
+            user_id: "u-1".into(),
+            user_name: "ann".into(),
+            content: "new".into(),
+            kind: crate::chat::Kind::Edit,
+            target: Some("m1".into()),
+            ..ChatMessage::default()
+        };
+        let f: Value = serde_json::from_str(&edit.frame_json()).unwrap();
+        assert_eq!(
+            (
+                f["type"].as_str(),
+                f["target"].as_str(),
+                f["content"].as_str()
+            ),
+            (Some("edited"), Some("m1"), Some("new"))
+        );
+        assert!(
+            edit.seed_frame_json().is_none(),
+            "seed clients see messages only"
+        );
+        let react = ChatMessage {
+            kind: crate::chat::Kind::Unreact,
+            content: "👍".into(),
+            ..edit.clone()
+        };
+        let f: Value = serde_json::from_str(&react.frame_json()).unwrap();
+        assert_eq!(
+            (
+                f["type"].as_str(),
+                f["emoji"].as_str(),
+                f["added"].as_bool()
+            ),
+            (Some("reaction"), Some("👍"), Some(false))
+        );
+        assert!(f.get("content").is_none());
+        let delete = ChatMessage {
+            kind: crate::chat::Kind::Delete,
+            content: String::new(),
+            ..edit
+        };
+        let f: Value = serde_json::from_str(&delete.frame_json()).unwrap();
+        assert_eq!(f["type"], "deleted");
+        assert!(f.get("content").is_none());
+        let ack: Value = serde_json::from_str(&delete.unchanged_ack_json(Some("r"))).unwrap();
+        assert_eq!(ack["unchanged"], true);
+        let ack: Value = serde_json::from_str(&delete.ack_json(Some("r"))).unwrap();
+        assert!(ack.get("unchanged").is_none());
+    }
+
+    #[test]
+    fn history_objects_show_state_only_when_it_applies() {
+        let mut m = ChatMessage {
+            room: "g".into(),
+            seq: 1,
+            id: "m1".into(),
+            content: "hi".into(),
+            ..ChatMessage::default()
+        };
+        let plain: Value = serde_json::from_str(&m.object_json()).unwrap();
+        let frame: Value = serde_json::from_str(&m.frame_json()).unwrap();
+        let mut frame = frame.as_object().unwrap().clone();
+        frame.remove("type");
+        assert_eq!(
+            plain,
+            Value::Object(frame),
+            "a plain message's object is its frame"
+        );
+        m.reply_to = Some("m0".into());
+        m.edited_at_ms = Some(1_795_428_000_000);
+        m.reactions = vec![crate::chat::ReactionSummary {
+            emoji: "👍".into(),
+            count: 7,
+            users: vec!["u-2".into()],
+        }];
+        let o: Value = serde_json::from_str(&m.object_json()).unwrap();
+        assert_eq!(o["reply_to"], "m0");
+        assert_eq!(o["edited_at"], "2026-11-23T10:00:00.000Z");
+        assert_eq!(o["reactions"][0]["count"], 7);
+        assert_eq!(o["reactions"][0]["users"][0], "u-2");
+        let export: Value = serde_json::from_str(&m.export_json()).unwrap();
+        assert!(
+            export.get("reactions").is_none(),
+            "exports rebuild reactions from entries"
+        );
+    }
+
+    #[test]
     fn frames_are_valid_json_with_same_identity() {
         let m = ChatMessage {
             room: "g".into(),

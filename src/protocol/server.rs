@@ -21,32 +21,37 @@ impl ChatMessage {
     }
 
     /// The message object of history pages: `{"room",...,"timestamp"}` and
-    /// its current state (`edited_at`, `deleted`, `reply_to`, `reactions`).
+    /// its current state (`reply_to`, `edited_at`, `deleted`, `reactions`),
+    /// each only when it applies: a plain message's object is its live frame
+    /// without `type`, as the contract says.
     pub fn object_json(&self) -> String {
         let mut out = String::with_capacity(160 + self.content.len());
         out.push('{');
         self.write_fields(&mut out);
         self.write_state(&mut out);
-        out.push_str(",\"reactions\":[");
-        for (i, r) in self.reactions.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            let _ = write!(
-                out,
-                "{{\"emoji\":{},\"count\":{},\"users\":[",
-                json_str(&r.emoji),
-                r.count
-            );
-            for (j, user) in r.users.iter().enumerate() {
-                if j > 0 {
+        if !self.reactions.is_empty() {
+            out.push_str(",\"reactions\":[");
+            for (i, r) in self.reactions.iter().enumerate() {
+                if i > 0 {
                     out.push(',');
                 }
-                out.push_str(&json_str(user));
+                let _ = write!(
+                    out,
+                    "{{\"emoji\":{},\"count\":{},\"users\":[",
+                    json_str(&r.emoji),
+                    r.count
+                );
+                for (j, user) in r.users.iter().enumerate() {
+                    if j > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&json_str(user));
+                }
+                out.push_str("]}");
             }
-            out.push_str("]}");
+            out.push(']');
         }
-        out.push_str("]}");
+        out.push('}');
         out
     }
 

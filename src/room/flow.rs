@@ -99,9 +99,17 @@ impl RoomActor {
         if unknown.is_empty() {
             return self.check_and_accept(ctx, senders, drafts, Vec::new());
         }
-        let (store, room) = (self.deps.store.clone(), self.name.clone());
+        let (store, broker, room) = (
+            self.deps.store.clone(),
+            self.deps.broker.clone(),
+            self.name.clone(),
+        );
+        let (head, window) = (
+            self.delivery.delivered(),
+            self.deps.config.rooms.recovery_max,
+        );
         ctx.spawn(
-            async move { store.targets(&room, unknown, users).await }
+            async move { look_up_targets(&store, &broker, &room, unknown, users, head, window).await }
                 .into_actor(self)
                 .map(move |result, act, ctx| match result {
                     Ok(stored) => act.check_and_accept(ctx, senders, drafts, stored),
@@ -542,4 +550,37 @@ impl RoomActor {
         self.broadcast_except(frame.into(), Some(&user.id));
         true
     }
+}
+
+/// The stored state of messages a batch's changes target. In cluster mode a
+/// message the store doesn't have yet (the persist stream trails the relay)
+/// may still be in the room's Redis stream, which holds its newest
+/// `window` entries: it is read from there, with the changes after it.
+async fn look_up_targets(
+    store: &crate::store::SharedStore,
+    broker: &crate::broker::SharedBroker,
+    room: &str,
+    ids: Vec<String>,
+    users: Vec<String>,
+    head: u64,
+    window: u64,
+) -> Result<Vec<TargetState>, crate::store::StoreError> {
+    let mut found = store.targets(room, ids.clone(), users).await?;
+    let missing: Vec<String> = ids
+        .into_iter()
+        .filter(|id| !found.iter().any(|t| &t.id == id))
+        .collect();
+    if missing.is_empty() {
+        return Ok(found);
+    }
+    let recent = broker
+        .recent(room, head.saturating_sub(window), head)
+        .await
+        .unwrap_or_default();
+    for id in missing {
+        if let Some(state) = changes::resolve(recent.iter(), &id, None) {
+            found.push(state);
+        }
+    }
+    Ok(found)
 }

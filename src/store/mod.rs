@@ -385,15 +385,25 @@ impl From<MessageRow> for ChatMessage {
 // ------------------------------------------------------------------ changes
 //
 // A change is stored as its own row, then applied to its message in the same
-// transaction, in seq order, only when its row is new (a replayed entry is
-// already applied). The statements are the same for both backends: `$n`
+// transaction, only when its row is new (a replayed entry is already
+// applied). The statements give the same result whatever order changes
+// commit in: in cluster mode every instance writes part of the persist stream,
+// so a change may commit before an earlier one, or before its message (whose
+// insert then applies the changes already there, see `PgStore`). So the
+// latest edit wins, the latest reaction event per user and emoji wins, and a
+// delete erases whatever comes. They are the same for both backends: `$n`
 // parameters, which SQLite reads as `?n` (see [`sqlite_params`]).
 
-/// An edit by the author of a live message replaces its content.
+/// An edit by the author of a live message replaces its content, unless a
+/// later edit of it is already stored.
 const EDIT_APPLY: &str = "UPDATE messages SET content = $1, edited_at_ms = $2 \
-     WHERE room = $3 AND id = $4 AND kind = 'message' AND deleted = false AND user_id = $5";
-/// An edit that changed nothing (its message was deleted first) keeps no text.
-const EDIT_ERASE: &str = "UPDATE messages SET content = '' WHERE room = $1 AND seq = $2";
+     WHERE room = $3 AND id = $4 AND kind = 'message' AND deleted = false AND user_id = $5 \
+     AND NOT EXISTS (SELECT 1 FROM messages e WHERE e.room = $3 AND e.target = $4 \
+     AND e.kind = 'edit' AND e.user_id = $5 AND e.seq > $6)";
+/// An edit of a deleted message keeps no text.
+const EDIT_ERASE: &str = "UPDATE messages SET content = '' WHERE room = $1 AND seq = $2 \
+     AND EXISTS (SELECT 1 FROM messages m WHERE m.room = $1 AND m.id = $3 \
+     AND m.kind = 'message' AND m.deleted = true)";
 /// A delete leaves a tombstone...
 const DELETE_MESSAGE: &str =
     "UPDATE messages SET content = '', deleted = true, edited_at_ms = NULL \
@@ -403,13 +413,22 @@ const DELETE_EDITS: &str =
     "UPDATE messages SET content = '' WHERE room = $1 AND target = $2 AND kind = 'edit'";
 /// ...and drops its reactions.
 const DELETE_REACTIONS: &str = "DELETE FROM reactions WHERE room = $1 AND message_id = $2";
-/// A reaction on a live message (once per user and emoji).
-const REACT: &str = "INSERT INTO reactions (room, message_id, emoji, user_id, message_seq, seq) \
-     SELECT room, id, $1, $2, seq, $3 FROM messages \
-     WHERE room = $4 AND id = $5 AND kind = 'message' AND deleted = false \
-     ON CONFLICT DO NOTHING";
-const UNREACT: &str =
-    "DELETE FROM reactions WHERE room = $1 AND message_id = $2 AND emoji = $3 AND user_id = $4";
+/// A reaction event sets its user's reaction with its emoji to what the
+/// stored events say, whatever order they were stored in: present when the
+/// latest of them added it, dated from the first addition since the last
+/// removal (so emoji keep their order). First the row goes...
+const REACTION_CLEAR: &str = "DELETE FROM reactions \
+     WHERE room = $1 AND message_id = $2 AND emoji = $3 AND user_id = $4";
+/// ...then it comes back if it should (on a live message).
+const REACTION_SET: &str =
+    "INSERT INTO reactions (room, message_id, emoji, user_id, message_seq, seq) \
+     SELECT m.room, m.id, $1, $2, m.seq, r.first FROM messages m, \
+     (SELECT MIN(e.seq) AS first FROM messages e WHERE e.room = $3 AND e.target = $4 \
+      AND e.user_id = $2 AND e.kind = 'react' AND e.content = $1 AND e.seq > COALESCE( \
+      (SELECT MAX(u.seq) FROM messages u WHERE u.room = $3 AND u.target = $4 \
+       AND u.user_id = $2 AND u.kind = 'unreact' AND u.content = $1), 0)) r \
+     WHERE m.room = $3 AND m.id = $4 AND m.kind = 'message' AND m.deleted = false \
+     AND r.first IS NOT NULL";
 /// Reactions whose message retention deleted.
 const ORPHAN_REACTIONS: &str = "DELETE FROM reactions WHERE NOT EXISTS \
      (SELECT 1 FROM messages m WHERE m.room = reactions.room AND m.seq = reactions.message_seq)";
@@ -452,14 +471,7 @@ where
 }
 
 /// One statement of applying a change, with its parameters in order.
-enum Apply {
-    Sql(&'static str, Vec<Param>),
-    /// An edit: [`EDIT_APPLY`], and [`EDIT_ERASE`] when that changed nothing.
-    Edit {
-        apply: Vec<Param>,
-        erase: Vec<Param>,
-    },
-}
+struct Apply(&'static str, Vec<Param>);
 
 enum Param {
     Text(String),
@@ -473,42 +485,48 @@ fn apply_change(entry: &ChatMessage) -> Vec<Apply> {
         return Vec::new();
     };
     let room = || Text(entry.room.clone());
+    let seq = || Int(entry.seq as i64);
     match entry.kind {
         Kind::Message => Vec::new(),
-        Kind::Edit => vec![Apply::Edit {
-            apply: vec![
-                Text(entry.content.clone()),
-                Int(entry.timestamp_ms),
-                room(),
-                Text(target),
-                Text(entry.user_id.clone()),
-            ],
-            erase: vec![room(), Int(entry.seq as i64)],
-        }],
-        Kind::Delete => vec![
-            Apply::Sql(DELETE_MESSAGE, vec![room(), Text(target.clone())]),
-            Apply::Sql(DELETE_EDITS, vec![room(), Text(target.clone())]),
-            Apply::Sql(DELETE_REACTIONS, vec![room(), Text(target)]),
+        Kind::Edit => vec![
+            Apply(
+                EDIT_APPLY,
+                vec![
+                    Text(entry.content.clone()),
+                    Int(entry.timestamp_ms),
+                    room(),
+                    Text(target.clone()),
+                    Text(entry.user_id.clone()),
+                    seq(),
+                ],
+            ),
+            Apply(EDIT_ERASE, vec![room(), seq(), Text(target)]),
         ],
-        Kind::React => vec![Apply::Sql(
-            REACT,
-            vec![
-                Text(entry.content.clone()),
-                Text(entry.user_id.clone()),
-                Int(entry.seq as i64),
-                room(),
-                Text(target),
-            ],
-        )],
-        Kind::Unreact => vec![Apply::Sql(
-            UNREACT,
-            vec![
-                room(),
-                Text(target),
-                Text(entry.content.clone()),
-                Text(entry.user_id.clone()),
-            ],
-        )],
+        Kind::Delete => vec![
+            Apply(DELETE_MESSAGE, vec![room(), Text(target.clone())]),
+            Apply(DELETE_EDITS, vec![room(), Text(target.clone())]),
+            Apply(DELETE_REACTIONS, vec![room(), Text(target)]),
+        ],
+        Kind::React | Kind::Unreact => vec![
+            Apply(
+                REACTION_CLEAR,
+                vec![
+                    room(),
+                    Text(target.clone()),
+                    Text(entry.content.clone()),
+                    Text(entry.user_id.clone()),
+                ],
+            ),
+            Apply(
+                REACTION_SET,
+                vec![
+                    Text(entry.content.clone()),
+                    Text(entry.user_id.clone()),
+                    room(),
+                    Text(target),
+                ],
+            ),
+        ],
     }
 }
 

@@ -210,10 +210,12 @@ const INSERT_UNNEST: &str = "WITH ins AS (INSERT INTO messages \
      SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], \
      $6::text[], $7::int8[], $8::text[], $9::text[], $10::text[], $11::text[], $12::int8[], \
      $13::bool[]) \
-     ON CONFLICT (room, seq) DO NOTHING RETURNING room, seq, kind) \
+     ON CONFLICT (room, seq) DO NOTHING RETURNING room, seq, id, kind) \
      SELECT count(*) AS inserted, \
      COALESCE(array_agg(room) FILTER (WHERE kind <> 'message'), '{}') AS change_rooms, \
-     COALESCE(array_agg(seq) FILTER (WHERE kind <> 'message'), '{}') AS change_seqs FROM ins";
+     COALESCE(array_agg(seq) FILTER (WHERE kind <> 'message'), '{}') AS change_seqs, \
+     COALESCE(array_agg(room) FILTER (WHERE kind = 'message'), '{}') AS message_rooms, \
+     COALESCE(array_agg(id) FILTER (WHERE kind = 'message'), '{}') AS message_ids FROM ins";
 
 #[derive(diesel::QueryableByName)]
 struct Inserted {
@@ -223,6 +225,46 @@ struct Inserted {
     change_rooms: Vec<String>,
     #[diesel(sql_type = Array<BigInt>)]
     change_seqs: Vec<i64>,
+    #[diesel(sql_type = Array<Text>)]
+    message_rooms: Vec<String>,
+    #[diesel(sql_type = Array<Text>)]
+    message_ids: Vec<String>,
+}
+
+/// Changes already stored whose message a batch just inserted: written by
+/// another instance before the message was (cluster mode), they apply now.
+async fn earlier_changes(
+    c: &mut AsyncPgConnection,
+    inserted: &Inserted,
+) -> Result<Vec<Arc<ChatMessage>>, diesel::result::Error> {
+    if inserted.message_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut rooms = inserted.message_rooms.clone();
+    rooms.sort_unstable();
+    rooms.dedup();
+    let rows: Vec<MessageRow> = messages::table
+        .filter(messages::room.eq_any(&rooms))
+        .filter(messages::target.eq_any(&inserted.message_ids))
+        .filter(messages::kind.ne("message"))
+        .select(MessageRow::as_select())
+        .load(c)
+        .await?;
+    let targets: std::collections::HashSet<(&str, &str)> = inserted
+        .message_rooms
+        .iter()
+        .zip(&inserted.message_ids)
+        .map(|(room, id)| (room.as_str(), id.as_str()))
+        .collect();
+    Ok(rows
+        .into_iter()
+        .filter(|r| {
+            r.target
+                .as_deref()
+                .is_some_and(|t| targets.contains(&(r.room.as_str(), t)))
+        })
+        .map(|r| Arc::new(ChatMessage::from(r)))
+        .collect())
 }
 
 /// One column of the batch, for an array parameter.
@@ -232,22 +274,10 @@ fn column<T>(rows: &[MessageRow], get: impl Fn(&MessageRow) -> T) -> Vec<T> {
 
 /// Runs the statements that apply one change.
 async fn apply(c: &mut AsyncPgConnection, steps: Vec<Apply>) -> Result<(), diesel::result::Error> {
-    for step in steps {
-        match step {
-            Apply::Sql(sql, params) => {
-                bound::<diesel::pg::Pg>(sql.to_string(), params)
-                    .execute(c)
-                    .await?;
-            }
-            Apply::Edit { apply, erase } => {
-                let edit = bound::<diesel::pg::Pg>(super::EDIT_APPLY.to_string(), apply);
-                if edit.execute(c).await? == 0 {
-                    bound::<diesel::pg::Pg>(super::EDIT_ERASE.to_string(), erase)
-                        .execute(c)
-                        .await?;
-                }
-            }
-        }
+    for Apply(sql, params) in steps {
+        bound::<diesel::pg::Pg>(sql.to_string(), params)
+            .execute(c)
+            .await?;
     }
     Ok(())
 }
@@ -319,20 +349,28 @@ impl PgStore {
                 .bind::<Array<Bool>, _>(column(&rows, |r| r.deleted))
                 .get_result(c)
                 .await?;
-            // A change applies once, when its row is new, in seq order.
-            let mut changes: Vec<&Arc<ChatMessage>> = batch
+            // A change applies once, when its row is new. Where writers may
+            // commit out of seq order (cluster mode, import), a new message
+            // also takes the changes stored before it.
+            let new_changes: std::collections::HashSet<(&str, i64)> = inserted
+                .change_rooms
+                .iter()
+                .zip(&inserted.change_seqs)
+                .map(|(room, seq)| (room.as_str(), *seq))
+                .collect();
+            let mut changes: Vec<Arc<ChatMessage>> = batch
                 .iter()
                 .filter(|m| {
-                    !m.is_message()
-                        && inserted
-                            .change_rooms
-                            .iter()
-                            .zip(&inserted.change_seqs)
-                            .any(|(room, seq)| *room == m.room && *seq == m.seq as i64)
+                    !m.is_message() && new_changes.contains(&(m.room.as_str(), m.seq as i64))
                 })
+                .cloned()
                 .collect();
+            if !refuse_taken {
+                changes.extend(earlier_changes(c, &inserted).await?);
+            }
             changes.sort_unstable_by(|a, b| (&a.room, a.seq).cmp(&(&b.room, b.seq)));
-            for m in changes {
+            changes.dedup_by(|a, b| a.room == b.room && a.seq == b.seq);
+            for m in &changes {
                 apply(c, apply_change(m)).await?;
             }
             let inserted = inserted.inserted.max(0) as usize;

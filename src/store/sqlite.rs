@@ -9,7 +9,7 @@ use super::{
     RoomActivity, RoomSummary, Store, StoreError, UncountedRow,
 };
 use crate::changes::TargetState;
-use crate::chat::ChatMessage;
+use crate::chat::{ChatMessage, Kind};
 use async_trait::async_trait;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
@@ -166,7 +166,7 @@ fn write_batch(
     keep_existing: bool,
 ) -> QueryResult<()> {
     let heads = room_heads(batch);
-    c.immediate_transaction(|c| {
+    c.immediate_transaction::<_, diesel::result::Error, _>(|c| {
         // One cached prepared statement for every row: a multi-row INSERT
         // would be parsed again for every batch size and need SQLite's
         // statement journal, and a derived Insertable leaves a NULL
@@ -223,24 +223,32 @@ fn write_batch(
                 .execute(c)?;
         }
         Ok(())
-    })
+    })?;
+    if batch.iter().any(|m| m.kind == Kind::Delete) {
+        erase_from_the_log(c);
+    }
+    Ok(())
+}
+
+/// After a delete commits, the write-ahead log still holds the pages as they
+/// were before it, deleted text included: a checkpoint copies the erased
+/// pages into the database file and empties the log. Best effort: it waits
+/// at most 50 ms for readers (deletes are rare, and Persist must not stall);
+/// if it can't run now, a later one or the automatic checkpoint does.
+fn erase_from_the_log(c: &mut SqliteConnection) {
+    let done = c
+        .batch_execute("PRAGMA busy_timeout = 50")
+        .and_then(|()| c.batch_execute("PRAGMA wal_checkpoint(TRUNCATE)"));
+    if let Err(error) = done {
+        tracing::debug!(%error, "checkpoint after a delete did not run");
+    }
+    let _ = c.batch_execute("PRAGMA busy_timeout = 5000");
 }
 
 /// Runs the statements that apply one change.
 fn apply(c: &mut SqliteConnection, steps: Vec<Apply>) -> QueryResult<()> {
-    for step in steps {
-        match step {
-            Apply::Sql(sql, params) => {
-                bound::<diesel::sqlite::Sqlite>(sqlite_params(sql), params).execute(c)?;
-            }
-            Apply::Edit { apply, erase } => {
-                let edit = bound::<diesel::sqlite::Sqlite>(sqlite_params(super::EDIT_APPLY), apply);
-                if edit.execute(c)? == 0 {
-                    bound::<diesel::sqlite::Sqlite>(sqlite_params(super::EDIT_ERASE), erase)
-                        .execute(c)?;
-                }
-            }
-        }
+    for Apply(sql, params) in steps {
+        bound::<diesel::sqlite::Sqlite>(sqlite_params(sql), params).execute(c)?;
     }
     Ok(())
 }

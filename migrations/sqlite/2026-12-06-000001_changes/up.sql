@@ -10,8 +10,9 @@ ALTER TABLE messages ADD COLUMN deleted BOOLEAN NOT NULL DEFAULT 0;
 
 -- Changes name their message by id.
 CREATE INDEX messages_room_id ON messages (room, id);
--- A delete erases the edits of its message.
-CREATE INDEX messages_room_target ON messages (room, target) WHERE target IS NOT NULL;
+-- A message's changes: a delete erases its edits; the latest edit, and the
+-- latest reaction event of a user, win (changes may commit out of order).
+CREATE INDEX messages_room_target ON messages (room, target, user_id) WHERE target IS NOT NULL;
 
 -- Current reactions: one row per user and emoji on a message. message_seq
 -- lets a history page read its messages' reactions by seq range.
