@@ -739,7 +739,7 @@ test("across a reconnect, edits, deletes, reactions and replies made meanwhile c
     await fresh.page.waitForFunction((n) => document.querySelectorAll("#messages .msg[data-seq]").length === n, expected.length);
     assert.deepEqual(await shownState(fresh.page), shown);
     const history = await (await fetch(`${own.url}/api/rooms/recon/messages`)).json();
-    assert.deepEqual(history.messages.map((m) => [m.seq, m.deleted ? "message deleted" : m.content, m.reactions.map((r) => `${r.emoji} ${r.count}`)]),
+    assert.deepEqual(history.messages.map((m) => [m.seq, m.deleted ? "message deleted" : m.content, (m.reactions ?? []).map((r) => `${r.emoji} ${r.count}`)]),
       shown.map((m) => [m.seq, m.text, m.reactions]));
     bob2.close();
     assert.deepEqual(u.errors, []);
