@@ -416,9 +416,16 @@ test("edit: Up in an empty composer edits the last own message; the other user s
     await item(page, "helo wrold").waitFor();
     assert.ok(await input.evaluate((el) => el === document.activeElement), "Escape gives the composer its focus back");
 
-    // Up again, fix it, Enter saves: both users see the new text marked (edited).
+    // Up again, fix it; bob reacts meanwhile: the edit box keeps the text, the focus and the caret.
     await input.press("ArrowUp");
     await box.fill("hello world");
+    await box.evaluate((el) => el.setSelectionRange(5, 5));
+    await act(bob.page, "helo wrold", "Add reaction");
+    await bob.page.getByRole("button", { name: "React with 👍" }).click();
+    await page.locator('#messages .msg.editing .reaction[data-emoji="👍"]').waitFor();
+    assert.deepEqual(await box.evaluate((el) => [el === document.activeElement, el.value, el.selectionStart]), [true, "hello world", 5]);
+
+    // Enter saves: both users see the new text marked (edited).
     await box.press("Enter");
     for (const p of [page, bob.page]) {
       await item(p, "hello world").locator(".msg-edited", { hasText: "(edited)" }).waitFor();

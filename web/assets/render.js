@@ -222,16 +222,19 @@ export class View {
       }
     }
 
+    // A change to the message being edited (a reaction, say) rebuilds its
+    // element: the new edit box gets the focus and the caret back.
+    const active = document.activeElement;
+    const caret = active?.classList.contains("edit-input") && messages.contains(active) ? [active.selectionStart, active.selectionEnd] : null;
     reconcile(messages, this.#messageItems(room), this.caches.messages);
     this.#renderHistoryStatus(room);
-    if (this.focusEditor) {
-      this.focusEditor = false;
-      const box = messages.querySelector(".edit-input");
-      if (box) {
-        box.focus();
-        box.setSelectionRange(box.value.length, box.value.length);
-        autosize(box, 300);
-      }
+    const box = this.focusEditor || caret ? messages.querySelector(".edit-input") : null;
+    this.focusEditor = false;
+    if (box && box !== document.activeElement) {
+      box.focus();
+      const [start, end] = caret ?? [box.value.length, box.value.length];
+      box.setSelectionRange(start, end);
+      autosize(box, 300);
     }
 
     const anchorText = anchor && this.caches.messages.get(anchor.key)?.el.querySelector(TEXT);
