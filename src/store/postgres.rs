@@ -330,6 +330,33 @@ impl PgStore {
         heads.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut conn = self.conn().await?;
         conn.transaction::<_, diesel::result::Error, _>(async |c| {
+            let head_rows: Vec<_> = heads
+                .iter()
+                .map(|(room, last_seq, created_at_ms)| {
+                    (
+                        rooms::name.eq(room.as_str()),
+                        rooms::last_seq.eq(*last_seq),
+                        rooms::created_at_ms.eq(*created_at_ms),
+                    )
+                })
+                .collect();
+            // The rooms' heads first: their rows stay locked until commit, so
+            // writers of the same room (instances persisting parts of the
+            // stream) take turns, and a change always sees a message another
+            // writer committed, or is seen by it (see `earlier_changes`). The
+            // rows go in one order for every writer, so none can deadlock.
+            // A replayed older batch never moves a room's head backwards.
+            diesel::insert_into(rooms::table)
+                .values(head_rows)
+                .on_conflict(rooms::name)
+                .do_update()
+                .set(
+                    rooms::last_seq.eq(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+                        "GREATEST(rooms.last_seq, excluded.last_seq)",
+                    )),
+                )
+                .execute(c)
+                .await?;
             // One statement with eight array parameters, whatever the batch
             // size: far cheaper to parse and plan than a multi-row VALUES list.
             // A re-delivered entry (cluster mode after a crash) is a no-op.
@@ -392,28 +419,6 @@ impl PgStore {
                     ));
                 }
             }
-            let head_rows: Vec<_> = heads
-                .iter()
-                .map(|(room, last_seq, created_at_ms)| {
-                    (
-                        rooms::name.eq(room.as_str()),
-                        rooms::last_seq.eq(*last_seq),
-                        rooms::created_at_ms.eq(*created_at_ms),
-                    )
-                })
-                .collect();
-            // A replayed older batch never moves a room's head backwards.
-            diesel::insert_into(rooms::table)
-                .values(head_rows)
-                .on_conflict(rooms::name)
-                .do_update()
-                .set(
-                    rooms::last_seq.eq(diesel::dsl::sql::<diesel::sql_types::BigInt>(
-                        "GREATEST(rooms.last_seq, excluded.last_seq)",
-                    )),
-                )
-                .execute(c)
-                .await?;
             Ok(())
         })
         .await?;
