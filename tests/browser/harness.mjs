@@ -3,6 +3,7 @@
 // Node (REST + the `ws` package) to seed data.
 
 import { spawn } from "node:child_process";
+import { createHmac } from "node:crypto";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
@@ -135,6 +136,26 @@ export async function sendFromUi(page, text) {
   await input.press("Enter");
 }
 
+/**
+ * Everything the room in view shows of its stored messages, in DOM order:
+ * [{seq, text, edited, deleted, reply: [author, snippet] | [text] | null, reactions: ["👍 2", …]}].
+ */
+export function shownState(page) {
+  return page.locator("#messages .msg[data-seq]").evaluateAll((items) =>
+    items.map((li) => {
+      const reply = li.querySelector(".reply-preview");
+      return {
+        seq: Number(li.dataset.seq),
+        text: li.querySelector(".msg-text").innerText,
+        edited: li.querySelector(".msg-edited") !== null,
+        deleted: li.classList.contains("deleted"),
+        reply: reply ? [...reply.querySelectorAll("span")].map((s) => s.textContent) : null,
+        reactions: [...li.querySelectorAll(".reaction")].map((c) => `${c.dataset.emoji} ${c.querySelector(".count").textContent}`),
+      };
+    }),
+  );
+}
+
 /** The shown messages of the room in view: [{seq, user, text}] in DOM order. */
 export function shownMessages(page) {
   return page.locator("#messages .msg[data-seq]").evaluateAll((items) =>
@@ -147,6 +168,13 @@ export function shownMessages(page) {
 }
 
 // ------------------------------------------------------------- Node client
+
+/** A token signed with the test servers' secret (docs/protocol.md 2), e.g. {sub, name, mod: true}; valid for an hour. */
+export function mintToken(claims) {
+  const part = (value) => Buffer.from(JSON.stringify(value)).toString("base64url");
+  const body = `${part({ alg: "HS256", typ: "JWT" })}.${part({ exp: Math.floor(Date.now() / 1000) + 3600, ...claims })}`;
+  return `${body}.${createHmac("sha256", JWT_SECRET).update(body).digest("base64url")}`;
+}
 
 export async function guestLogin(baseUrl, name) {
   const res = await fetch(`${baseUrl}/api/login`, {
@@ -232,6 +260,20 @@ export class WsClient {
     await this.until(() => this.frames.filter((f) => f.type === "ack" && refs.has(f.ref)).length === refs.size, timeoutMs, `${refs.size} acks`);
     const error = this.frames.find((f) => f.type === "error" && refs.has(f.ref));
     if (error) throw new Error(`seeding failed: ${JSON.stringify(error)}`);
+  }
+
+  /** Sends one frame with a fresh ref: resolves with its ack, rejects with its error frame. */
+  async request(frame, timeoutMs = 10000) {
+    const ref = `req-${Date.now()}-${Math.random().toString(36).slice(2)}`;
+    this.send({ ...frame, ref });
+    const answer = await this.next((f) => f.ref === ref && (f.type === "ack" || f.type === "error"), timeoutMs);
+    if (answer.type === "error") throw new Error(`${frame.type} refused: ${JSON.stringify(answer)}`);
+    return answer;
+  }
+
+  /** The id of the message with this content in `room` (seen live or replayed). */
+  async messageId(room, content) {
+    return (await this.next((f) => f.type === "message" && f.room === room && f.content === content)).id;
   }
 
   close() {

@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import {
-  freePort, launchBrowser, nodeUser, openUser, removeDir, sendFromUi, shownMessages, startServer, tempDir, guestLogin,
+  freePort, launchBrowser, nodeUser, openUser, removeDir, sendFromUi, shownMessages, shownState, startServer, tempDir, guestLogin, WsClient, mintToken,
 } from "./harness.mjs";
 
 const TEST_TIMEOUT_MS = 60000;
@@ -34,6 +34,29 @@ async function closeAll() {
 }
 
 const message = (page, text) => page.locator("#messages .msg[data-seq] .msg-text").filter({ hasText: text });
+
+const escapeRe = (text) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+
+/** The stored message (li) whose text is exactly `text`. */
+const item = (page, text) =>
+  page.locator("#messages .msg[data-seq]").filter({ has: page.locator(".msg-text", { hasText: new RegExp(`^${escapeRe(text)}$`) }) });
+
+/** Hovers a message (its actions show on hover) and clicks one of them: "Reply", "Add reaction", "Edit", "Delete". */
+async function act(page, text, action) {
+  const li = item(page, text);
+  await li.hover();
+  await li.getByRole("button", { name: action, exact: true }).click();
+}
+
+/** A message's reaction chip for `emoji`. */
+const chip = (page, text, emoji) => item(page, text).locator(`.reaction[data-emoji="${emoji}"]`);
+
+/** Waits until the chip shows `count` (0: no chip). */
+async function chipCount(page, text, emoji, count) {
+  const c = chip(page, text, emoji);
+  if (count === 0) await c.waitFor({ state: "detached" });
+  else await c.locator(".count", { hasText: new RegExp(`^${count}$`) }).waitFor();
+}
 
 test("two users in two browser contexts chat both ways, with presence and typing", { timeout: TEST_TIMEOUT_MS }, async () => {
   const alice = await user("alice");
@@ -362,6 +385,423 @@ test("rooms: name validation, unread counts, deep links, reload restores the roo
     await page.locator("#me-name", { hasText: "tokenuser" }).waitFor();
     await page.locator('#me-status[data-state="open"]').waitFor();
     assert.equal(await page.evaluate(() => localStorage.getItem("confab.token")), token);
+    assert.deepEqual(alice.errors, []);
+  } finally {
+    await closeAll();
+  }
+});
+
+// ------------------------------------------- edits, deletes, reactions, replies (docs/protocol.md 7a)
+
+test("edit: Up in an empty composer edits the last own message; the other user sees the new content and (edited)", { timeout: TEST_TIMEOUT_MS }, async () => {
+  const alice = await user("alice", { path: "/#/room/edits" });
+  const bob = await user("bob", { path: "/#/room/edits" });
+  const page = alice.page;
+  try {
+    await sendFromUi(page, "first message");
+    await sendFromUi(page, "helo wrold");
+    await item(page, "helo wrold").waitFor(); // stored (acked): it has a seq
+    await item(bob.page, "helo wrold").waitFor();
+
+    // Up opens the edit box on the newest own message, with the caret in it; Escape cancels.
+    const input = page.locator("#composer-input");
+    await input.press("ArrowUp");
+    const box = page.getByRole("textbox", { name: "Edit message" });
+    await box.waitFor();
+    assert.equal(await box.inputValue(), "helo wrold");
+    assert.equal(await box.evaluate((el) => el === document.activeElement && el.closest(".msg").dataset.seq), "2");
+    await box.fill("never saved");
+    await box.press("Escape");
+    await box.waitFor({ state: "detached" });
+    await item(page, "helo wrold").waitFor();
+    assert.ok(await input.evaluate((el) => el === document.activeElement), "Escape gives the composer its focus back");
+
+    // Up again, fix it; bob reacts meanwhile: the edit box keeps the text, the focus and the caret.
+    await input.press("ArrowUp");
+    await box.fill("hello world");
+    await box.evaluate((el) => el.setSelectionRange(5, 5));
+    await act(bob.page, "helo wrold", "Add reaction");
+    await bob.page.getByRole("button", { name: "React with 👍" }).click();
+    await page.locator('#messages .msg.editing .reaction[data-emoji="👍"]').waitFor();
+    assert.deepEqual(await box.evaluate((el) => [el === document.activeElement, el.value, el.selectionStart]), [true, "hello world", 5]);
+
+    // Enter saves: both users see the new text marked (edited).
+    await box.press("Enter");
+    for (const p of [page, bob.page]) {
+      await item(p, "hello world").locator(".msg-edited", { hasText: "(edited)" }).waitFor();
+      await item(p, "helo wrold").waitFor({ state: "detached" });
+    }
+    await page.locator("#messages .msg.saving").waitFor({ state: "detached" });
+    const id = await item(page, "hello world").getAttribute("data-id");
+    const edits = alice.sentFrames.filter((f) => f.type === "edit");
+    assert.equal(edits.length, 1, "Escape sent nothing");
+    assert.deepEqual({ ...edits[0], ref: typeof edits[0].ref }, { type: "edit", room: "edits", id, content: "hello world", ref: "string" });
+
+    // The Edit action works on an older message too; saving unchanged text sends nothing.
+    await act(page, "first message", "Edit");
+    await box.press("Enter");
+    await box.waitFor({ state: "detached" });
+    assert.equal(alice.sentFrames.filter((f) => f.type === "edit").length, 1);
+    await act(page, "first message", "Edit");
+    await box.fill("first message, edited");
+    await box.press("Enter");
+    await item(bob.page, "first message, edited").locator(".msg-edited").waitFor();
+    assert.equal(await item(bob.page, "first message, edited").getAttribute("data-seq"), "1");
+
+    // bob can reply to and react to alice's messages, not edit or delete them; Up does nothing for him.
+    const theirs = item(bob.page, "hello world");
+    await theirs.hover();
+    await theirs.getByRole("button", { name: "Reply", exact: true }).waitFor();
+    assert.equal(await theirs.getByRole("button", { name: "Edit", exact: true }).count(), 0);
+    assert.equal(await theirs.getByRole("button", { name: "Delete", exact: true }).count(), 0);
+    await bob.page.locator("#composer-input").press("ArrowUp");
+    assert.equal(await bob.page.locator(".edit-input").count(), 0);
+
+    // An edit the server refuses is reported like other errors, and the edit box comes back with the text.
+    await input.press("ArrowUp");
+    await box.fill("z".repeat(2001));
+    await box.press("Enter");
+    await page.locator("#toast", { hasText: "Couldn't save the edit: a message is at most 2000 characters" }).waitFor();
+    await box.waitFor();
+    assert.equal((await box.inputValue()).length, 2001);
+    await box.press("Escape");
+    await item(page, "hello world").waitFor();
+    assert.deepEqual(alice.errors, []);
+    assert.deepEqual(bob.errors, []);
+  } finally {
+    await closeAll();
+  }
+});
+
+test("delete: confirmed in an in-page dialog, the message becomes a tombstone for both users", { timeout: TEST_TIMEOUT_MS }, async () => {
+  const alice = await user("alice", { path: "/#/room/deletes" });
+  const bob = await user("bob", { path: "/#/room/deletes" });
+  const page = alice.page;
+  try {
+    await sendFromUi(page, "delete me");
+    await sendFromUi(page, "keep me");
+    await item(bob.page, "keep me").waitFor();
+    await item(page, "keep me").waitFor();
+
+    // Cancel changes nothing.
+    await act(page, "delete me", "Delete");
+    const dialog = page.getByRole("dialog", { name: "Delete this message?" });
+    await dialog.waitFor();
+    assert.equal(await dialog.locator(".dialog-quote").textContent(), "delete me");
+    await dialog.getByRole("button", { name: "Cancel" }).click();
+    await dialog.waitFor({ state: "hidden" });
+    assert.equal(alice.sentFrames.filter((f) => f.type === "delete").length, 0);
+
+    // Delete: a tombstone on both pages, with no content, actions or reactions left.
+    const id = await item(page, "delete me").getAttribute("data-id");
+    await act(page, "delete me", "Delete");
+    await dialog.getByRole("button", { name: "Delete" }).click();
+    for (const p of [page, bob.page]) {
+      await p.locator(`#messages .msg.deleted[data-id="${id}"] .tombstone`, { hasText: "message deleted" }).waitFor();
+      assert.deepEqual((await shownMessages(p)).map((m) => m.text), ["message deleted", "keep me"]);
+      assert.equal(await p.locator(`#messages .msg[data-id="${id}"] .msg-actions`).count(), 0);
+    }
+    const deletes = alice.sentFrames.filter((f) => f.type === "delete");
+    assert.deepEqual(deletes.map((f) => [f.room, f.id]), [["deletes", id]]);
+    assert.deepEqual(alice.dialogs, [], "no window.confirm");
+
+    // Up skips the tombstone: it edits "keep me".
+    await page.locator("#composer-input").press("ArrowUp");
+    assert.equal(await page.getByRole("textbox", { name: "Edit message" }).inputValue(), "keep me");
+    await page.getByRole("textbox", { name: "Edit message" }).press("Escape");
+
+    // bob sees no Delete on alice's message; a page opened now shows the tombstone too.
+    const theirs = item(bob.page, "keep me");
+    await theirs.hover();
+    await theirs.getByRole("button", { name: "Reply", exact: true }).waitFor();
+    assert.equal(await theirs.getByRole("button", { name: "Delete", exact: true }).count(), 0);
+    await bob.page.reload();
+    await item(bob.page, "keep me").waitFor();
+    assert.deepEqual((await shownState(bob.page)).map((m) => [m.text, m.deleted]), [["message deleted", true], ["keep me", false]]);
+    assert.deepEqual(alice.errors, []);
+    assert.deepEqual(bob.errors, []);
+  } finally {
+    await closeAll();
+  }
+});
+
+test("reactions: picked from the picker, counted on the other page, toggled by clicking the chip", { timeout: TEST_TIMEOUT_MS }, async () => {
+  const alice = await user("alice", { path: "/#/room/reactions" });
+  const bob = await user("bob", { path: "/#/room/reactions" });
+  const text = "react to me";
+  try {
+    await sendFromUi(alice.page, text);
+    await item(bob.page, text).waitFor();
+
+    // bob picks 👍: alice sees it counted, and only bob's chip is marked as his.
+    await act(bob.page, text, "Add reaction");
+    const picker = bob.page.getByRole("group", { name: "Pick a reaction" });
+    for (const emoji of ["👍", "❤️", "😂", "🎉", "😮", "😢"]) await picker.getByRole("button", { name: `React with ${emoji}` }).waitFor();
+    await picker.getByRole("button", { name: "React with 👍" }).click();
+    await picker.waitFor({ state: "detached" });
+    await chipCount(alice.page, text, "👍", 1);
+    await chipCount(bob.page, text, "👍", 1);
+    assert.equal(await chip(bob.page, text, "👍").getAttribute("aria-pressed"), "true");
+    assert.equal(await chip(alice.page, text, "👍").getAttribute("aria-pressed"), "false");
+
+    // alice clicks the chip: 2 on both pages, hers now marked.
+    await chip(alice.page, text, "👍").click();
+    await chipCount(alice.page, text, "👍", 2);
+    await chipCount(bob.page, text, "👍", 2);
+    assert.equal(await chip(alice.page, text, "👍").getAttribute("aria-pressed"), "true");
+
+    // A second emoji comes after the first.
+    await act(alice.page, text, "Add reaction");
+    await alice.page.getByRole("button", { name: "React with 🎉" }).click();
+    await chipCount(bob.page, text, "🎉", 1);
+    assert.deepEqual((await shownState(bob.page)).map((m) => m.reactions), [["👍 2", "🎉 1"]]);
+
+    // bob toggles his 👍 off, then alice hers: the chip goes away on both pages.
+    await chip(bob.page, text, "👍").click();
+    await chipCount(alice.page, text, "👍", 1);
+    await chipCount(bob.page, text, "👍", 1);
+    assert.equal(await chip(bob.page, text, "👍").getAttribute("aria-pressed"), "false");
+    await chip(alice.page, text, "👍").click();
+    await chipCount(bob.page, text, "👍", 0);
+    await chipCount(alice.page, text, "👍", 0);
+    assert.deepEqual((await shownState(alice.page)).map((m) => m.reactions), [["🎉 1"]]);
+
+    const id = await item(alice.page, text).getAttribute("data-id");
+    assert.deepEqual(bob.sentFrames.filter((f) => f.type === "react" || f.type === "unreact").map((f) => [f.type, f.id, f.emoji]),
+      [["react", id, "👍"], ["unreact", id, "👍"]]);
+    assert.deepEqual(alice.errors, []);
+    assert.deepEqual(bob.errors, []);
+  } finally {
+    await closeAll();
+  }
+});
+
+test("reply: a quoted preview above the composer and on the sent message; clicking it jumps to the original", { timeout: TEST_TIMEOUT_MS }, async () => {
+  const seeder = await nodeUser(server.url, "seeder", "replies");
+  const long = `original question: ${"why is the sky blue? ".repeat(6)}`;
+  await seeder.sendAll("replies", [long]);
+  await seeder.sendAll("replies", Array.from({ length: 30 }, (_, i) => `filler ${i + 1}`));
+  const originalId = await seeder.messageId("replies", long);
+  const alice = await user("alice", { path: "/#/room/replies" });
+  const bob = await user("bob", { path: "/#/room/replies" });
+  const snippet = `${long.replace(/\s+/g, " ").trim().slice(0, 80)}…`;
+  try {
+    await item(bob.page, "filler 30").waitFor();
+
+    // Reply puts the original above the composer; ✕ takes it away, Reply again brings it back.
+    await act(bob.page, long, "Reply");
+    const bar = bob.page.locator("#reply-bar");
+    await bar.waitFor();
+    assert.equal(await bar.locator("#reply-author").textContent(), "seeder");
+    assert.equal(await bar.locator("#reply-text").textContent(), snippet);
+    await bob.page.getByRole("button", { name: "Cancel the reply" }).click();
+    await bar.waitFor({ state: "hidden" });
+    await act(bob.page, long, "Reply");
+    await bar.waitFor();
+    assert.ok(await bob.page.locator("#composer-input").evaluate((el) => el === document.activeElement), "the composer has the focus");
+    await sendFromUi(bob.page, "Rayleigh scattering.");
+    await bar.waitFor({ state: "hidden" });
+    const sent = bob.sentFrames.find((f) => f.type === "send" && f.content === "Rayleigh scattering.");
+    assert.equal(sent.reply_to, originalId);
+
+    // Both pages show the reply with a preview of the original (author + its first 80 characters).
+    for (const p of [alice.page, bob.page]) {
+      const preview = item(p, "Rayleigh scattering.").locator(".reply-preview");
+      await preview.waitFor();
+      assert.equal(await preview.locator(".reply-author").textContent(), "seeder");
+      assert.equal(await preview.locator(".reply-snippet").textContent(), snippet);
+    }
+
+    // alice is at the bottom, the original is far above; a click brings it into view, highlighted.
+    const original = alice.page.locator(`#messages .msg[data-id="${originalId}"]`);
+    const inView = () => alice.page.evaluate((id) => {
+      const li = document.querySelector(`#messages .msg[data-id="${id}"]`).getBoundingClientRect();
+      const view = document.getElementById("scroller").getBoundingClientRect();
+      return li.top >= view.top && li.bottom <= view.bottom;
+    }, originalId);
+    assert.equal(await inView(), false, "the original starts out of view");
+    await item(alice.page, "Rayleigh scattering.").locator(".reply-preview").click();
+    await alice.page.locator(`#messages .msg.highlight[data-id="${originalId}"]`).waitFor();
+    assert.equal(await inView(), true);
+    await original.and(alice.page.locator(".highlight")).waitFor({ state: "detached" }); // it fades
+
+    // The original is deleted: the preview says so.
+    await seeder.request({ type: "delete", room: "replies", id: originalId });
+    await item(alice.page, "Rayleigh scattering.").locator(".reply-snippet", { hasText: "message deleted" }).waitFor();
+    seeder.close();
+    assert.deepEqual(alice.errors, []);
+    assert.deepEqual(bob.errors, []);
+  } finally {
+    await closeAll();
+  }
+});
+
+test("reply: an original older than what is loaded shows as not loaded, until a history page brings it", { timeout: TEST_TIMEOUT_MS }, async () => {
+  const seeder = await nodeUser(server.url, "seeder", "replies-old");
+  await seeder.sendAll("replies-old", ["ancient question"]);
+  const ancient = await seeder.messageId("replies-old", "ancient question");
+  await seeder.sendAll("replies-old", Array.from({ length: 60 }, (_, i) => `filler ${i + 1}`));
+  await seeder.request({ type: "react", room: "replies-old", id: ancient, emoji: "😮" });
+  await seeder.request({ type: "send", room: "replies-old", content: "late answer", reply_to: ancient });
+  seeder.close();
+
+  const alice = await user("alice", { path: "/#/room/replies-old" });
+  const page = alice.page;
+  try {
+    await item(page, "late answer").locator(".reply-preview.missing .reply-snippet", { hasText: "original not loaded" }).waitFor();
+    // The replay held the reaction to the unloaded original: it was ignored, and
+    // the history page brings the original in its current state, reaction included.
+    await page.locator("#scroller").evaluate((el) => (el.scrollTop = 0));
+    await item(page, "ancient question").waitFor();
+    await chipCount(page, "ancient question", "😮", 1);
+    await item(page, "late answer").locator(".reply-snippet", { hasText: "ancient question" }).waitFor();
+    await item(page, "late answer").locator(".reply-preview").click();
+    await page.locator(`#messages .msg.highlight[data-id="${ancient}"]`).waitFor();
+    assert.deepEqual(alice.errors, []);
+  } finally {
+    await closeAll();
+  }
+});
+
+test("across a reconnect, edits, deletes, reactions and replies made meanwhile converge, and own changes made offline are sent once", { timeout: TEST_TIMEOUT_MS }, async () => {
+  const dir = tempDir();
+  const port = await freePort();
+  let own = await startServer({ port, dir });
+  const u = await openUser(browser, own.url, "alice", { path: "/#/room/recon" });
+  const page = u.page;
+  let fresh = null;
+  try {
+    const bob = await nodeUser(own.url, "bob", "recon");
+    await bob.sendAll("recon", ["bob one", "bob two"]);
+    const [one, two] = [await bob.messageId("recon", "bob one"), await bob.messageId("recon", "bob two")];
+    await sendFromUi(page, "alice one");
+    const mine = await bob.messageId("recon", "alice one");
+    await bob.request({ type: "react", room: "recon", id: two, emoji: "🎉" });
+    await act(page, "bob one", "Add reaction");
+    await page.getByRole("button", { name: "React with 👍" }).click();
+    await chipCount(page, "bob two", "🎉", 1);
+    await bob.next((f) => f.type === "reaction" && f.emoji === "👍");
+    bob.close();
+
+    // The server goes away. alice edits her message (Up) and takes her 👍 back while offline.
+    await own.stop();
+    await page.locator('#banner[data-state="waiting"], #banner[data-state="connecting"]').first().waitFor();
+    const seenBefore = Math.max(...u.receivedFrames.filter((f) => f.room === "recon" && Number.isInteger(f.seq) && f.type !== "ack").map((f) => f.seq));
+    await page.locator("#composer-input").press("ArrowUp");
+    await page.getByRole("textbox", { name: "Edit message" }).fill("alice one, edited offline");
+    await page.getByRole("textbox", { name: "Edit message" }).press("Enter");
+    await item(page, "alice one, edited offline").locator(".msg-status", { hasText: "Saving…" }).waitFor();
+    await chip(page, "bob one", "👍").click();
+    await chipCount(page, "bob one", "👍", 0); // shown at once, pending
+
+    // The server comes back; while the page is still cut off, bob changes things.
+    await u.context.setOffline(true);
+    own = await startServer({ port, dir });
+    const bob2 = await WsClient.connect(own.url, bob.token); // the same user, on a new connection
+    await bob2.join("recon", { history: 0 });
+    await bob2.request({ type: "edit", room: "recon", id: one, content: "bob one, edited meanwhile" });
+    await bob2.request({ type: "react", room: "recon", id: mine, emoji: "❤️" });
+    await bob2.request({ type: "unreact", room: "recon", id: two, emoji: "🎉" });
+    await bob2.request({ type: "react", room: "recon", id: two, emoji: "😢" });
+    await bob2.request({ type: "send", room: "recon", content: "bob three", reply_to: mine });
+    await bob2.request({ type: "send", room: "recon", content: "bob doomed" });
+    const doomed = await bob2.messageId("recon", "bob doomed");
+    await bob2.request({ type: "react", room: "recon", id: doomed, emoji: "👍" });
+    await bob2.request({ type: "delete", room: "recon", id: doomed });
+    await u.context.setOffline(false);
+
+    // alice's page catches up (replay with `since`), then her own changes go out.
+    await item(page, "bob doomed").waitFor({ state: "detached", timeout: 30000 });
+    await page.locator("#banner").waitFor({ state: "hidden" });
+    await page.locator("#messages .msg.saving").waitFor({ state: "detached" });
+    await bob2.next((f) => f.type === "edited" && f.content === "alice one, edited offline");
+    await bob2.next((f) => f.type === "reaction" && f.emoji === "👍" && f.target === one && f.added === false);
+    await chipCount(page, "bob two", "🎉", 0);
+
+    const expected = [
+      { text: "bob one, edited meanwhile", edited: true, deleted: false, reply: null, reactions: [] },
+      { text: "bob two", edited: false, deleted: false, reply: null, reactions: ["😢 1"] },
+      { text: "alice one, edited offline", edited: true, deleted: false, reply: null, reactions: ["❤️ 1"] },
+      { text: "bob three", edited: false, deleted: false, reply: ["alice", "alice one, edited offline"], reactions: [] },
+      { text: "message deleted", edited: false, deleted: true, reply: null, reactions: [] },
+    ];
+    const strip = (state) => state.map(({ seq, ...rest }) => rest);
+    await page.waitForFunction((n) => document.querySelectorAll("#messages .msg[data-seq]").length === n, expected.length);
+    const shown = await shownState(page);
+    assert.deepEqual(strip(shown), expected);
+
+    // The page rejoined with since = the last seq it had, and sent each offline change once, with one ref.
+    const joins = u.sentFrames.filter((f) => f.type === "join" && f.room === "recon");
+    assert.deepEqual(joins.at(-1), { type: "join", room: "recon", since: seenBefore });
+    assert.equal(u.receivedFrames.filter((f) => f.type === "joined" && f.room === "recon").at(-1).recovered, true);
+    for (const type of ["edit", "unreact"]) {
+      const frames = u.sentFrames.filter((f) => f.type === type);
+      assert.ok(frames.length >= 1 && frames.every((f) => f.ref === frames[0].ref), `${type} resends reuse the ref`);
+    }
+    assert.equal(bob2.frames.filter((f) => f.type === "edited" && f.target === mine).length, 1, "alice's edit was stored once");
+
+    // A page opened now (replay from scratch) and the history API agree with alice's page.
+    fresh = await openUser(browser, own.url, "carol", { path: "/#/room/recon" });
+    await item(fresh.page, "bob three").waitFor();
+    await fresh.page.waitForFunction((n) => document.querySelectorAll("#messages .msg[data-seq]").length === n, expected.length);
+    assert.deepEqual(await shownState(fresh.page), shown);
+    const history = await (await fetch(`${own.url}/api/rooms/recon/messages`)).json();
+    assert.deepEqual(history.messages.map((m) => [m.seq, m.deleted ? "message deleted" : m.content, (m.reactions ?? []).map((r) => `${r.emoji} ${r.count}`)]),
+      shown.map((m) => [m.seq, m.text, m.reactions]));
+    bob2.close();
+    assert.deepEqual(u.errors, []);
+  } finally {
+    await fresh?.context.close();
+    await u.context.close();
+    await own.stop();
+    removeDir(dir);
+  }
+});
+
+test("a moderator (token claim mod: true) gets Delete on everyone's messages, and deletes for all", { timeout: TEST_TIMEOUT_MS }, async () => {
+  const bob = await user("bob", { path: "/#/room/moderated" });
+  const carol = await nodeUser(server.url, "carol", "moderated");
+  const context = await browser.newContext({ viewport: { width: 1200, height: 750 }, locale: "en-US" });
+  contexts.push(context);
+  const page = await context.newPage();
+  try {
+    await sendFromUi(bob.page, "spam spam spam");
+    await item(bob.page, "spam spam spam").waitFor();
+
+    // ann signs in with a moderator token through the token form.
+    await page.goto(`${server.url}/#/room/moderated`);
+    await page.getByText("Sign in with a token").click();
+    await page.getByLabel("Access token").fill(mintToken({ sub: "mod-ann", name: "ann", mod: true }));
+    await page.getByRole("button", { name: "Sign in with token" }).click();
+    await item(page, "spam spam spam").waitFor();
+    await act(page, "spam spam spam", "Delete");
+    await page.getByRole("dialog", { name: "Delete this message?" }).getByRole("button", { name: "Delete" }).click();
+    await item(bob.page, "message deleted").waitFor();
+    await item(page, "message deleted").waitFor();
+    const deleted = await carol.next((f) => f.type === "deleted");
+    assert.equal(deleted.user_id, "mod-ann", "the deleted frame names the moderator");
+    carol.close();
+    assert.deepEqual(bob.errors, []);
+  } finally {
+    await closeAll();
+  }
+});
+
+test("a room whose newest events are all changes still shows its messages, in their current state", { timeout: TEST_TIMEOUT_MS }, async () => {
+  // The join replays the newest 50 *events*: here only edits of a message it
+  // does not replay. The page then loads the newest history page.
+  const seeder = await nodeUser(server.url, "seeder", "busy-edits");
+  await seeder.sendAll("busy-edits", ["draft 0"]);
+  const id = await seeder.messageId("busy-edits", "draft 0");
+  for (let i = 1; i <= 55; i++) await seeder.request({ type: "edit", room: "busy-edits", id, content: `draft ${i}` });
+  seeder.close();
+  const alice = await user("alice", { path: "/#/room/busy-edits" });
+  try {
+    await item(alice.page, "draft 55").locator(".msg-edited").waitFor();
+    await alice.page.locator("#history-status", { hasText: "This is the very beginning of #busy-edits." }).waitFor();
+    assert.deepEqual((await shownState(alice.page)).map((m) => [m.seq, m.text]), [[1, "draft 55"]]);
+    const joined = alice.receivedFrames.find((f) => f.type === "joined" && f.room === "busy-edits");
+    assert.equal(joined.last_seq, 56);
     assert.deepEqual(alice.errors, []);
   } finally {
     await closeAll();

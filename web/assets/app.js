@@ -4,7 +4,7 @@
 import { listRooms, login, peekToken, roomMessages, socketUrl, tokenStore } from "./api.js";
 import { Connection } from "./connection.js";
 import { View } from "./render.js";
-import { oldestSeq, roomNameError, Store } from "./store.js";
+import { olderCursor, roomNameError, Store } from "./store.js";
 
 const OPEN_ROOMS_KEY = "confab.rooms";
 const LAST_ROOM_KEY = "confab.lastRoom";
@@ -77,12 +77,26 @@ const actions = {
     }
   },
 
-  /** Shows the message at once as pending; the ack (matched by ref) marks it sent. */
-  send(room, content) {
-    const ref = `${refPrefix}-${++refCounter}`;
-    if (!store.addPending(room, ref, content)) return false;
+  /** Shows the message at once as pending; the ack (matched by ref) marks it sent. `replyTo`: a message id. */
+  send(room, content, replyTo = null) {
+    const ref = newRef();
+    if (!store.addPending(room, ref, content, replyTo)) return false;
     transmit(ref);
     return true;
+  },
+
+  /** Own changes (docs/protocol.md 7a): shown at once, pending until acked, resent after a reconnect with the same ref. */
+  edit(room, id, content) {
+    return change(room, { kind: "edit", id, content });
+  },
+
+  remove(room, id) {
+    return change(room, { kind: "delete", id });
+  },
+
+  /** Adds the user's reaction, or takes it away when `on` is false. */
+  react(room, id, emoji, on) {
+    return change(room, { kind: on ? "react" : "unreact", id, emoji });
   },
 
   /** Resends a failed message with its original ref: the server never stores a ref twice. */
@@ -104,8 +118,8 @@ const actions = {
   async loadOlder(name, { force = false } = {}) {
     const room = store.room(name);
     if (!room || room.loadingOlder || (room.olderError && !force)) return;
-    const before = oldestSeq(room);
-    if (before === null || before <= 1) return;
+    const before = olderCursor(room);
+    if (before === null) return;
     await fetchPage(room, { before });
   },
 
@@ -124,6 +138,7 @@ function startSession(token, user) {
   store.pageVisible = !document.hidden;
   store.token = token;
   store.user = user;
+  store.moderator = isModerator(peekToken(token));
   view.showChat();
   for (const name of savedRooms()) store.openRoom(name);
   routeFromHash();
@@ -236,7 +251,10 @@ async function fetchPage(room, { before } = {}) {
   store.changed("messages");
   try {
     const page = await roomMessages(store.token, room.name, { before, limit: PAGE_SIZE });
-    if (store.room(room.name) === room) store.addHistory(room.name, page.messages);
+    if (store.room(room.name) === room) {
+      if (page.next_before === null) room.atStart = true;
+      store.addHistory(room.name, page.messages);
+    }
   } catch (e) {
     room.olderError = e.message;
     if (e.status === 401) checkToken();
@@ -248,16 +266,41 @@ async function fetchPage(room, { before } = {}) {
 
 // ------------------------------------------------------------------ sends
 
+const newRef = () => `${refPrefix}-${++refCounter}`;
+
 function transmit(ref) {
+  const own = store.findChange(ref);
+  if (own) {
+    const { room, change: c } = own;
+    const frame = { type: c.kind, room: room.name, id: c.id, ref };
+    if (c.kind === "edit") frame.content = c.content;
+    if (c.kind === "react" || c.kind === "unreact") frame.emoji = c.emoji;
+    connection?.send(frame); // not connected: resent (same ref) after the reconnect
+    return;
+  }
   const found = store.findPending(ref);
   if (!found) return;
-  const frame = JSON.stringify({ type: "send", room: found.room.name, content: found.pending.content, ref });
+  const send = { type: "send", room: found.room.name, content: found.pending.content, ref };
+  if (found.pending.reply_to) send.reply_to = found.pending.reply_to;
+  const frame = JSON.stringify(send);
   if (new TextEncoder().encode(frame).length > MAX_SEND_BYTES) {
     store.setPendingStatus(ref, "failed", "this message is too large to send");
     return;
   }
   // Not connected: it stays pending and is resent (same ref) after the reconnect.
   connection?.send(frame);
+}
+
+function change(name, what) {
+  const ref = newRef();
+  if (!store.addChange(name, ref, what)) return false;
+  transmit(ref);
+  return true;
+}
+
+/** docs/protocol.md 7a: `"mod": true`, or a `roles` array holding "mod". (The server checks; this only shows Delete.) */
+function isModerator(claims) {
+  return claims?.mod === true || (Array.isArray(claims?.roles) && claims.roles.includes("mod"));
 }
 
 // ------------------------------------------------------------- the socket
@@ -281,9 +324,10 @@ function onFrame(frame) {
       store.user = frame.user;
       store.changed("user", "messages");
       // Rejoin every open room (with `since` where we have state), then
-      // resend whatever was never acked, with the same refs.
+      // resend whatever was never acked (sends and changes, in the order
+      // they were made), with the same refs.
       for (const room of store.rooms.values()) connection.send(joinFrame(room));
-      for (const room of store.rooms.values()) for (const p of room.pending) if (p.status === "pending") transmit(p.ref);
+      for (const { ref } of store.unacked()) transmit(ref);
       refreshDirectory();
       break;
     case "joined":
@@ -294,6 +338,11 @@ function onFrame(frame) {
       break;
     case "message":
       store.onMessage(frame);
+      break;
+    case "edited":
+    case "deleted":
+    case "reaction":
+      store.onChange(frame);
       break;
     case "ack":
       store.onAck(frame);
@@ -311,8 +360,23 @@ function onFrame(frame) {
   }
 }
 
+const CHANGE_FAILED = { edit: "Couldn't save the edit", delete: "Couldn't delete the message", react: "Couldn't add the reaction", unreact: "Couldn't remove the reaction" };
+
 function onError(frame) {
   const text = frame.message || frame.code;
+  const own = store.findChange(frame.ref);
+  if (own) {
+    if (frame.code === "rate_limited" && frame.retry_after_ms) {
+      setTimeout(() => transmit(frame.ref), frame.retry_after_ms); // still pending: try again when allowed
+      return;
+    }
+    store.dropChange(frame.ref);
+    view.toast(`${CHANGE_FAILED[own.change.kind]}: ${text}`);
+    if (own.change.kind === "edit" && frame.code !== "message_deleted" && frame.code !== "not_found") {
+      view.reopenEdit(own.room.name, own.change.id, own.change.content); // keep what was typed
+    }
+    return;
+  }
   if (frame.ref && store.findPending(frame.ref)) {
     if (frame.code === "rate_limited" && frame.retry_after_ms) {
       setTimeout(() => transmit(frame.ref), frame.retry_after_ms); // still pending: try again when allowed

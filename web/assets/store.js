@@ -30,14 +30,20 @@ function newRoom(name) {
     replayUntil: 0, // the joined frame's last_seq: the replay that follows it ends there
     synced: false, // ever joined: a rejoin then uses `since`
     messages: new Map(), // seq -> message, shown
-    lastSeq: 0, // highest seq received from the room's stream: the next `since`
+    byId: new Map(), // message id -> the same message objects: the targets of changes and replies
+    lastSeq: 0, // highest seq received from the room's stream (messages and changes): the next `since`
+    atStart: false, // a history page said there is nothing older (next_before: null)
     unreadAfter: Infinity, // live messages above this seq count as unread
     unread: 0,
     loadingOlder: false,
     olderError: null,
     members: new Map(), // user id -> name
     typing: new Map(), // user id -> {name, until}
-    pending: [], // own sends without an ack: {ref, content, status: "pending"|"failed", error}
+    pending: [], // own sends without an ack: {ref, n, content, reply_to, status: "pending"|"failed", error}
+    // Own changes (edit, delete, react, unreact) not yet in the room's stream:
+    // {ref, n, kind, id, content, emoji, status: "pending"|"acked", ackSeq}.
+    // "acked" ones wait until the stream reaches their seq (the event then applies).
+    changes: [],
   };
 }
 
@@ -50,6 +56,7 @@ export class Store {
   reset() {
     this.token = null;
     this.user = null; // {id, name}
+    this.moderator = false; // the token's claims say so (docs/protocol.md 7a): Delete on everyone's messages
     this.connection = { state: "stopped" };
     this.rooms = new Map(); // the rooms this client has open (joined), in opening order
     this.directory = new Map(); // name -> {last_seq, online} from /api/rooms
@@ -136,6 +143,8 @@ export class Store {
     if (frame.recovered === false) {
       // Nothing was replayed: drop the local copy and start again from history.
       room.messages.clear();
+      room.byId.clear();
+      room.atStart = false;
       room.lastSeq = frame.last_seq;
       room.unreadAfter = Math.min(room.unreadAfter, frame.last_seq);
       outcome = "reload";
@@ -144,6 +153,7 @@ export class Store {
       room.synced = true;
       room.unreadAfter = frame.last_seq; // the initial replay is not "unread"
     }
+    settleChanges(room);
     this.changed("rooms", "messages", "members");
     return outcome;
   }
@@ -153,9 +163,18 @@ export class Store {
     const room = this.room(frame.room);
     if (!room) return;
     room.lastSeq = Math.max(room.lastSeq, frame.seq);
+    settleChanges(room);
     if (room.typing.delete(frame.user_id)) this.changed("typing");
-    if (room.messages.has(frame.seq)) return;
-    room.messages.set(frame.seq, toMessage(frame));
+    const held = room.messages.get(frame.seq);
+    if (held) {
+      // Already shown (an own send, from its ack). A replay may bring it as a tombstone.
+      if (frame.deleted && held.id === frame.id && !held.deleted) {
+        tombstone(held);
+        this.changed("messages");
+      }
+      return;
+    }
+    putMessage(room, toMessage(frame));
     const seen = this.current === room.name && this.pageVisible;
     if (frame.seq > room.unreadAfter && !this.isOwn(frame.user_id) && !seen) room.unread += 1;
     if (seen) room.unreadAfter = Math.max(room.unreadAfter, frame.seq);
@@ -166,27 +185,55 @@ export class Store {
   addHistory(name, messages) {
     const room = this.room(name);
     if (!room) return;
-    for (const m of messages) if (!room.messages.has(m.seq)) room.messages.set(m.seq, toMessage(m));
+    // Pages carry messages in their current state; ones already held are kept
+    // (the room's stream keeps them current).
+    for (const m of messages) if (!room.messages.has(m.seq)) putMessage(room, toMessage(m));
     this.changed("messages");
   }
 
-  /** The ack of an own send: the pending copy becomes the stored message at once. */
+  /**
+   * An `edited`, `deleted` or `reaction` frame (docs/protocol.md 7a): applied
+   * in seq order, once; one whose target is not held is ignored (a history
+   * page brings that message in its current state).
+   */
+  onChange(frame) {
+    const room = this.room(frame.room);
+    if (!room || !(frame.seq > room.lastSeq)) return;
+    room.lastSeq = frame.seq;
+    const m = room.byId.get(frame.target);
+    if (m) applyChange(m, frame);
+    settleChanges(room);
+    this.changed("messages");
+  }
+
+  /** The ack of an own send (the pending copy becomes the stored message at once) or change. */
   onAck(frame) {
+    const change = this.findChange(frame.ref);
+    if (change) {
+      if (frame.unchanged) change.room.changes = change.room.changes.filter((c) => c !== change.change);
+      else {
+        change.change.status = "acked";
+        change.change.ackSeq = frame.seq;
+        settleChanges(change.room);
+      }
+      this.changed("messages");
+      return;
+    }
     for (const room of this.rooms.values()) {
       const index = room.pending.findIndex((p) => p.ref === frame.ref);
       if (index < 0) continue;
       const [sent] = room.pending.splice(index, 1);
       const target = this.room(frame.room) ?? room;
       if (!target.messages.has(frame.seq)) {
-        target.messages.set(frame.seq, {
+        putMessage(target, toMessage({
           seq: frame.seq,
           id: frame.id,
           user: this.user?.name ?? "",
           user_id: this.user?.id ?? "",
           content: sent.content,
           timestamp: frame.timestamp,
-          date: new Date(frame.timestamp),
-        });
+          reply_to: sent.reply_to,
+        }));
       }
       this.changed("messages");
       return;
@@ -228,10 +275,10 @@ export class Store {
 
   // ------------------------------------------------------------ own sends
 
-  addPending(name, ref, content) {
+  addPending(name, ref, content, replyTo = null) {
     const room = this.room(name);
     if (!room) return null;
-    const pending = { ref, content, status: "pending", error: null };
+    const pending = { ref, n: nextOrder++, content, reply_to: replyTo, status: "pending", error: null };
     room.pending.push(pending);
     this.changed("messages");
     return pending;
@@ -261,6 +308,87 @@ export class Store {
     this.changed("messages");
   }
 
+  // ---------------------------------------------------------- own changes
+
+  /** An own edit, delete, react or unreact, shown at once and pending until its event is in the stream. */
+  addChange(name, ref, change) {
+    const room = this.room(name);
+    if (!room || !room.byId.has(change.id)) return null;
+    const entry = { ref, n: nextOrder++, kind: change.kind, id: change.id, content: change.content ?? null, emoji: change.emoji ?? null, status: "pending", ackSeq: 0 };
+    room.changes.push(entry);
+    this.changed("messages");
+    return entry;
+  }
+
+  findChange(ref) {
+    if (!ref) return null;
+    for (const room of this.rooms.values()) {
+      const change = room.changes.find((c) => c.ref === ref);
+      if (change) return { room, change };
+    }
+    return null;
+  }
+
+  dropChange(ref) {
+    const found = this.findChange(ref);
+    if (!found) return null;
+    found.room.changes = found.room.changes.filter((c) => c !== found.change);
+    this.changed("messages");
+    return found.change;
+  }
+
+  /** Own sends and changes not acked yet, in the order they were made: resent after a reconnect. */
+  unacked() {
+    const out = [];
+    for (const room of this.rooms.values()) {
+      for (const p of room.pending) if (p.status === "pending") out.push({ kind: "send", ref: p.ref, n: p.n });
+      for (const c of room.changes) if (c.status === "pending") out.push({ kind: c.kind, ref: c.ref, n: c.n });
+    }
+    return out.sort((a, b) => a.n - b.n);
+  }
+
+  /** The user's newest message in a room that can still be edited (Up arrow), or null. */
+  lastOwnMessage(name) {
+    const room = this.room(name);
+    if (!room) return null;
+    let last = null;
+    for (const m of room.messages.values()) {
+      if (this.isOwn(m.user_id) && !m.deleted && !isBeingDeleted(room, m.id) && (!last || m.seq > last.seq)) last = m;
+    }
+    return last;
+  }
+
+  /**
+   * What to show for a message: its stored state with the user's own changes
+   * that are not in the stream yet laid over it.
+   * {content, edited, deleted, deleting, saving, reactions: [{emoji, count, mine}]}
+   */
+  shown(room, m) {
+    const me = this.user?.id;
+    let content = m.content;
+    let saving = false;
+    let deleting = false;
+    const mine = new Map(); // emoji -> wanted (the last own change wins)
+    for (const c of room.changes) {
+      if (c.id !== m.id) continue;
+      if (c.kind === "edit") {
+        content = c.content;
+        saving = true;
+      } else if (c.kind === "delete") deleting = true;
+      else mine.set(c.emoji, c.kind === "react");
+    }
+    if (m.deleted) return { content: "", edited: false, deleted: true, deleting: false, saving: false, reactions: [] };
+    const reactions = [];
+    for (const [emoji, r] of m.reactions) {
+      const has = r.users.has(me);
+      const wanted = mine.has(emoji) ? mine.get(emoji) : has;
+      const count = r.users.size + r.extra + (wanted === has ? 0 : wanted ? 1 : -1);
+      if (count > 0) reactions.push({ emoji, count, mine: wanted });
+    }
+    for (const [emoji, wanted] of mine) if (wanted && !m.reactions.has(emoji)) reactions.push({ emoji, count: 1, mine: true });
+    return { content, edited: Boolean(m.edited_at) || saving, deleted: false, deleting, saving, reactions };
+  }
+
   totalUnread() {
     let n = 0;
     for (const room of this.rooms.values()) n += room.unread;
@@ -273,6 +401,18 @@ export function settled(room) {
   return room.joined && room.lastSeq >= room.replayUntil;
 }
 
+/**
+ * Where the next older history page ends (its `before`), or null when there is
+ * nothing older. A room whose replay held only changes shows no message yet:
+ * its newest page is then the one before lastSeq + 1.
+ */
+export function olderCursor(room) {
+  if (room.atStart) return null;
+  const oldest = oldestSeq(room);
+  if (oldest !== null) return oldest > 1 ? oldest : null;
+  return room.lastSeq > 0 ? room.lastSeq + 1 : null;
+}
+
 /** The lowest seq shown in a room, or null when it shows none. */
 export function oldestSeq(room) {
   let oldest = null;
@@ -280,8 +420,17 @@ export function oldestSeq(room) {
   return oldest;
 }
 
+let nextOrder = 1; // the order of own sends and changes, for resending them in order
+
+/** Message state, from a live/replayed frame or a history object (which carries current state). */
 function toMessage(m) {
-  return {
+  const reactions = new Map(); // emoji -> {users: Set of user ids, extra: reactors not named}
+  for (const r of Array.isArray(m.reactions) ? m.reactions : []) {
+    const users = new Set(Array.isArray(r.users) ? r.users : []);
+    const extra = Math.max(0, (Number.isInteger(r.count) ? r.count : users.size) - users.size);
+    if (users.size + extra > 0) reactions.set(r.emoji, { users, extra });
+  }
+  const message = {
     seq: m.seq,
     id: m.id,
     user: m.user,
@@ -289,5 +438,61 @@ function toMessage(m) {
     content: m.content,
     timestamp: m.timestamp,
     date: new Date(m.timestamp),
+    reply_to: m.reply_to ?? null,
+    edited_at: m.edited_at ?? null,
+    deleted: m.deleted === true,
+    reactions,
+    rev: 0, // bumped on every change: part of the view's reconcile signature
   };
+  if (message.deleted) tombstone(message);
+  return message;
+}
+
+function putMessage(room, m) {
+  const old = room.messages.get(m.seq);
+  if (old) room.byId.delete(old.id);
+  room.messages.set(m.seq, m);
+  room.byId.set(m.id, m);
+}
+
+function tombstone(m) {
+  m.deleted = true;
+  m.content = "";
+  m.edited_at = null;
+  m.reactions = new Map();
+  m.rev += 1;
+}
+
+/** docs/protocol.md 7a, "How a client keeps its view right": replacements and set changes, so idempotent. */
+function applyChange(m, frame) {
+  if (m.deleted) return; // a deleted message stays a tombstone (later edits and reactions change nothing)
+  if (frame.type === "deleted") {
+    tombstone(m);
+  } else if (frame.type === "edited") {
+    m.content = frame.content;
+    m.edited_at = frame.timestamp;
+    m.rev += 1;
+  } else if (frame.type === "reaction") {
+    let r = m.reactions.get(frame.emoji);
+    if (frame.added) {
+      if (!r) m.reactions.set(frame.emoji, (r = { users: new Set(), extra: 0 }));
+      r.users.add(frame.user_id);
+    } else if (r) {
+      // Removing someone a history page did not name (it names the first 5) takes one of the unnamed.
+      if (!r.users.delete(frame.user_id) && r.extra > 0) r.extra -= 1;
+      if (r.users.size + r.extra === 0) m.reactions.delete(frame.emoji);
+    }
+    m.rev += 1;
+  }
+}
+
+/** Own changes whose event the room's stream has delivered are done: the stored state shows them. */
+function settleChanges(room) {
+  if (room.changes.some((c) => c.status === "acked" && c.ackSeq <= room.lastSeq)) {
+    room.changes = room.changes.filter((c) => !(c.status === "acked" && c.ackSeq <= room.lastSeq));
+  }
+}
+
+function isBeingDeleted(room, id) {
+  return room.changes.some((c) => c.id === id && c.kind === "delete");
 }
