@@ -62,7 +62,7 @@ impl RoomActor {
             if !self.hears_presence(id, m) {
                 continue;
             }
-            let Some(frame) = frames.for_member(id, &m.user.id) else {
+            let Some(frame) = frames.for_user(&m.user.id) else {
                 continue;
             };
             if !self.push(&m.to, vec![frame]) {
@@ -441,12 +441,12 @@ impl RoomActor {
                     let Some(m) = act.membership.get(&session) else {
                         return;
                     };
-                    let (to, format) = (m.to.clone(), m.format);
+                    let (to, format, joiner) = (m.to.clone(), m.format, m.user.clone());
                     match result {
                         Ok(messages) => {
                             let complete = replay::complete(&messages, after, upto);
                             let joined = joined_last.map(|last| {
-                                let users = act.membership.roster_for(session);
+                                let users = act.membership.announced_users(&joiner.id);
                                 ByteString::from(protocol::joined_json(
                                     &act.name,
                                     last,

@@ -71,9 +71,6 @@ pub(super) struct Membership {
     presence_changes: FastMap<String, (Arc<UserInfo>, bool)>,
     /// A presence frame is scheduled.
     presence_flush_due: bool,
-    /// Sessions whose roster was made while presence changes waited for their
-    /// frame: what it showed of each user who changed in this window.
-    shown: FastMap<Uuid, FastMap<String, bool>>,
     /// A presence refresh with the broker is under way.
     refreshing: bool,
 }
@@ -140,7 +137,6 @@ impl Membership {
 
     pub(super) fn remove(&mut self, session: &Uuid) -> Option<Departure> {
         let member = self.members.remove(session)?;
-        self.shown.remove(session);
         let user_id = &member.user.id;
         let last_connection = match self.local.get_mut(user_id) {
             Some(local) => {
@@ -185,22 +181,33 @@ impl Membership {
         users
     }
 
-    /// The roster a `joined` frame shows `session`: the users visible now.
-    /// When presence changes are waiting for their frame, it notes what the
-    /// roster showed of them, so that frame tells this session only what
-    /// changed since (never a `left` for a user it was not shown).
-    pub(super) fn roster_for(&mut self, session: Uuid) -> Vec<&UserInfo> {
+    /// The roster a `joined` frame shows `joiner`: the users the other
+    /// members were last told about (the presence changes still waiting for
+    /// their frame undone), and the joiner. The waiting changes then reach
+    /// the joiner with everybody else's, so its roster and the deltas after
+    /// it agree (no `left` for a user it was never shown).
+    pub(super) fn announced_users(&self, joiner: &str) -> Vec<&UserInfo> {
         if self.presence_changes.is_empty() {
-            self.shown.remove(&session);
-        } else {
-            let shown: FastMap<String, bool> = self
-                .presence_changes
-                .keys()
-                .map(|id| (id.clone(), self.visible(id)))
-                .collect();
-            self.shown.insert(session, shown);
+            return self.visible_users();
         }
-        self.visible_users()
+        let mut users: Vec<&UserInfo> = self
+            .visible_users()
+            .into_iter()
+            .filter(|u| {
+                u.id == joiner
+                    || self
+                        .presence_changes
+                        .get(&u.id)
+                        .is_none_or(|(_, was_visible)| *was_visible)
+            })
+            .collect();
+        for (id, (user, was_visible)) in &self.presence_changes {
+            if *was_visible && !self.visible(id) {
+                users.push(user.as_ref());
+            }
+        }
+        users.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+        users
     }
 
     /// How many users are visible.
@@ -233,10 +240,6 @@ impl Membership {
     /// the presence frame is to be scheduled. A user who joined and left
     /// within the window (or the reverse) is not announced at all.
     pub(super) fn note_presence(&mut self, user: &Arc<UserInfo>, joined: bool) -> bool {
-        for shown in self.shown.values_mut() {
-            // Not changed since that roster: it showed the state before this change.
-            shown.entry(user.id.clone()).or_insert(!joined);
-        }
         self.presence_changes
             .entry(user.id.clone())
             .or_insert_with(|| (user.clone(), !joined));
@@ -248,28 +251,6 @@ impl Membership {
     pub(super) fn take_presence<'a>(&mut self, room: &'a str) -> Option<PresenceFrames<'a>> {
         self.presence_flush_due = false;
         let changes = std::mem::take(&mut self.presence_changes);
-        let mut sessions = FastMap::default();
-        for (session, shown) in std::mem::take(&mut self.shown) {
-            let (mut joined, mut left) = (Vec::new(), Vec::new());
-            for (id, was_shown) in shown {
-                let Some((user, _)) = changes.get(&id) else {
-                    continue;
-                };
-                match (was_shown, self.visible(&id)) {
-                    (false, true) => joined.push(user.as_ref()),
-                    (true, false) => left.push(user.as_ref()),
-                    _ => {}
-                }
-            }
-            let frame = (!joined.is_empty() || !left.is_empty()).then(|| {
-                let by_name =
-                    |a: &&UserInfo, b: &&UserInfo| a.name.cmp(&b.name).then(a.id.cmp(&b.id));
-                joined.sort_by(by_name);
-                left.sort_by(by_name);
-                ByteString::from(protocol::presence_json(room, &joined, &left))
-            });
-            sessions.insert(session, frame);
-        }
         let (mut joined, mut left) = (Vec::new(), Vec::new());
         for (id, (user, was_visible)) in changes {
             match (was_visible, self.visible(&id)) {
@@ -278,7 +259,7 @@ impl Membership {
                 _ => {}
             }
         }
-        if joined.is_empty() && left.is_empty() && sessions.values().all(Option::is_none) {
+        if joined.is_empty() && left.is_empty() {
             return None;
         }
         let by_name =
@@ -294,7 +275,6 @@ impl Membership {
             joined,
             left,
             personal: FastMap::default(),
-            sessions,
         })
     }
 
@@ -384,28 +364,11 @@ pub(super) struct PresenceFrames<'a> {
     left: Vec<Arc<UserInfo>>,
     /// Frames made for users who joined, by user (empty: nothing to send).
     personal: FastMap<String, ByteString>,
-    /// Frames for sessions whose roster was made within the window.
-    sessions: FastMap<Uuid, Option<ByteString>>,
 }
 
 impl PresenceFrames<'_> {
-    /// The frame for member `session`, who is `user_id`, if any.
-    pub(super) fn for_member(&mut self, session: &Uuid, user_id: &str) -> Option<ByteString> {
-        if let Some(own) = self.sessions.get(session) {
-            return own.clone();
-        }
-        if self.common_is_empty() {
-            return None;
-        }
-        self.for_user(user_id)
-    }
-
-    fn common_is_empty(&self) -> bool {
-        self.joined.is_empty() && self.left.is_empty()
-    }
-
     /// The frame for a member who is `user_id`, if any.
-    fn for_user(&mut self, user_id: &str) -> Option<ByteString> {
+    pub(super) fn for_user(&mut self, user_id: &str) -> Option<ByteString> {
         if !self.joined.iter().any(|u| u.id == user_id) {
             return Some(self.common.clone());
         }
@@ -439,42 +402,30 @@ mod tests {
     }
 
     #[actix::test]
-    async fn a_roster_made_within_a_window_gets_only_the_changes_after_it() {
-        let (ann, bob, cat, dan) = (
-            user("a", "ann"),
-            user("b", "bob"),
-            user("c", "cat"),
-            user("d", "dan"),
-        );
+    async fn a_joiner_sees_the_roster_the_others_were_told_about() {
+        let (ann, bob, cat) = (user("a", "ann"), user("b", "bob"), user("c", "cat"));
         let mut m = Membership::default();
-        let (ann_s, bob_s, cat_s) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-        m.add(ann_s, member(&ann));
-        m.add(bob_s, member(&bob));
-        m.roster_for(bob_s);
+        let ann_session = Uuid::new_v4();
+        m.add(ann_session, member(&ann));
+        m.add(Uuid::new_v4(), member(&bob));
         m.take_presence("r");
-        // Within one window: ann leaves, cat joins (and gets her roster), dan joins.
-        m.remove(&ann_s);
+        // ann leaves and cat joins within one presence window...
+        m.remove(&ann_session);
         m.note_presence(&ann, false);
-        m.add(cat_s, member(&cat));
+        let cat_session = Uuid::new_v4();
+        m.add(cat_session, member(&cat));
         m.note_presence(&cat, true);
+        // ...so cat's roster still shows ann (the window's frame tells of her
+        // leaving), and shows cat.
         let names =
             |users: Vec<&UserInfo>| users.iter().map(|u| u.name.clone()).collect::<Vec<_>>();
-        assert_eq!(names(m.roster_for(cat_s)), ["bob", "cat"]);
-        m.add(Uuid::new_v4(), member(&dan));
-        m.note_presence(&dan, true);
+        assert_eq!(names(m.announced_users("c")), ["ann", "bob", "cat"]);
         let mut frames = m.take_presence("r").expect("changes");
-        let frame = |f: Option<ByteString>| -> serde_json::Value {
-            serde_json::from_str(&f.expect("a frame")).unwrap()
-        };
-        // bob was told nothing yet: ann left, cat and dan joined.
-        let to_bob = frame(frames.for_member(&bob_s, "b"));
-        assert_eq!(to_bob["left"][0]["name"], "ann");
-        assert_eq!(to_bob["joined"].as_array().unwrap().len(), 2);
-        // cat's roster already had ann gone and herself in: only dan is news.
-        let to_cat = frame(frames.for_member(&cat_s, "c"));
-        assert_eq!(to_cat["left"], serde_json::json!([]), "never shown ann");
-        assert_eq!(to_cat["joined"][0]["name"], "dan");
-        assert_eq!(to_cat["joined"].as_array().unwrap().len(), 1);
+        let to_cat: serde_json::Value =
+            serde_json::from_str(&frames.for_user("c").expect("ann left")).unwrap();
+        assert_eq!(to_cat["left"][0]["name"], "ann");
+        assert_eq!(to_cat["joined"], serde_json::json!([]), "not its own join");
+        assert_eq!(names(m.announced_users("c")), ["bob", "cat"]);
     }
 
     fn member(user: &Arc<UserInfo>) -> Member {
