@@ -441,12 +441,12 @@ impl RoomActor {
                     let Some(m) = act.membership.get(&session) else {
                         return;
                     };
-                    let (to, format, joiner) = (m.to.clone(), m.format, m.user.clone());
+                    let (to, format) = (m.to.clone(), m.format);
                     match result {
                         Ok(messages) => {
                             let complete = replay::complete(&messages, after, upto);
                             let joined = joined_last.map(|last| {
-                                let users = act.membership.announced_users(&joiner.id);
+                                let users = act.membership.visible_users();
                                 ByteString::from(protocol::joined_json(
                                     &act.name,
                                     last,

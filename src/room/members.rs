@@ -181,35 +181,6 @@ impl Membership {
         users
     }
 
-    /// The roster a `joined` frame shows `joiner`: the users the other
-    /// members were last told about (the presence changes still waiting for
-    /// their frame undone), and the joiner. The waiting changes then reach
-    /// the joiner with everybody else's, so its roster and the deltas after
-    /// it agree (no `left` for a user it was never shown).
-    pub(super) fn announced_users(&self, joiner: &str) -> Vec<&UserInfo> {
-        if self.presence_changes.is_empty() {
-            return self.visible_users();
-        }
-        let mut users: Vec<&UserInfo> = self
-            .visible_users()
-            .into_iter()
-            .filter(|u| {
-                u.id == joiner
-                    || self
-                        .presence_changes
-                        .get(&u.id)
-                        .is_none_or(|(_, was_visible)| *was_visible)
-            })
-            .collect();
-        for (id, (user, was_visible)) in &self.presence_changes {
-            if *was_visible && !self.visible(id) {
-                users.push(user.as_ref());
-            }
-        }
-        users.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
-        users
-    }
-
     /// How many users are visible.
     pub(super) fn online(&self) -> usize {
         self.local.len()
@@ -399,33 +370,6 @@ mod tests {
             id: id.into(),
             name: name.into(),
         })
-    }
-
-    #[actix::test]
-    async fn a_joiner_sees_the_roster_the_others_were_told_about() {
-        let (ann, bob, cat) = (user("a", "ann"), user("b", "bob"), user("c", "cat"));
-        let mut m = Membership::default();
-        let ann_session = Uuid::new_v4();
-        m.add(ann_session, member(&ann));
-        m.add(Uuid::new_v4(), member(&bob));
-        m.take_presence("r");
-        // ann leaves and cat joins within one presence window...
-        m.remove(&ann_session);
-        m.note_presence(&ann, false);
-        let cat_session = Uuid::new_v4();
-        m.add(cat_session, member(&cat));
-        m.note_presence(&cat, true);
-        // ...so cat's roster still shows ann (the window's frame tells of her
-        // leaving), and shows cat.
-        let names =
-            |users: Vec<&UserInfo>| users.iter().map(|u| u.name.clone()).collect::<Vec<_>>();
-        assert_eq!(names(m.announced_users("c")), ["ann", "bob", "cat"]);
-        let mut frames = m.take_presence("r").expect("changes");
-        let to_cat: serde_json::Value =
-            serde_json::from_str(&frames.for_user("c").expect("ann left")).unwrap();
-        assert_eq!(to_cat["left"][0]["name"], "ann");
-        assert_eq!(to_cat["joined"], serde_json::json!([]), "not its own join");
-        assert_eq!(names(m.announced_users("c")), ["bob", "cat"]);
     }
 
     fn member(user: &Arc<UserInfo>) -> Member {

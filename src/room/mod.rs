@@ -361,7 +361,7 @@ impl Handler<Join> for RoomActor {
             && plan.recovered == Some(true)
             && matches!(replay, Some((_, _, None)));
         if join.format == FrameFormat::V1 && !defer_joined {
-            let users = self.membership.announced_users(&join.user.id);
+            let users = self.membership.visible_users();
             let frame = protocol::joined_json(&self.name, last, plan.recovered, &users);
             if !self.push(&join.to, vec![frame.into()]) {
                 self.remove_member(session, false);
