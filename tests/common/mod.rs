@@ -1143,6 +1143,10 @@ pub async fn populate(server: &Server, room: &str, n: usize, tag: &str) -> Vec<V
     }
     msgs.sort_by_key(|m| m["seq"].as_i64().unwrap());
     c.close().await;
+    // The room coalesces presence changes for 100 ms: let the populator's
+    // leave go out (to nobody) before a test's own clients join, so they
+    // don't get a `presence` frame about a user their roster never showed.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     msgs
 }
 
