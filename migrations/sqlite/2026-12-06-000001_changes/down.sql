@@ -1,6 +1,6 @@
 DROP TABLE reactions;
 DROP INDEX messages_room_target;
-DROP INDEX messages_room_id;
+DROP INDEX messages_id;
 ALTER TABLE messages DROP COLUMN deleted;
 ALTER TABLE messages DROP COLUMN edited_at_ms;
 ALTER TABLE messages DROP COLUMN reply_to;
