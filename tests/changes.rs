@@ -2156,3 +2156,75 @@ async fn changes_to_a_message_retention_removed_are_not_found() {
         .await;
     assert_eq!(author.send("ret", "still works").await["seq"], 3);
 }
+
+/// Resends sent back to back, before the first's ack: in one batch with the
+/// first, or in the next one after the first changed the message. Each gets
+/// the original's ack, not `unchanged` and not the error the rules would now
+/// give (a known ref is answered before any other check).
+#[tokio::test]
+async fn resends_right_behind_the_original_get_its_ack() {
+    let server = Server::start();
+    let mut alice = Peer::user(&server, "alice").await;
+    alice.join("burst").await;
+    for round in 0..5 {
+        let m = alice.send("burst", &format!("round {round}")).await;
+        let id = s(&m["id"]);
+        let edit = edit_f("burst", &id, &format!("round {round}, edited"));
+        let del = delete_f("burst", &id);
+        // edit, delete, edit again, delete again: all four at once.
+        for f in [&edit, &del, &edit, &del] {
+            alice.c.send_json(f.clone()).await;
+        }
+        let mut acks: Vec<Value> = Vec::new();
+        while acks.len() < 4 {
+            let v = alice.next().await;
+            match v["type"].as_str() {
+                Some("ack") | Some("error") => acks.push(v),
+                _ => {}
+            }
+        }
+        for a in &acks {
+            assert_eq!(a["type"], "ack", "round {round}: {acks:?}");
+            assert!(a.get("unchanged").is_none(), "round {round}: {acks:?}");
+        }
+        let by_ref =
+            |r: &Value| -> Vec<&Value> { acks.iter().filter(|a| &a["ref"] == r).collect() };
+        for f in [&edit, &del] {
+            let same = by_ref(&f["ref"]);
+            assert_eq!(same.len(), 2, "round {round}: {acks:?}");
+            assert_eq!(same[0], same[1], "round {round}: one change, one ack");
+        }
+    }
+    // Every round took exactly three seqs: the message, the edit, the delete.
+    let history = server.history_all("burst", &reader()).await;
+    assert_eq!(seqs(&history), vec![1, 4, 7, 10, 13]);
+}
+
+/// Cluster: a change resent through another instance that never saw it (its
+/// room was not open then) is answered with the original ack, even though
+/// the rules would now refuse it (the message was deleted since).
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_a_resend_through_another_instance_gets_the_original_ack() {
+    let env = ClusterEnv::new();
+    let (a, b) = (env.instance(), env.instance());
+    let alice_sub = uid("alice");
+    let mut on_a = Peer::new(&a, &token(&alice_sub, "alice")).await;
+    on_a.join("again").await;
+    let m = on_a.send("again", "first words").await;
+    let id = s(&m["id"]);
+    let edit = edit_f("again", &id, "second words");
+    let first = on_a.ok(edit.clone()).await;
+    on_a.ok(delete_f("again", &id)).await;
+
+    // B opens the room only now: its window never saw the edit's ref.
+    let mut on_b = Peer::new(&b, &token(&alice_sub, "alice")).await;
+    on_b.join("again").await;
+    assert_eq!(
+        on_b.ask(edit).await,
+        first,
+        "the original ack, not message_deleted"
+    );
+    // A new edit is refused as usual.
+    let refused = on_b.ask(edit_f("again", &id, "third words")).await;
+    assert_eq!(refused["code"], "message_deleted", "{refused}");
+}

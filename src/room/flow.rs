@@ -135,8 +135,30 @@ impl RoomActor {
         let mut states: FastMap<String, Option<TargetState>> = FastMap::default();
         let mut settled: Vec<Option<Accepted>> = Vec::with_capacity(drafts.len());
         let mut to_accept = Vec::with_capacity(drafts.len());
+        // Refs of drafts of this batch on their way to the broker: a resend
+        // among them is the broker's to answer (with the original's ack).
+        let mut refs_on_their_way: Vec<(&str, &str)> = Vec::new();
         for (sender, draft) in senders.iter().zip(drafts) {
-            let Some(target) = changes::target_of(&draft) else {
+            // A resend of a change accepted before gets that change's ack,
+            // whatever the rules would say of it now.
+            if changes::target_of(&draft).is_some() {
+                let answered = sender
+                    .client_ref
+                    .as_deref()
+                    .and_then(|r| self.deps.refs.answered(&sender.user_id, r));
+                if let Some(original) = answered {
+                    settled.push(Some(Accepted::Duplicate(original)));
+                    continue;
+                }
+            }
+            let resend = sender
+                .client_ref
+                .as_deref()
+                .is_some_and(|r| refs_on_their_way.contains(&(sender.user_id.as_str(), r)));
+            let Some(target) = changes::target_of(&draft).filter(|_| !resend) else {
+                if let Some(r) = sender.client_ref.as_deref() {
+                    refs_on_their_way.push((&sender.user_id, r));
+                }
                 settled.push(None);
                 to_accept.push(draft);
                 continue;
@@ -147,6 +169,9 @@ impl RoomActor {
             });
             match changes::check(&draft, sender.moderator, state.as_mut()) {
                 Verdict::Accept => {
+                    if let Some(r) = sender.client_ref.as_deref() {
+                        refs_on_their_way.push((&sender.user_id, r));
+                    }
                     settled.push(None);
                     to_accept.push(draft);
                 }
@@ -243,11 +268,52 @@ impl RoomActor {
                 }
                 Accepted::Rejected(rejection) => {
                     self.unrecord_spam(&sender);
-                    self.refuse(&sender.to, rejection.with_ref(sender.client_ref.as_deref()))
+                    self.refuse_unless_known(ctx, sender, rejection);
                 }
             }
         }
         self.flush_delivery(ctx, &mut outbox);
+        self.send_outbox(outbox);
+    }
+
+    /// Refuses a send or change, unless its ref names one accepted before
+    /// (through another instance, in cluster mode): a resend is answered with
+    /// the original's ack before any other check (PROTOCOL), however late the
+    /// room finds it is one.
+    fn refuse_unless_known(
+        &mut self,
+        ctx: &mut Context<Self>,
+        sender: Sender,
+        rejection: Rejection,
+    ) {
+        let Some(client_ref) = sender.client_ref.clone() else {
+            return self.refuse(&sender.to, rejection);
+        };
+        let rejection = rejection.with_ref(Some(&client_ref));
+        if let Some(original) = self.deps.refs.answered(&sender.user_id, &client_ref) {
+            return self.ack_alone(&sender, &original);
+        }
+        // Only another instance can know more than this one's window; the
+        // answer then comes after a Redis round trip.
+        if rejection.code == ErrorCode::Unavailable || self.deps.broker.kind() == "local" {
+            return self.refuse(&sender.to, rejection);
+        }
+        let refs = self.deps.refs.clone();
+        let user_id = sender.user_id.clone();
+        ctx.spawn(
+            async move { refs.known(&user_id, &client_ref).await }
+                .into_actor(self)
+                .map(move |known, act, _| match known {
+                    Some(original) => act.ack_alone(&sender, &original),
+                    None => act.refuse(&sender.to, rejection),
+                }),
+        );
+    }
+
+    /// An ack outside a batch's outbox (for a resend found late).
+    fn ack_alone(&mut self, sender: &Sender, original: &ChatMessage) {
+        let mut outbox = Outbox::default();
+        self.ack(&mut outbox, sender, original, false);
         self.send_outbox(outbox);
     }
 
