@@ -35,6 +35,15 @@ try {
   await say(carol, "I restarted instance 2 over lunch. My tab reconnected by itself and picked up right where it left off.");
   await say(bob, "No duplicates?");
   await say(carol, "None. It rejoined with `since` and replayed the three messages it had missed.");
+  // Reactions, an edit and a reply: changes are room events too.
+  const deployed = await carol.messageId("general", "Yes, three instances behind the load balancer since 9:40.");
+  await carol.request({ type: "react", room: "general", id: deployed, emoji: "🎉" });
+  await alice.page.locator("#messages .msg .reaction", { hasText: "🎉" }).first().waitFor();
+  const asked = await carol.messageId("general", "No duplicates?");
+  await carol.request({ type: "react", room: "general", id: asked, emoji: "👍" });
+  const answer = await carol.messageId("general", "None. It rejoined with `since` and replayed the three messages it had missed.");
+  await carol.request({ type: "edit", room: "general", id: answer, content: "None. It rejoined with `since` and replayed the four messages it had missed." });
+  await alice.page.locator("#messages .msg-text", { hasText: "the four messages" }).waitFor();
   await say(bob, "Then the web UI ships today.\nRelease notes are in the usual doc, reviews welcome.");
 
   // Some life elsewhere: unread messages in #design, and carol typing.
