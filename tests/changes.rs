@@ -271,6 +271,21 @@ impl Peer {
     }
 
     /// `ask`, asserting an error `code` that echoes ref and room.
+    /// An edit, a delete, a react, an unreact and a reply for message `id`
+    /// are each refused with `code`.
+    async fn refuses_changes(&mut self, room: &str, id: &str, code: &str) {
+        let frames = [
+            edit_f(room, id, "x"),
+            delete_f(room, id),
+            react_f(room, id, "👍"),
+            unreact_f(room, id, "👍"),
+            reply_f(room, "x", id),
+        ];
+        for f in frames {
+            self.refused(f, code).await;
+        }
+    }
+
     async fn refused(&mut self, frame: Value, code: &str) -> Value {
         let f = frame.clone();
         let v = self.ask(frame).await;
@@ -684,19 +699,7 @@ async fn edit_refusals_forbidden_not_found_not_joined_invalid_frame() {
 
     // The room must be joined (by this connection).
     let mut alice2 = Peer::new(&server, &token(&alice_sub, "alice")).await;
-    alice2
-        .refused(edit_f("er", &m1_id, "x"), "not_joined")
-        .await;
-    alice2.refused(delete_f("er", &m1_id), "not_joined").await;
-    alice2
-        .refused(react_f("er", &m1_id, "👍"), "not_joined")
-        .await;
-    alice2
-        .refused(unreact_f("er", &m1_id, "👍"), "not_joined")
-        .await;
-    alice2
-        .refused(reply_f("er", "x", &m1_id), "not_joined")
-        .await;
+    alice2.refuses_changes("er", &m1_id, "not_joined").await;
 
     // Structure: id is a string of 1-64 characters, content a string.
     let r1 = fresh_ref();
@@ -2141,19 +2144,7 @@ async fn changes_to_a_message_retention_removed_are_not_found() {
     // The author, so nothing but the message's absence refuses these.
     let mut author = Peer::new(&server, &token("u-old", "old")).await;
     author.join("ret").await;
-    author
-        .refused(edit_f("ret", &old_id, "x"), "not_found")
-        .await;
-    author.refused(delete_f("ret", &old_id), "not_found").await;
-    author
-        .refused(react_f("ret", &old_id, "👍"), "not_found")
-        .await;
-    author
-        .refused(unreact_f("ret", &old_id, "👍"), "not_found")
-        .await;
-    author
-        .refused(reply_f("ret", "x", &old_id), "not_found")
-        .await;
+    author.refuses_changes("ret", &old_id, "not_found").await;
     assert_eq!(author.send("ret", "still works").await["seq"], 3);
 }
 

@@ -163,6 +163,14 @@ impl Delivery {
             .chain(self.waiting.values().map(|m| m.as_ref()))
     }
 
+    /// The oldest seq the room holds in memory (the recent buffer), or the
+    /// next one to come when it holds none.
+    pub(super) fn memory_from(&self) -> u64 {
+        self.recent
+            .front()
+            .map_or(self.delivered + 1, |d| d.msg.seq)
+    }
+
     /// Whether message `id` is among the recent or waiting entries, so its
     /// state is known without reading the store.
     pub(super) fn knows(&self, id: &str) -> bool {

@@ -104,21 +104,34 @@ impl RoomActor {
             self.deps.broker.clone(),
             self.name.clone(),
         );
-        let (head, window) = (
+        let (head, memory_from, window) = (
             self.delivery.delivered(),
+            self.delivery.memory_from(),
             self.deps.config.rooms.recovery_max,
         );
         ctx.spawn(
-            async move { look_up_targets(&store, &broker, &room, unknown, users, head, window).await }
-                .into_actor(self)
-                .map(move |result, act, ctx| match result {
-                    Ok(stored) => act.check_and_accept(ctx, senders, drafts, stored),
-                    Err(error) => {
-                        let failed = crate::broker::BrokerError::failed(error);
-                        let results = vec![None; senders.len()];
-                        act.end_batch(ctx, senders, results, Err(failed));
-                    }
-                }),
+            async move {
+                look_up_targets(
+                    &store,
+                    &broker,
+                    &room,
+                    unknown,
+                    users,
+                    head,
+                    memory_from,
+                    window,
+                )
+                .await
+            }
+            .into_actor(self)
+            .map(move |result, act, ctx| match result {
+                Ok(stored) => act.check_and_accept(ctx, senders, drafts, stored),
+                Err(error) => {
+                    let failed = crate::broker::BrokerError::failed(error);
+                    let results = vec![None; senders.len()];
+                    act.end_batch(ctx, senders, results, Err(failed));
+                }
+            }),
         );
     }
 
@@ -618,10 +631,18 @@ impl RoomActor {
     }
 }
 
-/// The stored state of messages a batch's changes target. In cluster mode a
-/// message the store doesn't have yet (the persist stream trails the relay)
-/// may still be in the room's Redis stream, which holds its newest
-/// `window` entries: it is read from there, with the changes after it.
+/// How far below the store's head the Redis stream is read: in cluster mode
+/// instances persist parts of the stream, so the stored seqs can have holes
+/// just below the head for a moment.
+const STORED_HEAD_MARGIN: u64 = 64;
+
+/// The stored state of messages a batch's changes target. In cluster mode the
+/// store trails the relay (the persist stream is written by every instance),
+/// so the entries between what the store holds and what the room has in
+/// memory (`memory_from` on) are read from the room's Redis stream, which
+/// holds its newest `window` entries, and applied on top: a message the store
+/// doesn't have yet, or a change it hasn't applied yet, still counts.
+#[allow(clippy::too_many_arguments)]
 async fn look_up_targets(
     store: &crate::store::SharedStore,
     broker: &crate::broker::SharedBroker,
@@ -629,24 +650,35 @@ async fn look_up_targets(
     ids: Vec<String>,
     users: Vec<String>,
     head: u64,
+    memory_from: u64,
     window: u64,
 ) -> Result<Vec<TargetState>, crate::store::StoreError> {
     let mut found = store.targets(room, ids.clone(), users).await?;
-    let missing: Vec<String> = ids
-        .into_iter()
-        .filter(|id| !found.iter().any(|t| &t.id == id))
-        .collect();
-    if missing.is_empty() {
+    if broker.kind() == "local" {
+        return Ok(found); // the store holds everything the room delivered
+    }
+    let missing = ids.iter().any(|id| !found.iter().any(|t| &t.id == id));
+    let from = if missing {
+        head.saturating_sub(window)
+    } else {
+        store
+            .last_seq(room)
+            .await?
+            .saturating_sub(STORED_HEAD_MARGIN)
+    };
+    let upto = memory_from.saturating_sub(1);
+    if from >= upto {
         return Ok(found);
     }
-    let recent = broker
-        .recent(room, head.saturating_sub(window), head)
-        .await
-        .unwrap_or_default();
-    for id in missing {
-        if let Some(state) = changes::resolve(recent.iter(), &id, None) {
-            found.push(state);
-        }
-    }
-    Ok(found)
+    let recent = broker.recent(room, from, upto).await.unwrap_or_default();
+    Ok(ids
+        .iter()
+        .filter_map(|id| {
+            let base = found
+                .iter()
+                .position(|t| &t.id == id)
+                .map(|at| found.swap_remove(at));
+            changes::resolve(recent.iter(), id, base)
+        })
+        .collect())
 }
