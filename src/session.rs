@@ -249,7 +249,10 @@ impl Session {
                 protocol::check_content(&content, self.deps.config.limits.max_message_chars)
                     .and_then(|()| self.deps.moderation.check(&content))
             }
-            Kind::React | Kind::Unreact => protocol::check_emoji(&content),
+            // A `:shortcode:` is words too.
+            Kind::React | Kind::Unreact => {
+                protocol::check_emoji(&content).and_then(|()| self.deps.moderation.check(&content))
+            }
             Kind::Delete => Ok(()),
         };
         if let Err(e) = checked {

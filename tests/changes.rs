@@ -769,6 +769,18 @@ async fn edit_content_follows_the_send_rules() {
     alice.refused(send_f("rules", "buy now"), "spam").await;
     alice.refused(edit_f("rules", &id, "buy now"), "spam").await;
     assert_eq!(alice.send("rules", "other").await["seq"], 5);
+
+    // Reactions: a shortcode is words too, and toggling one reaction on one
+    // message over and over is spam (another emoji or message is not).
+    alice
+        .refused(react_f("rules", &id, ":darn:"), "prohibited_content")
+        .await;
+    alice.ok(react_f("rules", &id, "👍")).await; // 6
+    alice.ok(unreact_f("rules", &id, "👍")).await; // 7
+    alice.refused(react_f("rules", &id, "👍"), "spam").await;
+    alice.ok(react_f("rules", &id, "🎉")).await; // 8
+    let other = s(&alice.send("rules", "another").await["id"]); // 9
+    assert_eq!(alice.ok(react_f("rules", &other, "👍")).await["seq"], 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -145,6 +145,18 @@ async fn check(store: &(impl Store + Pipeline), raw_contents: impl Fn() -> Strin
     let kept = store.page(ROOM, None, 50).await.unwrap().remove(2);
     assert_eq!(kept.reactions.len(), 2, "{:?}", kept.reactions);
     assert_eq!(kept.reactions[1].count, 1);
+
+    // Retention takes a message's reactions with it: the same (room, seq)
+    // stored again (an import) shows none.
+    let gone = store.delete_older_than(i64::MAX, 1000).await.unwrap();
+    assert_eq!(gone, 15);
+    store
+        .import_batch(vec![entry(3, Kind::Message, "bob", "kept", None)])
+        .await
+        .unwrap();
+    let page = store.page(ROOM, None, 50).await.unwrap();
+    assert_eq!(page.len(), 1);
+    assert!(page[0].reactions.is_empty(), "{:?}", page[0].reactions);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -45,6 +45,10 @@ impl Broker for LocalBroker {
         "local"
     }
 
+    fn shared(&self) -> bool {
+        false
+    }
+
     async fn ready(&self) -> Result<(), BrokerError> {
         Ok(())
     }

@@ -230,6 +230,11 @@ pub trait Presence: Send + Sync + 'static {
 pub trait Broker: Relay + Presence {
     /// A short name for logs and `/readyz` ("local", "redis").
     fn kind(&self) -> &'static str;
+    /// Other instances share the rooms: the store trails the relay, and
+    /// another instance may know what this one doesn't (refs, recent entries).
+    fn shared(&self) -> bool {
+        true
+    }
     /// Whether the broker answers; `/readyz` reports it.
     async fn ready(&self) -> Result<(), BrokerError>;
 }

@@ -133,16 +133,16 @@ impl Delivery {
             let Some((_, mut msg)) = self.waiting.pop_first() else {
                 return Next::Empty;
             };
-            match (msg.kind, msg.target.clone()) {
-                // An edit sequenced after its message's delete changes
-                // nothing, and its text goes nowhere.
-                (Kind::Edit, Some(target)) if self.was_deleted(&target) => {
+            if let (Kind::Edit | Kind::Delete, Some(target)) = (msg.kind, msg.target.as_deref()) {
+                if msg.kind == Kind::Delete {
+                    self.erase(target);
+                } else if self.was_deleted(target) {
+                    // An edit sequenced after its message's delete changes
+                    // nothing, and its text goes nowhere.
                     let mut erased = (*msg).clone();
                     erased.content.clear();
                     msg = Arc::new(erased);
                 }
-                (Kind::Delete, Some(target)) => self.erase(&target),
-                _ => {}
             }
             self.delivered = seq;
             let delivered = Arc::new(Delivered::new(msg));

@@ -135,9 +135,9 @@ impl RoomActor {
         );
     }
 
-    /// Decides each draft of the batch in order (an earlier one's effect
-    /// counts for the next), answers those the rules settle, and hands the
-    /// rest to the broker.
+    /// Decides each change and reply of the batch in order (an earlier one's
+    /// effect counts for the next), answers those the rules settle, and hands
+    /// the rest to the broker. A batch of plain messages goes straight on.
     fn check_and_accept(
         &mut self,
         ctx: &mut Context<Self>,
@@ -145,55 +145,73 @@ impl RoomActor {
         drafts: Vec<Draft>,
         stored: Vec<TargetState>,
     ) {
+        if drafts.iter().all(|d| changes::target_of(d).is_none()) {
+            return self.accept(ctx, senders, Vec::new(), drafts);
+        }
         let mut states: FastMap<String, Option<TargetState>> = FastMap::default();
-        let mut settled: Vec<Option<Accepted>> = Vec::with_capacity(drafts.len());
-        let mut to_accept = Vec::with_capacity(drafts.len());
-        // Refs of drafts of this batch on their way to the broker: a resend
+        // Refs of changes of this batch on their way to the broker: a resend
         // among them is the broker's to answer (with the original's ack).
-        let mut refs_on_their_way: Vec<(&str, &str)> = Vec::new();
+        let mut on_their_way: Vec<(&str, &str)> = Vec::new();
+        let mut settled = Vec::with_capacity(drafts.len());
+        let mut to_accept = Vec::with_capacity(drafts.len());
         for (sender, draft) in senders.iter().zip(drafts) {
-            // A resend of a change accepted before gets that change's ack,
-            // whatever the rules would say of it now.
-            if changes::target_of(&draft).is_some() {
-                let answered = sender
-                    .client_ref
-                    .as_deref()
-                    .and_then(|r| self.deps.refs.answered(&sender.user_id, r));
-                if let Some(original) = answered {
-                    settled.push(Some(Accepted::Duplicate(original)));
-                    continue;
+            let verdict = match changes::target_of(&draft) {
+                None => None,
+                Some(target) => {
+                    let state = states.entry(target.to_string()).or_insert_with(|| {
+                        let base = stored.iter().find(|s| s.id == target).cloned();
+                        self.delivery.resolve(target, base)
+                    });
+                    self.decide(sender, &draft, state.as_mut(), &mut on_their_way)
                 }
-            }
-            let resend = sender
-                .client_ref
-                .as_deref()
-                .is_some_and(|r| refs_on_their_way.contains(&(sender.user_id.as_str(), r)));
-            let Some(target) = changes::target_of(&draft).filter(|_| !resend) else {
-                if let Some(r) = sender.client_ref.as_deref() {
-                    refs_on_their_way.push((&sender.user_id, r));
-                }
-                settled.push(None);
-                to_accept.push(draft);
-                continue;
             };
-            let state = states.entry(target.to_string()).or_insert_with(|| {
-                let base = stored.iter().find(|s| s.id == target).cloned();
-                self.delivery.resolve(target, base)
-            });
-            match changes::check(&draft, sender.moderator, state.as_mut()) {
-                Verdict::Accept => {
-                    if let Some(r) = sender.client_ref.as_deref() {
-                        refs_on_their_way.push((&sender.user_id, r));
-                    }
-                    settled.push(None);
-                    to_accept.push(draft);
-                }
-                Verdict::Unchanged(state) => {
-                    settled.push(Some(Accepted::Unchanged(Arc::new(state.ack(&self.name)))))
-                }
-                Verdict::Refuse(rejection) => settled.push(Some(Accepted::Rejected(rejection))),
+            if verdict.is_none() {
+                to_accept.push(draft);
+            }
+            settled.push(verdict);
+        }
+        self.accept(ctx, senders, settled, to_accept)
+    }
+
+    /// The answer the room gives a change or reply itself, or `None`: the
+    /// broker's. A resend of a change accepted before gets that change's ack,
+    /// whatever the rules would say of it now.
+    fn decide<'a>(
+        &self,
+        sender: &'a Sender,
+        draft: &Draft,
+        target: Option<&mut TargetState>,
+        on_their_way: &mut Vec<(&'a str, &'a str)>,
+    ) -> Option<Accepted> {
+        let client_ref = sender.client_ref.as_deref();
+        if let Some(r) = client_ref {
+            if let Some(original) = self.deps.refs.answered(&sender.user_id, r) {
+                return Some(Accepted::Duplicate(original));
+            }
+            if on_their_way.contains(&(sender.user_id.as_str(), r)) {
+                return None;
             }
         }
+        match changes::check(draft, sender.moderator, target) {
+            Verdict::Accept => {
+                if let Some(r) = client_ref {
+                    on_their_way.push((&sender.user_id, r));
+                }
+                None
+            }
+            Verdict::Unchanged(state) => Some(Accepted::Unchanged(Arc::new(state.ack(&self.name)))),
+            Verdict::Refuse(rejection) => Some(Accepted::Rejected(rejection)),
+        }
+    }
+
+    /// Hands `to_accept` to the broker (unless there is nothing to hand).
+    fn accept(
+        &mut self,
+        ctx: &mut Context<Self>,
+        senders: Vec<Sender>,
+        settled: Vec<Option<Accepted>>,
+        to_accept: Vec<Draft>,
+    ) {
         if to_accept.is_empty() {
             return self.end_batch(ctx, senders, settled, Ok(Vec::new()));
         }
@@ -209,7 +227,7 @@ impl RoomActor {
 
     /// The batch is over: its answers go out and the next batch may start.
     /// `settled` holds the answers the rules gave, `None` where the broker's
-    /// come in, in order.
+    /// come in, in order; empty when the broker answers every send.
     fn end_batch(
         &mut self,
         ctx: &mut Context<Self>,
@@ -219,6 +237,7 @@ impl RoomActor {
     ) {
         self.batching.finish();
         let results = match accepted {
+            Ok(accepted) if settled.is_empty() => accepted,
             Ok(accepted) => {
                 let mut accepted = accepted.into_iter();
                 settled
@@ -237,17 +256,20 @@ impl RoomActor {
                 tracing::warn!(room = %self.name, %error, "sends refused: the broker failed");
                 // A broker that failed late may have accepted some of them anyway.
                 ctx.run_later(RESYNC_AFTER_FAILURE, |act, ctx| act.resync(ctx));
-                settled
-                    .into_iter()
-                    .map(|s| {
-                        s.unwrap_or_else(|| {
-                            Accepted::Rejected(Rejection::new(
-                                ErrorCode::Unavailable,
-                                "the message could not be stored; it was not accepted, send it again",
-                            ))
-                        })
-                    })
-                    .collect()
+                let refused = || {
+                    Accepted::Rejected(Rejection::new(
+                        ErrorCode::Unavailable,
+                        "the message could not be stored; it was not accepted, send it again",
+                    ))
+                };
+                if settled.is_empty() {
+                    senders.iter().map(|_| refused()).collect()
+                } else {
+                    settled
+                        .into_iter()
+                        .map(|s| s.unwrap_or_else(refused))
+                        .collect()
+                }
             }
         };
         self.finish_batch(ctx, senders, results);
@@ -308,7 +330,7 @@ impl RoomActor {
         }
         // Only another instance can know more than this one's window; the
         // answer then comes after a Redis round trip.
-        if rejection.code == ErrorCode::Unavailable || self.deps.broker.kind() == "local" {
+        if rejection.code == ErrorCode::Unavailable || !self.deps.broker.shared() {
             return self.refuse(&sender.to, rejection);
         }
         let refs = self.deps.refs.clone();
@@ -654,7 +676,7 @@ async fn look_up_targets(
     window: u64,
 ) -> Result<Vec<TargetState>, crate::store::StoreError> {
     let mut found = store.targets(room, ids.clone(), users).await?;
-    if broker.kind() == "local" {
+    if !broker.shared() {
         return Ok(found); // the store holds everything the room delivered
     }
     let missing = ids.iter().any(|id| !found.iter().any(|t| &t.id == id));

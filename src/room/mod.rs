@@ -35,6 +35,7 @@ use bytestring::ByteString;
 use delivery::Delivery;
 use members::{Member, Membership};
 use replay::{Plan, Replays, WaitBehind};
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -411,17 +412,29 @@ impl Handler<Post> for RoomActor {
             self.refuse(&member.to, rejection.with_ref(post.client_ref.as_deref()));
             return;
         }
-        // Spam is judged on text: messages and edits.
-        let has_text = matches!(post.kind, Kind::Message | Kind::Edit);
-        if has_text && self.spam.is_spam(&member.user.id, &post.content, 0) {
-            let rejection = Rejection::new(
-                ErrorCode::Spam,
-                "the same message was sent too often; wait before repeating it",
-            );
-            self.refuse(&member.to, rejection.with_ref(post.client_ref.as_deref()));
-            return;
+        // Spam is judged on what repeats: a message's or an edit's text, or
+        // one reaction on one message toggled over and over; a delete is not.
+        let spam_key = match (post.kind, post.target.as_deref()) {
+            (Kind::Message | Kind::Edit, _) => Some(Cow::Borrowed(post.content.as_str())),
+            (Kind::React | Kind::Unreact, Some(target)) => Some(Cow::Owned(format!(
+                "\u{0}reaction {target} {}",
+                post.content
+            ))),
+            _ => None,
+        };
+        if let Some(key) = &spam_key {
+            if self.spam.is_spam(&member.user.id, key, 0) {
+                let what = match post.kind {
+                    Kind::React | Kind::Unreact => "the same reaction was changed too often",
+                    _ => "the same message was sent too often",
+                };
+                let rejection =
+                    Rejection::new(ErrorCode::Spam, format!("{what}; wait before repeating it"));
+                self.refuse(&member.to, rejection.with_ref(post.client_ref.as_deref()));
+                return;
+            }
         }
-        let spam_print = has_text.then(|| self.spam.record(&member.user.id, &post.content));
+        let spam_print = spam_key.map(|key| self.spam.record(&member.user.id, &key));
         let sender = Sender {
             session: post.session,
             user_id: member.user.id.clone(),

@@ -47,6 +47,35 @@ pub struct SqliteStore {
     /// pages another connection wrote must be read again.
     writer: Pool<Conn>,
     writes: super::WriteHealth,
+    erasing: LogEraser,
+}
+
+/// When to empty the write-ahead log after deletes: at most once a second
+/// (a stream of deletes must not turn every commit into a checkpoint); a
+/// delete committed sooner is erased with the first write after that.
+#[derive(Default)]
+struct LogEraser {
+    due: std::sync::atomic::AtomicBool,
+    last_ms: std::sync::atomic::AtomicI64,
+}
+
+impl LogEraser {
+    const EVERY_MS: i64 = 1000;
+
+    /// Notes a batch about to be written; whether to erase after it.
+    fn after(&self, batch: &[Arc<ChatMessage>]) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        if batch.iter().any(|m| m.kind == Kind::Delete) {
+            self.due.store(true, Relaxed);
+        }
+        let now = crate::protocol::now_ms();
+        if !self.due.load(Relaxed) || now - self.last_ms.load(Relaxed) < Self::EVERY_MS {
+            return false;
+        }
+        self.due.store(false, Relaxed);
+        self.last_ms.store(now, Relaxed);
+        true
+    }
 }
 
 impl SqliteStore {
@@ -64,6 +93,7 @@ impl SqliteStore {
             pool: connection_pool(&path, pool_size)?,
             writer: connection_pool(&path, 1)?,
             writes: super::WriteHealth::default(),
+            erasing: LogEraser::default(),
         })
     }
 
@@ -223,18 +253,14 @@ fn write_batch(
                 .execute(c)?;
         }
         Ok(())
-    })?;
-    if batch.iter().any(|m| m.kind == Kind::Delete) {
-        erase_from_the_log(c);
-    }
-    Ok(())
+    })
 }
 
 /// After a delete commits, the write-ahead log still holds the pages as they
 /// were before it, deleted text included: a checkpoint copies the erased
 /// pages into the database file and empties the log. Best effort: it waits
-/// at most 50 ms for readers (deletes are rare, and Persist must not stall);
-/// if it can't run now, a later one or the automatic checkpoint does.
+/// at most 50 ms for readers, so Persist never stalls long; see
+/// [`LogEraser`] for how often it runs.
 fn erase_from_the_log(c: &mut SqliteConnection) {
     let done = c
         .batch_execute("PRAGMA busy_timeout = 50")
@@ -286,7 +312,15 @@ impl Store for SqliteStore {
     }
 
     async fn insert_batch(&self, batch: Vec<Arc<ChatMessage>>) -> Result<(), StoreError> {
-        let result = Self::on(&self.writer, move |c| write_batch(c, &batch, false)).await;
+        let erase = self.erasing.after(&batch);
+        let result = Self::on(&self.writer, move |c| {
+            write_batch(c, &batch, false)?;
+            if erase {
+                erase_from_the_log(c);
+            }
+            Ok(())
+        })
+        .await;
         self.writes.note(&result);
         result
     }
