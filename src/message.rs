@@ -7,7 +7,7 @@
 //! - room -> session: [`ToSession`], through an [`Outlet`] (with its [`Backlog`]);
 //! - room -> registry: [`RoomIdle`], and the [`Occupancy`] counters they share.
 
-use crate::chat::Kind;
+use crate::broker::Draft;
 use crate::protocol::{Rejection, UserInfo};
 use actix::prelude::*;
 use bytestring::ByteString;
@@ -58,14 +58,8 @@ pub struct Post {
     pub session: Uuid,
     /// To answer a session the room no longer knows (it was just dropped).
     pub to: Recipient<ToSession>,
-    /// A message's or an edit's text, a reaction's emoji, empty for a delete.
-    pub content: String,
-    pub client_ref: Option<String>,
-    pub kind: Kind,
-    /// A change's target message.
-    pub target: Option<String>,
-    /// The message a message replies to.
-    pub reply_to: Option<String>,
+    /// What is sent, with its id and timestamp fixed.
+    pub draft: Draft,
 }
 
 /// A member is typing.

@@ -4,11 +4,12 @@
 //! runs the heartbeat. All actix-web-actors plumbing lives in this module.
 
 use crate::auth::Identity;
+use crate::broker::Draft;
 use crate::chat::Kind;
 use crate::limits::ConnectionSlot;
 use crate::message::InputState;
 use crate::message::{self, Backlog, FrameFormat, Outlet, ToSession};
-use crate::protocol::{self, Change, ClientFrame, ErrorCode, Rejection, UserInfo};
+use crate::protocol::{self, ClientFrame, ErrorCode, Rejection, UserInfo};
 use crate::registry::JoinRoom;
 use crate::room::RoomActor;
 use crate::AppDeps;
@@ -23,15 +24,6 @@ use uuid::Uuid;
 /// connection's input with them), so pipelined requests can't pile up pages
 /// in memory.
 const HISTORY_IN_FLIGHT: usize = 4;
-
-/// What a client posts to a room: a message, or a change to one.
-enum Posting {
-    Message {
-        content: String,
-        reply_to: Option<String>,
-    },
-    Change(Change),
-}
 
 struct HistoryRequest {
     room: String,
@@ -217,16 +209,11 @@ impl Session {
         );
     }
 
-    /// A message, or a change to one (`what`), for `room`: checked here as
-    /// far as the frame alone allows, then handed to the room, which checks
-    /// it against the message it targets.
-    fn post(
-        &mut self,
-        ctx: &mut ws::WebsocketContext<Self>,
-        room: String,
-        what: Posting,
-        client_ref: Option<String>,
-    ) {
+    /// A message, or a change to one, for `room`: checked here as far as the
+    /// frame alone allows, then handed to the room, which checks it against
+    /// the message it targets.
+    fn post(&mut self, ctx: &mut ws::WebsocketContext<Self>, room: String, draft: Draft) {
+        let client_ref = draft.client_ref.clone();
         // A known ref is answered with the original ack before any other check.
         if let Some(r) = &client_ref {
             if let Some(original) = self.deps.refs.answered(&self.user.id, r) {
@@ -235,23 +222,15 @@ impl Session {
             }
         }
         let context = |e: Rejection| e.with_ref(client_ref.as_deref()).in_room(Some(&room));
-        let (kind, target, reply_to, content) = match what {
-            Posting::Message { content, reply_to } => (Kind::Message, None, reply_to, content),
-            Posting::Change(change) => match change {
-                Change::Edit { target, content } => (Kind::Edit, Some(target), None, content),
-                Change::Delete { target } => (Kind::Delete, Some(target), None, String::new()),
-                Change::React { target, emoji } => (Kind::React, Some(target), None, emoji),
-                Change::Unreact { target, emoji } => (Kind::Unreact, Some(target), None, emoji),
-            },
-        };
-        let checked = match kind {
+        let content = &draft.content;
+        let checked = match draft.kind {
             Kind::Message | Kind::Edit => {
-                protocol::check_content(&content, self.deps.config.limits.max_message_chars)
-                    .and_then(|()| self.deps.moderation.check(&content))
+                protocol::check_content(content, self.deps.config.limits.max_message_chars)
+                    .and_then(|()| self.deps.moderation.check(content))
             }
             // A `:shortcode:` is words too.
             Kind::React | Kind::Unreact => {
-                protocol::check_emoji(&content).and_then(|()| self.deps.moderation.check(&content))
+                protocol::check_emoji(content).and_then(|()| self.deps.moderation.check(content))
             }
             Kind::Delete => Ok(()),
         };
@@ -275,11 +254,7 @@ impl Session {
         addr.do_send(message::Post {
             session: self.id,
             to: ctx.address().recipient(),
-            content,
-            client_ref,
-            kind,
-            target,
-            reply_to,
+            draft,
         });
     }
 
@@ -377,11 +352,8 @@ impl Session {
     fn handle_text(&mut self, ctx: &mut ws::WebsocketContext<Self>, text: &str) {
         if self.format == FrameFormat::Seed {
             if let Some((room, _)) = self.seed.clone() {
-                let what = Posting::Message {
-                    content: text.to_string(),
-                    reply_to: None,
-                };
-                self.post(ctx, room, what, None);
+                let draft = Draft::new(self.user.clone(), text.to_string(), None);
+                self.post(ctx, room, draft);
             }
             return;
         }
@@ -424,17 +396,19 @@ impl Session {
                 content,
                 client_ref,
                 reply_to,
-            } => self.post(
-                ctx,
-                room,
-                Posting::Message { content, reply_to },
-                client_ref,
-            ),
+            } => {
+                let draft =
+                    Draft::new(self.user.clone(), content, client_ref).replying_to(reply_to);
+                self.post(ctx, room, draft)
+            }
             ClientFrame::Change {
                 room,
                 change,
                 client_ref,
-            } => self.post(ctx, room, Posting::Change(change), client_ref),
+            } => {
+                let draft = Draft::of_change(self.user.clone(), change, client_ref);
+                self.post(ctx, room, draft)
+            }
             ClientFrame::Typing { room } => match self.rooms.get(&room) {
                 Some(addr) => addr.do_send(message::Typing { session: self.id }),
                 None => self.not_joined(ctx, &room),

@@ -23,7 +23,7 @@ pub use refs::Refs;
 mod wire;
 
 use crate::chat::{ChatMessage, Kind};
-use crate::protocol::{Rejection, UserInfo};
+use crate::protocol::{Change, Rejection, UserInfo};
 use actix::prelude::*;
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -89,6 +89,17 @@ impl Draft {
             target: Some(target),
             ..Self::new(user, content, client_ref)
         }
+    }
+
+    /// The change a client frame asks for.
+    pub fn of_change(user: Arc<UserInfo>, change: Change, client_ref: Option<String>) -> Self {
+        let (kind, target, content) = match change {
+            Change::Edit { target, content } => (Kind::Edit, target, content),
+            Change::Delete { target } => (Kind::Delete, target, String::new()),
+            Change::React { target, emoji } => (Kind::React, target, emoji),
+            Change::Unreact { target, emoji } => (Kind::Unreact, target, emoji),
+        };
+        Self::change(user, kind, target, content, client_ref)
     }
 
     /// A message replying to `reply_to`.

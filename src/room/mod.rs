@@ -21,7 +21,7 @@ mod flow;
 mod members;
 mod replay;
 
-use crate::broker::{Announce, Draft, Inbound};
+use crate::broker::{Announce, Inbound};
 use crate::chat::Kind;
 use crate::limits::SpamWindow;
 use crate::message::{
@@ -403,34 +403,41 @@ impl Handler<Post> for RoomActor {
                 ErrorCode::NotJoined,
                 "this connection has not joined the room",
             );
-            self.refuse(&post.to, rejection.with_ref(post.client_ref.as_deref()));
+            self.refuse(
+                &post.to,
+                rejection.with_ref(post.draft.client_ref.as_deref()),
+            );
             return;
         };
         if self.phase != Phase::Ready {
             let rejection =
                 Rejection::new(ErrorCode::Unavailable, "the room is unavailable right now");
-            self.refuse(&member.to, rejection.with_ref(post.client_ref.as_deref()));
+            self.refuse(
+                &member.to,
+                rejection.with_ref(post.draft.client_ref.as_deref()),
+            );
             return;
         }
+        let draft = post.draft;
         // Spam is judged on what repeats: a message's or an edit's text, or
         // one reaction on one message toggled over and over; a delete is not.
-        let spam_key = match (post.kind, post.target.as_deref()) {
-            (Kind::Message | Kind::Edit, _) => Some(Cow::Borrowed(post.content.as_str())),
+        let spam_key = match (draft.kind, draft.target.as_deref()) {
+            (Kind::Message | Kind::Edit, _) => Some(Cow::Borrowed(draft.content.as_str())),
             (Kind::React | Kind::Unreact, Some(target)) => Some(Cow::Owned(format!(
                 "\u{0}reaction {target} {}",
-                post.content
+                draft.content
             ))),
             _ => None,
         };
         if let Some(key) = &spam_key {
             if self.spam.is_spam(&member.user.id, key, 0) {
-                let what = match post.kind {
+                let what = match draft.kind {
                     Kind::React | Kind::Unreact => "the same reaction was changed too often",
                     _ => "the same message was sent too often",
                 };
                 let rejection =
                     Rejection::new(ErrorCode::Spam, format!("{what}; wait before repeating it"));
-                self.refuse(&member.to, rejection.with_ref(post.client_ref.as_deref()));
+                self.refuse(&member.to, rejection.with_ref(draft.client_ref.as_deref()));
                 return;
             }
         }
@@ -442,21 +449,8 @@ impl Handler<Post> for RoomActor {
             spam_print,
             to: member.to.clone(),
             format: member.format,
-            client_ref: post.client_ref.clone(),
+            client_ref: draft.client_ref.clone(),
             arrived: Instant::now(),
-        };
-        let draft = match (post.kind, post.target) {
-            (Kind::Message, _) | (_, None) => {
-                Draft::new(member.user.clone(), post.content, post.client_ref)
-                    .replying_to(post.reply_to)
-            }
-            (kind, Some(target)) => Draft::change(
-                member.user.clone(),
-                kind,
-                target,
-                post.content,
-                post.client_ref,
-            ),
         };
         self.batching.push(sender, draft);
         self.start_batch(ctx);
