@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::cluster::{ClusterEnv, TestDb};
+use common::cluster::{Backend, ClusterEnv, Node, TestDb};
 use common::*;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
@@ -508,56 +508,11 @@ fn pg_dump(db: &TestDb) -> String {
     out
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-/// A server on its own data dir, and on Postgres its own database (dropped
-/// after the server: fields drop in order).
-struct Node {
-    server: Server,
-    db: Option<TestDb>,
-}
-
-impl Node {
-    fn start(backend: Backend) -> Node {
-        match backend {
-            Backend::Sqlite => Node {
-                server: Server::start(),
-                db: None,
-            },
-            Backend::Postgres => {
-                let db = TestDb::create();
-                Node {
-                    server: Server::builder()
-                        .set("storage", "url", &toml_str(&db.url()))
-                        .start(),
-                    db: Some(db),
-                }
-            }
-        }
-    }
-
-    fn dump(&self) -> String {
-        match &self.db {
-            Some(db) => pg_dump(db),
-            None => sqlite_dump(&self.server.dir().join("confab.db")),
-        }
-    }
-
-    fn export(&self, room: &str) -> String {
-        let config = self.server.config_path.display().to_string();
-        let out = run_cli(
-            &[
-                "export", "--room", room, "--format", "ndjson", "--config", &config,
-            ],
-            &[],
-            self.server.dir(),
-        );
-        assert_eq!(out.code(), Some(0), "export: {out:?}");
-        out.stdout
+/// The database's contents as text, to look for erased words.
+fn dump(node: &Node) -> String {
+    match &node.db {
+        Some(db) => pg_dump(db),
+        None => sqlite_dump(&node.server.dir().join("confab.db")),
     }
 }
 
@@ -1773,7 +1728,7 @@ async fn core_flow(backend: Backend) {
     assert_absent(&frames, &[&secret, &secret_edit], "replay");
 
     // Erased from the database, not hidden; left out of exports.
-    let dump = node.dump();
+    let dump = dump(&node);
     assert!(
         dump.contains(&keep_edit),
         "the dump sees stored content:\n{dump}"
@@ -1786,7 +1741,7 @@ async fn core_flow(backend: Backend) {
         !dump.contains(&secret_edit),
         "{backend:?}: the content of an edit of a deleted message is still stored:\n{dump}"
     );
-    let export = node.export("core");
+    let export = node.export("core", &["--format", "ndjson"]).stdout;
     assert!(export.contains("core-reply"), "{export}");
     assert!(
         !export.contains(&secret) && !export.contains(&secret_edit),

@@ -1092,13 +1092,6 @@ async fn cluster_membership_crosses_instances() {
 // Export and import keep a private room private
 // ---------------------------------------------------------------------------
 
-fn cli(node: &Node, args: &[&str]) -> CliOutput {
-    let config = node.server.config_path.display().to_string();
-    let mut all = args.to_vec();
-    all.extend(["--config", &config]);
-    run_cli(&all, &[], node.server.dir())
-}
-
 async fn export_import_keeps_privacy(backend: Backend) {
     let source = Node::start(backend);
     let (alice, bob, dave, carol) = (
@@ -1128,7 +1121,7 @@ async fn export_import_keeps_privacy(backend: Backend) {
     say(&mut a, &room, &secret, "x1").await;
     drop(a);
 
-    let out = cli(&source, &["export", "--room", &room, "--format", "ndjson"]);
+    let out = source.cli(&["export", "--room", &room, "--format", "ndjson"]);
     assert_eq!(out.code(), Some(0), "{out:?}");
     let kinds: Vec<String> = out
         .stdout
@@ -1147,7 +1140,7 @@ async fn export_import_keeps_privacy(backend: Backend) {
 
     let mut target = Node::start(backend);
     target.server.kill();
-    let imported = cli(&target, &["import", &file.display().to_string()]);
+    let imported = target.cli(&["import", &file.display().to_string()]);
     assert_eq!(imported.code(), Some(0), "{imported:?}");
     target.server.restart();
     let server = &target.server;
@@ -1168,7 +1161,7 @@ async fn export_import_keeps_privacy(backend: Backend) {
         403,
         "forbidden",
     );
-    let again = cli(&target, &["export", "--room", &room, "--format", "ndjson"]);
+    let again = target.cli(&["export", "--room", &room, "--format", "ndjson"]);
     assert_eq!(again.stdout, out.stdout, "the import is what was exported");
 }
 
@@ -1236,4 +1229,37 @@ async fn cluster_private_room_fails_closed_while_postgres_is_down() {
         page.to_string().contains("said before the outage"),
         "{page}"
     );
+}
+
+/// Membership lets a user into a private room only as far as their token's
+/// `rooms` claim allows; a member may use the seed endpoint like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rooms_claim_applies_on_top_of_membership() {
+    let server = Server::start();
+    let (alice, carol) = (Person::new("Alice"), Person::new("Carol"));
+    let bob_id = uid("bob");
+    let bob = Person {
+        token: token_rooms(&bob_id, "Bob", &["lobby", "other-*"]),
+        id: bob_id,
+        name: "Bob".into(),
+    };
+    let room = room_name("claimed");
+    assert_eq!(create(&server, &alice, &room, "private").await.status, 201);
+    ok_event(&invite(&server, &alice, &room, &bob, "member").await, "member_added");
+    ok_event(&invite(&server, &alice, &room, &carol, "member").await, "member_added");
+    assert_no_way_in(&server, &bob, &room, "nothing").await;
+
+    let mut seed = server
+        .ws_connect(&format!("/ws/chat/{room}?token={}", carol.token), &[])
+        .await
+        .expect("a member may use the seed endpoint");
+    let mut a = alice.ws(&server).await;
+    a.join(&room).await;
+    say(&mut a, &room, "seen by the seed client", "c1").await;
+    let got = seed.recv_json().await;
+    assert_eq!(got["message"], "seen by the seed client", "{got}");
+    // Membership events are not for seed clients.
+    ok_event(&moderate(&server, &alice, &room, &bob, "mute:5").await, "member_muted");
+    say(&mut a, &room, "second", "c2").await;
+    assert_eq!(seed.recv_json().await["message"], "second");
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::cluster::{psql, ClusterEnv, TestDb};
+use common::cluster::{psql, Backend, ClusterEnv, Node, TestDb};
 use common::*;
 use confab::chat::ChatMessage;
 use serde_json::{json, Value};
@@ -13,59 +13,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-/// A server on its own data dir, and on Postgres its own database (dropped
-/// after the server stops: fields drop in order).
-struct Node {
-    server: Server,
-    _db: Option<TestDb>,
-}
-
-impl Node {
-    fn start(backend: Backend) -> Node {
-        let (builder, db) = match backend {
-            Backend::Sqlite => (Server::builder(), None),
-            Backend::Postgres => {
-                let db = TestDb::create();
-                (
-                    Server::builder().set("storage", "url", &toml_str(&db.url())),
-                    Some(db),
-                )
-            }
-        };
-        Node {
-            server: builder.start(),
-            _db: db,
-        }
-    }
-
-    /// `confab <args> --config <this node's config>`.
-    fn cli(&self, args: &[&str]) -> CliOutput {
-        let config = self.server.config_path.display().to_string();
-        let mut all = args.to_vec();
-        all.extend(["--config", &config]);
-        run_cli(&all, &[], self.server.dir())
-    }
-
-    fn export(&self, room: &str, extra: &[&str]) -> CliOutput {
-        let mut args = vec!["export", "--room", room];
-        args.extend(extra);
-        let out = self.cli(&args);
-        assert_eq!(out.code(), Some(0), "export {room} {extra:?}: {out:?}");
-        assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
-        out
-    }
-
-    fn import(&self, file: &Path) -> CliOutput {
-        self.cli(&["import", &file.display().to_string()])
-    }
-}
 
 /// Content that CSV and JSON both have to escape, and some that they don't.
 const TRICKY: [&str; 9] = [

@@ -1,7 +1,7 @@
 //! Cluster-mode fixtures: a fresh Postgres database and a Redis namespace per
 //! test (so runs never collide), and a private redis-server for fault tests.
 
-use super::{toml_str, uid, Server, ServerBuilder};
+use super::{run_cli, toml_str, uid, CliOutput, Server, ServerBuilder};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -263,6 +263,28 @@ pub struct Node {
 impl Node {
     pub fn start(backend: Backend) -> Node {
         Node::start_with(backend, |b| b)
+    }
+
+    /// `confab <args> --config <this node's config>`, in its data dir.
+    pub fn cli(&self, args: &[&str]) -> CliOutput {
+        let config = self.server.config_path.display().to_string();
+        let mut all = args.to_vec();
+        all.extend(["--config", &config]);
+        run_cli(&all, &[], self.server.dir())
+    }
+
+    /// `confab export --room <room> <extra>`, which must succeed.
+    pub fn export(&self, room: &str, extra: &[&str]) -> CliOutput {
+        let mut args = vec!["export", "--room", room];
+        args.extend(extra);
+        let out = self.cli(&args);
+        assert_eq!(out.code(), Some(0), "export {room} {extra:?}: {out:?}");
+        assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+        out
+    }
+
+    pub fn import(&self, file: &std::path::Path) -> CliOutput {
+        self.cli(&["import", &file.display().to_string()])
     }
 
     /// Starts with more settings (`tune` gets the builder).
