@@ -903,6 +903,15 @@ test("private room: created from the dialog with someone seen invited, who sees 
     await message(carol.page, "hi team").waitFor();
     await alice.page.locator("#member-list .member", { hasText: "dave" }).waitFor();
 
+    // carol leaves again (confirmed: she'd need a new invitation): gone from her list; the others see "carol left".
+    await carol.page.getByRole("button", { name: "Leave", exact: true }).click();
+    const confirm = carol.page.getByRole("dialog", { name: "Leave #team?" });
+    await confirm.getByRole("button", { name: "Leave" }).click();
+    await carol.page.locator("#sidebar .room-link", { hasText: "team" }).waitFor({ state: "detached" });
+    await systemLine(alice.page, "carol left").waitFor();
+    await alice.page.locator("#member-list .member", { hasText: "carol" }).waitFor({ state: "detached" });
+    await carol.page.waitForURL(/#\/room\/pr-lobby$/);
+
     // A reload keeps the room (it comes from /api/me/rooms, not from this page's memory).
     await bob.page.evaluate(() => localStorage.removeItem("confab.rooms"));
     await bob.page.reload();

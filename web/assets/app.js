@@ -7,7 +7,7 @@ import {
 import { Connection } from "./connection.js";
 import { duration } from "./dom.js";
 import { View } from "./render.js";
-import { JOIN_HISTORY, olderCursor, roomNameError, Store } from "./store.js";
+import { JOIN_HISTORY, olderCursor, roomNameError, settled, Store } from "./store.js";
 
 const OPEN_ROOMS_KEY = "confab.rooms";
 const LAST_ROOM_KEY = "confab.lastRoom";
@@ -367,7 +367,7 @@ function loadRoster(name, delay = 0) {
  * only when the seq grew; the server passes it to the user's other pages).
  */
 function markRead(room) {
-  if (!room || room.removed || !room.joined || !store.viewing(room.name)) return;
+  if (!room || room.removed || !settled(room) || !store.viewing(room.name)) return;
   const seq = room.lastSeq;
   if (seq > room.readSeq) store.setRead(room.name, seq);
   sendRead(room, seq);
@@ -617,6 +617,7 @@ const REMOVED_TEXT = { kicked: "kicked from", banned: "banned from", removed: "r
 function onRemoved(name, { reason, by }) {
   saveRooms();
   clearTimeout(store.room(name)?.read.timer);
+  if (reason === "left") return; // the user's own doing (here or on another page)
   const label = store.kindOf(name) === "direct" ? store.labelOf(name) : `#${name}`;
   view.toast(`You were ${REMOVED_TEXT[reason] ?? "removed from"} ${label}${by ? ` by ${by}` : ""}.`);
 }

@@ -406,7 +406,8 @@ export class View {
     const shown = this.store.shown(room, m);
     const editing = this.editing?.room === room.name && this.editing.id === m.id && !shown.deleted;
     const time = h("time", { className: "msg-time", text: formatTime(m.date), attrs: { datetime: m.timestamp, title: formatFull(m.date) } });
-    const classes = ["msg", grouped && "grouped", own && "own", shown.deleted && "deleted", shown.deleting && "deleting", shown.saving && "saving", editing && "editing"];
+    const mentioned = !own && !shown.deleted && this.store.mentionsMe(shown.content);
+    const classes = ["msg", grouped && "grouped", own && "own", shown.deleted && "deleted", shown.deleting && "deleting", shown.saving && "saving", editing && "editing", mentioned && "mentions-me"];
     // Focusable (not in the tab order) so that a tap on a touch screen shows its actions.
     const li = h("li", { className: classes.filter(Boolean).join(" "), dataset: { seq: m.seq, id: m.id, user: m.user_id, key: messageKey(m) }, attrs: { tabindex: "-1" } });
 
@@ -677,9 +678,14 @@ export class View {
     else if (room.olderError) {
       setChildren(el, `Couldn't load older messages (${room.olderError}). `,
         h("button", { type: "button", className: "link-btn", text: "Try again", on: { click: () => this.actions.loadOlder(room.name, { force: true }) } }));
-    } else if (oldest !== null && (oldest === 1 || room.atStart)) setChildren(el, `This is the very beginning of #${room.name}.`);
-    else if (oldest === null && settled(room) && room.pending.length === 0 && olderCursor(room) === null) setChildren(el, `No messages in #${room.name} yet. Say hello!`);
+    } else if (oldest !== null && (oldest === 1 || room.atStart)) setChildren(el, `This is the very beginning of ${this.#roomRef(room.name)}.`);
+    else if (oldest === null && settled(room) && room.pending.length === 0 && olderCursor(room) === null) setChildren(el, `No messages in ${this.#roomRef(room.name)} yet. Say hello!`);
     else el.replaceChildren();
+  }
+
+  /** "#general", or "your conversation with bob" for a direct room. */
+  #roomRef(name) {
+    return this.store.kindOf(name) === "direct" ? `your conversation with ${this.store.labelOf(name)}` : `#${name}`;
   }
 
   #maybeLoadOlder() {
