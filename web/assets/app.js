@@ -299,6 +299,14 @@ async function refreshMyRooms() {
     if (r.kind === "private" || r.kind === "direct") followRoom(r.name);
     store.onMyRoom(r);
   }
+  if (store.current) rosterIfNeeded(store.current); // its kind or the user's role may be known only now
+}
+
+/** The room in view gets its REST member list when it is private or direct, or the user moderates it. */
+function rosterIfNeeded(name, delay = 0) {
+  const room = store.room(name);
+  if (!room || room.removed) return;
+  if (room.roster || (store.current === name && (store.kindOf(name) !== "public" || store.rankIn(name) >= 2))) loadRoster(name, delay);
 }
 
 /** Opens and joins a room in the background (it shows in the list; the view stays where it is). */
@@ -427,7 +435,7 @@ function showRoom(name) {
     connection?.send(joinFrame(room));
   }
   store.view(name);
-  if (store.kindOf(name) !== "public" || store.rankIn(name) >= 2) loadRoster(name);
+  rosterIfNeeded(name);
   localStorage.setItem(LAST_ROOM_KEY, name);
   if (location.hash !== roomHash(name)) history.replaceState(null, "", roomHash(name));
   view.focusComposer();
@@ -570,7 +578,7 @@ function onFrame(frame) {
     case "member_removed":
     case "member_muted":
     case "member_unbanned":
-      if (store.onRoomEvent(frame) && store.room(frame.room)?.roster) loadRoster(frame.room, ROSTER_DELAY_MS);
+      if (store.onRoomEvent(frame)) rosterIfNeeded(frame.room, ROSTER_DELAY_MS);
       break;
     case "left": {
       const removed = store.onLeft(frame);
