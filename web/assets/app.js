@@ -353,10 +353,10 @@ function loadRoster(name, delay = 0) {
     if (!token || !room || room.removed) return;
     if (store.kindOf(name) === "public" && store.rankIn(name) < 2) return;
     try {
-      let banned = [];
+      let banned = null;
       const members = await allPages(async (after) => {
         const page = await roomMembers(token, name, { after });
-        if (Array.isArray(page?.banned)) banned = banned.concat(page.banned);
+        if (Array.isArray(page?.banned)) banned = (banned ?? []).concat(page.banned);
         if (page?.kind) store.setInfo(name, { kind: page.kind });
         return page;
       }, "members");

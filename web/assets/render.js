@@ -744,7 +744,7 @@ export class View {
     setChildren(this.el.members.querySelector(".section-title"), title);
 
     // Owners and admins see who is banned, with Unban.
-    const banned = room && roster && store.rankIn(room.name) >= 2 ? roster.banned : [];
+    const banned = room && store.rankIn(room.name) >= 2 ? bannedIn(room) : [];
     reconcile(this.el.bannedList, banned.map((b) => ({
       key: b.id,
       sig: `${b.name}|${roomName}`,
@@ -1139,6 +1139,20 @@ function countText(n) {
 }
 
 const isFuture = (time, now) => Boolean(time) && Date.parse(time) > now;
+
+/**
+ * Who is banned from a room: the REST roster's list when the server gave one,
+ * otherwise what the room's events seen here say (bans not lifted since).
+ */
+function bannedIn(room) {
+  if (room.roster?.banned) return room.roster.banned;
+  const banned = new Map();
+  for (const e of [...room.events.values()].sort((a, b) => a.seq - b.seq)) {
+    if (e.type === "member_removed" && e.reason === "banned" && e.member) banned.set(e.member.id, e.member.name);
+    else if (e.type === "member_unbanned" && e.member) banned.delete(e.member.id);
+  }
+  return [...banned].map(([id, name]) => ({ id, name }));
+}
 
 /** A small padlock (private rooms); labelled when it stands alone. */
 function lockIcon(label = null) {

@@ -246,7 +246,7 @@ export class Store {
   setRoster(name, members, banned) {
     const room = this.room(name);
     if (!room) return;
-    room.roster = { members: new Map(), banned: Array.isArray(banned) ? banned : [] };
+    room.roster = { members: new Map(), banned: Array.isArray(banned) ? banned : null }; // null: the server did not say
     for (const m of members) {
       room.roster.members.set(m.id, { name: m.name, role: m.role ?? "member", muted_until: m.muted_until ?? null });
       this.addPerson(m.id, m.name);
@@ -255,7 +255,7 @@ export class Store {
         room.mutedUntil = m.muted_until ? Date.parse(m.muted_until) || 0 : 0;
       }
     }
-    for (const b of room.roster.banned) this.addPerson(b.id, b.name);
+    for (const b of room.roster.banned ?? []) this.addPerson(b.id, b.name);
     this.changed("members", "rooms");
   }
 
