@@ -961,6 +961,14 @@ test("direct messages: started from a member's name or a message author's, liste
     await roomLink(alice.page, "#dm-list", "bob").locator(".badge.unread", { hasText: /^1$/ }).waitFor();
     assert.equal(await bob.page.locator("#dm-list .room-link").count(), 1, "one conversation per pair");
     assert.equal(await bob.page.locator("#leave-room").isVisible(), false, "a direct room can't be left");
+
+    // "+" next to Direct messages offers the people seen; picking bob opens the same conversation.
+    await alice.page.getByRole("button", { name: "New direct message" }).click();
+    const picker = alice.page.getByRole("dialog", { name: "New direct message" });
+    await picker.getByRole("button", { name: "Message bob" }).click();
+    await picker.waitFor({ state: "hidden" });
+    await alice.page.waitForURL((url) => decodeURIComponent(url.hash) === `#/room/${dm}`);
+    await message(alice.page, "right here").waitFor();
     assert.deepEqual(alice.errors, []);
     assert.deepEqual(bob.errors, []);
   } finally {

@@ -356,6 +356,12 @@ export class Store {
     room.members = new Map((frame.members ?? []).map((m) => [m.id, m.name]));
     for (const m of frame.members ?? []) this.addPerson(m.id, m.name);
     const outcome = { reload: false, read: 0 };
+    const reset = frame.recovered === false && room.lastSeq > L; // the server's data was reset: our marker means nothing there
+    if (reset) {
+      room.readSeq = 0;
+      room.read.wanted = 0;
+      room.read.sent = 0;
+    }
     if (frame.recovered === false) {
       // Nothing was replayed: drop the local copy and start again from history.
       room.messages.clear();
