@@ -102,11 +102,17 @@ export function invite(token, room, user, name, role = "member") {
 /** Removes a member (the caller themselves: leaves a private room): {event}. */
 export const removeMember = (token, room, user) => request(memberPath(room, user), { method: "DELETE", token });
 
-/** "kick", "ban" or "unban": {event}. */
-export const moderate = (token, room, user, action) => request(`${memberPath(room, user)}/${action}`, { method: "POST", token, body: {} });
+/** "kick", "ban" or "unban": {event}. `name`: the user's display name as we know it (shown in the event). */
+export function moderate(token, room, user, action, name) {
+  return request(`${memberPath(room, user)}/${action}`, { method: "POST", token, body: name ? { name } : {} });
+}
 
 /** Mutes `user` for `seconds` (0 unmutes): {event}. */
-export const mute = (token, room, user, seconds) => request(`${memberPath(room, user)}/mute`, { method: "POST", token, body: { seconds } });
+export function mute(token, room, user, seconds, name) {
+  const body = { seconds };
+  if (name) body.name = name;
+  return request(`${memberPath(room, user)}/mute`, { method: "POST", token, body });
+}
 
 function pageQuery({ after, limit }) {
   const query = new URLSearchParams();

@@ -152,8 +152,9 @@ const actions = {
   /** kick, ban, unban ({action}) or mute ({action: "mute", seconds}) a user in a room; true when done. */
   async moderate(room, userId, action, seconds = 0) {
     try {
-      if (action === "mute") await mute(store.token, room, userId, seconds);
-      else await moderate(store.token, room, userId, action);
+      const name = store.people.get(userId);
+      if (action === "mute") await mute(store.token, room, userId, seconds, name);
+      else await moderate(store.token, room, userId, action, name);
     } catch (e) {
       return failed(`Couldn't ${action} ${store.people.get(userId) ?? userId}`, e);
     }
