@@ -47,25 +47,43 @@ pub struct Claims {
     /// `true`: a moderator. Any other value (or none) is not.
     #[serde(rename = "mod", default, skip_serializing_if = "Option::is_none")]
     pub moderator: Option<serde_json::Value>,
-    /// Roles from an identity provider: `"mod"` among them makes a moderator.
-    /// Anything but an array of strings grants no role.
+    /// `true`: a server admin. Any other value (or none) is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<serde_json::Value>,
+    /// Roles from an identity provider: `"mod"` among them makes a moderator,
+    /// `"admin"` a server admin. Anything but an array of strings grants no role.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub roles: Option<serde_json::Value>,
 }
 
 /// The role (in `roles`) that makes a moderator.
 pub const MODERATOR_ROLE: &str = "mod";
+/// The role (in `roles`) that makes a server admin.
+pub const ADMIN_ROLE: &str = "admin";
 
 impl Claims {
     /// A moderator deletes anyone's messages: `"mod": true`, or `"mod"` in `roles`.
     pub fn is_moderator(&self) -> bool {
-        let flag = self.moderator.as_ref().and_then(|v| v.as_bool()) == Some(true);
-        let role = self
-            .roles
+        Self::granted(&self.moderator, &self.roles, MODERATOR_ROLE)
+    }
+
+    /// A server admin manages every room like its owner (docs/protocol.md,
+    /// section 7b): `"admin": true`, or `"admin"` in `roles`.
+    pub fn is_server_admin(&self) -> bool {
+        Self::granted(&self.admin, &self.roles, ADMIN_ROLE)
+    }
+
+    fn granted(
+        flag: &Option<serde_json::Value>,
+        roles: &Option<serde_json::Value>,
+        role: &str,
+    ) -> bool {
+        let flag = flag.as_ref().and_then(|v| v.as_bool()) == Some(true);
+        let listed = roles
             .as_ref()
             .and_then(|v| v.as_array())
-            .is_some_and(|roles| roles.iter().any(|r| r.as_str() == Some(MODERATOR_ROLE)));
-        flag || role
+            .is_some_and(|roles| roles.iter().any(|r| r.as_str() == Some(role)));
+        flag || listed
     }
 }
 
@@ -118,6 +136,8 @@ pub struct Identity {
     pub expires_at: Option<u64>,
     /// The token's claims make this user a moderator (never a guest).
     pub moderator: bool,
+    /// The token's claims make this user a server admin (never a guest).
+    pub server_admin: bool,
 }
 
 pub struct Auth {
@@ -141,10 +161,11 @@ impl Auth {
     }
 
     pub fn mint(&self, sub: &str, name: &str, ttl_secs: u64, rooms: Option<Vec<String>>) -> String {
-        self.mint_as(sub, name, ttl_secs, rooms, false)
+        self.mint_as(sub, name, ttl_secs, rooms, false, false)
     }
 
-    /// [`Auth::mint`], with `"mod": true` when `moderator`.
+    /// [`Auth::mint`], with `"mod": true` when `moderator` and `"admin": true`
+    /// when `admin`.
     pub fn mint_as(
         &self,
         sub: &str,
@@ -152,6 +173,7 @@ impl Auth {
         ttl_secs: u64,
         rooms: Option<Vec<String>>,
         moderator: bool,
+        admin: bool,
     ) -> String {
         let claims = Claims {
             sub: sub.to_string(),
@@ -159,6 +181,7 @@ impl Auth {
             exp: unix_now().saturating_add(ttl_secs),
             rooms,
             moderator: moderator.then_some(serde_json::Value::Bool(true)),
+            admin: admin.then_some(serde_json::Value::Bool(true)),
             roles: None,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
@@ -182,6 +205,7 @@ impl Auth {
             })?;
         let claims = data.claims;
         let moderator = claims.is_moderator();
+        let server_admin = claims.is_server_admin();
         if claims.sub.is_empty() || claims.sub.contains('\0') {
             return Err(Rejection::new(
                 ErrorCode::Unauthorized,
@@ -199,6 +223,7 @@ impl Auth {
             rooms: claims.rooms.map_or_else(RoomAccess::all, RoomAccess::only),
             expires_at: Some(claims.exp),
             moderator,
+            server_admin,
         })
     }
 }
@@ -339,7 +364,7 @@ mod tests {
             assert_eq!(verify(not_mod.clone()), Ok(false), "{not_mod}");
         }
         assert!(
-            auth.verify(&auth.mint_as("u", "ann", 60, None, true))
+            auth.verify(&auth.mint_as("u", "ann", 60, None, true, false))
                 .unwrap()
                 .moderator
         );

@@ -75,7 +75,7 @@ impl TargetState {
 
     /// Applies a later log entry about this message.
     pub fn apply_entry(&mut self, entry: &ChatMessage) {
-        if entry.target.as_deref() == Some(self.id.as_str()) {
+        if entry.kind.is_change() && entry.target.as_deref() == Some(self.id.as_str()) {
             self.apply(entry.kind, &entry.user_id, &entry.content);
         }
     }
@@ -97,7 +97,8 @@ impl TargetState {
 pub fn target_of(draft: &Draft) -> Option<&str> {
     match draft.kind {
         Kind::Message => draft.reply_to.as_deref(),
-        _ => draft.target.as_deref(),
+        kind if kind.is_change() => draft.target.as_deref(),
+        _ => None,
     }
 }
 
@@ -179,6 +180,8 @@ pub fn check(draft: &Draft, moderator: bool, target: Option<&mut TargetState>) -
             state.apply(draft.kind, user, &draft.content);
             Verdict::Accept
         }
+        // Membership events name no message (`target_of` is `None`).
+        _ => Verdict::Accept,
     }
 }
 

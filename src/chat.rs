@@ -5,6 +5,8 @@
 //! A room's log holds messages and the changes made to them (edits, deletes,
 //! reactions), each with its own seq: a [`ChatMessage`] is either, told apart
 //! by its [`Kind`]. How changes apply to a message is in [`crate::changes`].
+//! Membership events (a room created, members added, removed, muted) are
+//! entries too; who may do what is in [`crate::access`].
 
 /// What an entry of a room's log is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
@@ -20,6 +22,16 @@ pub enum Kind {
     React,
     /// The sender's reaction `content` removed from `target`.
     Unreact,
+    /// The room got its kind and first members (`content`: [`crate::access::EventBody`]).
+    RoomCreated,
+    /// User `target` became a member, or their role changed.
+    MemberAdded,
+    /// User `target` left, or was removed, kicked or banned.
+    MemberRemoved,
+    /// User `target` was muted until a time (or unmuted).
+    MemberMuted,
+    /// User `target`'s ban was lifted.
+    MemberUnbanned,
 }
 
 impl Kind {
@@ -31,7 +43,32 @@ impl Kind {
             Kind::Delete => "delete",
             Kind::React => "react",
             Kind::Unreact => "unreact",
+            Kind::RoomCreated => "room_created",
+            Kind::MemberAdded => "member_added",
+            Kind::MemberRemoved => "member_removed",
+            Kind::MemberMuted => "member_muted",
+            Kind::MemberUnbanned => "member_unbanned",
         }
+    }
+
+    /// An edit, delete or reaction: `target` is a message id.
+    pub fn is_change(self) -> bool {
+        matches!(
+            self,
+            Kind::Edit | Kind::Delete | Kind::React | Kind::Unreact
+        )
+    }
+
+    /// A membership event: `target` (when there is one) is a user id.
+    pub fn is_membership(self) -> bool {
+        matches!(
+            self,
+            Kind::RoomCreated
+                | Kind::MemberAdded
+                | Kind::MemberRemoved
+                | Kind::MemberMuted
+                | Kind::MemberUnbanned
+        )
     }
 
     pub fn parse(name: &str) -> Option<Kind> {
@@ -41,6 +78,11 @@ impl Kind {
             "delete" => Kind::Delete,
             "react" => Kind::React,
             "unreact" => Kind::Unreact,
+            "room_created" => Kind::RoomCreated,
+            "member_added" => Kind::MemberAdded,
+            "member_removed" => Kind::MemberRemoved,
+            "member_muted" => Kind::MemberMuted,
+            "member_unbanned" => Kind::MemberUnbanned,
             _ => return None,
         })
     }

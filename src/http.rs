@@ -5,12 +5,12 @@
 
 mod errors;
 mod extract;
+mod rooms;
 
 pub use errors::{guard, rejection_for_status, OverConnectionCap};
 pub use extract::{AllowedOrigin, Authenticated, ReadableRoom, Reader, RoomPath};
 
 use crate::protocol::{self, ErrorCode, Rejection};
-use crate::registry::ListActive;
 use crate::session::Session;
 use crate::websocket::Accepted;
 use crate::AppDeps;
@@ -19,7 +19,6 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 use errors::closing_error;
 use extract::{guest_identity, query_params, read_body};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +31,23 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/ws", web::get().to(ws_v1))
         .route("/ws/chat/{room}", web::get().to(ws_seed))
         .route("/api/login", web::post().to(login))
-        .route("/api/rooms", get_or_head().to(list_rooms))
+        .route("/api/rooms", get_or_head().to(rooms::list_rooms))
+        .route("/api/rooms", web::post().to(rooms::create_room))
+        .route("/api/dm", web::post().to(rooms::open_direct))
+        .route("/api/me/rooms", get_or_head().to(rooms::my_rooms))
+        .route(
+            "/api/rooms/{room}/members",
+            get_or_head().to(rooms::list_members),
+        )
+        .route("/api/rooms/{room}/members", web::post().to(rooms::invite))
+        .route(
+            "/api/rooms/{room}/members/{user}",
+            web::delete().to(rooms::remove),
+        )
+        .route(
+            "/api/rooms/{room}/members/{user}/{action}",
+            web::post().to(rooms::moderate),
+        )
         .route(
             "/api/rooms/{room}/messages",
             get_or_head().to(room_messages),
@@ -95,6 +110,7 @@ async fn ws_seed(
     deps: web::Data<AppDeps>,
 ) -> Answer {
     let query = query_params(&req);
+    let reader = identity.as_ref().map(|i| i.user.id.clone());
     let identity = match identity {
         Some(identity) => identity,
         None => {
@@ -108,6 +124,7 @@ async fn ws_seed(
         }
     };
     identity.rooms.check(&room)?;
+    crate::access::check_reader(deps.store.as_ref(), &room, reader.as_deref()).await?;
     let history = match query.get("history").map(|h| h.parse::<u32>()) {
         None => 0,
         Some(Ok(h)) => h.min(protocol::MAX_JOIN_HISTORY),
@@ -198,67 +215,14 @@ async fn login(req: HttpRequest, payload: web::Payload, deps: web::Data<AppDeps>
     ))
 }
 
-async fn list_rooms(
-    req: HttpRequest,
-    Reader(identity): Reader,
-    deps: web::Data<AppDeps>,
-) -> Answer {
-    let stored = deps.store.rooms().await.map_err(|error| {
-        tracing::warn!(%error, "listing rooms failed");
-        Rejection::new(ErrorCode::Unavailable, "the store is unavailable")
-    })?;
-    let active = deps.registry.send(ListActive).await.unwrap_or_default();
-    let mut rooms: BTreeMap<String, (u64, usize)> = stored
-        .into_iter()
-        .map(|r| (r.name, (r.last_seq, 0)))
-        .collect();
-    for room in active {
-        let entry = rooms.entry(room.name).or_insert((0, 0));
-        entry.0 = entry.0.max(room.last_seq);
-        entry.1 = room.online;
-    }
-    // In cluster mode users online through other instances count too.
-    let names: Vec<String> = rooms.keys().cloned().collect();
-    if let Some(online) = deps.broker.online(&names).await {
-        for (name, count) in online {
-            if let Some(entry) = rooms.get_mut(&name) {
-                entry.1 = entry.1.max(count);
-            }
-        }
-    }
-    // One page, in name order: `?after=NAME` continues where `next_after` ended.
-    let query = query_params(&req);
-    let limit = match query.get("limit") {
-        None => ROOMS_PAGE_DEFAULT,
-        Some(raw) => (protocol::parse_cursor_param("limit", raw)? as usize).min(ROOMS_PAGE_MAX),
-    };
-    let after = query.get("after").cloned().unwrap_or_default();
-    let mut page = rooms
-        .into_iter()
-        .filter(|(name, _)| *name > after)
-        .filter(|(name, _)| identity.as_ref().is_none_or(|i| i.rooms.allows(name)))
-        .take(limit + 1)
-        .map(|(name, (last_seq, online))| serde_json::json!({"name": name, "last_seq": last_seq, "online": online}))
-        .collect::<Vec<_>>();
-    let next_after = (page.len() > limit).then(|| {
-        page.truncate(limit);
-        page.last().map(|r| r["name"].clone())
-    });
-    Ok(json(
-        serde_json::json!({ "rooms": page, "next_after": next_after.flatten() }).to_string(),
-    ))
-}
-
-/// `GET /api/rooms` pages: 100 rooms unless `limit` says otherwise, at most 1000.
-const ROOMS_PAGE_DEFAULT: usize = 100;
-const ROOMS_PAGE_MAX: usize = 1000;
-
 /// A page of history (the `history` frame's rules).
 async fn room_messages(
     req: HttpRequest,
-    ReadableRoom(room): ReadableRoom,
+    ReadableRoom(room, identity): ReadableRoom,
     deps: web::Data<AppDeps>,
 ) -> Answer {
+    let reader = identity.as_ref().map(|i| i.user.id.as_str());
+    crate::access::check_reader(deps.store.as_ref(), &room, reader).await?;
     let query = query_params(&req);
     let cursor = |key: &str| {
         query
@@ -281,9 +245,11 @@ async fn room_messages(
 /// 24h). Same token rules as history.
 async fn room_stats(
     req: HttpRequest,
-    ReadableRoom(room): ReadableRoom,
+    ReadableRoom(room, identity): ReadableRoom,
     deps: web::Data<AppDeps>,
 ) -> Answer {
+    let reader = identity.as_ref().map(|i| i.user.id.as_str());
+    crate::access::check_reader(deps.store.as_ref(), &room, reader).await?;
     let query = query_params(&req);
     let window = query.get("window").map_or("24h", String::as_str);
     let (window, span_ms) = crate::analytics::WINDOWS

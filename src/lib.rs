@@ -1,5 +1,6 @@
 //! confab: a real-time chat server. See docs/architecture.md for the map.
 
+pub mod access;
 pub mod analytics;
 pub mod auth;
 pub mod broker;
@@ -11,6 +12,7 @@ pub mod dedupe;
 pub mod history;
 pub mod http;
 pub mod limits;
+pub mod markers;
 pub mod message;
 pub mod metrics;
 pub mod persist;
@@ -22,6 +24,7 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod transfer;
+pub mod users;
 pub mod websocket;
 
 use actix::Addr;
@@ -57,6 +60,19 @@ pub struct AppDeps {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// Live WebSocket sessions, so shutdown can wait for their close frames.
     pub sessions: Arc<AtomicUsize>,
+    /// This instance's connections per user, for frames meant for a user.
+    pub users: Arc<users::Users>,
+    /// Read markers waiting to be written.
+    pub markers: Arc<markers::ReadMarkers>,
+}
+
+impl AppDeps {
+    /// Sends `frame` to every connection of `user` on every instance, except
+    /// the session `except`.
+    pub fn tell_user(&self, user: &str, frame: &str, except: Option<uuid::Uuid>) {
+        self.users.deliver(user, frame, except);
+        self.broker.tell_user(user, frame);
+    }
 }
 
 /// jemalloc's options (read at its start-up): a background thread returns

@@ -46,6 +46,9 @@ enum Command {
         /// A moderator: may delete anyone's messages (claim `"mod": true`)
         #[arg(long = "mod")]
         moderator: bool,
+        /// A server admin: manages every room like its owner (claim `"admin": true`)
+        #[arg(long)]
+        admin: bool,
     },
     /// Validate a configuration and print the effective one (secrets redacted)
     CheckConfig {
@@ -108,7 +111,16 @@ fn main() -> ExitCode {
             ttl,
             rooms,
             moderator,
-        } => token(&config, &source, &sub, &name, ttl, rooms, moderator),
+            admin,
+        } => token(
+            &config,
+            &source,
+            &sub,
+            &name,
+            ttl,
+            rooms,
+            (moderator, admin),
+        ),
         Command::Migrate => {
             init_logging(&config);
             run_async(async { confab::store::migrate(&config).await.context("migrate") })
@@ -164,7 +176,7 @@ fn token(
     name: &str,
     ttl: Option<u64>,
     rooms: Option<String>,
-    moderator: bool,
+    (moderator, admin): (bool, bool),
 ) -> anyhow::Result<()> {
     use confab::auth::{load_secret, SecretError, SecretSource};
     let name = confab::protocol::check_display_name(name)
@@ -203,7 +215,7 @@ fn token(
             .collect()
     });
     let ttl = ttl.unwrap_or(config.auth.token_ttl_secs);
-    let token = auth.mint_as(sub, &name, ttl, rooms, moderator);
+    let token = auth.mint_as(sub, &name, ttl, rooms, moderator, admin);
     let mut out = std::io::stdout().lock();
     writeln!(out, "{token}")
         .and_then(|()| out.flush())

@@ -3,12 +3,15 @@
 //! depend on this module, none of them on another for its messages (as in
 //! actix/examples' chat-broker). The handlers stay with their actors.
 //!
-//! - session -> room: [`Join`], [`Leave`], [`Post`], [`Typing`], [`Settle`];
+//! - session -> room: [`Join`], [`Leave`], [`Post`], [`Typing`], [`MarkRead`], [`Settle`];
+//! - REST -> room (through the registry): [`Act`];
 //! - room -> session: [`ToSession`], through an [`Outlet`] (with its [`Backlog`]);
 //! - room -> registry: [`RoomIdle`], and the [`Occupancy`] counters they share.
 
+use crate::access::{Action, Actor};
 use crate::broker::Draft;
-use crate::protocol::{Rejection, UserInfo};
+use crate::chat::ChatMessage;
+use crate::protocol::{ReadState, Rejection, UserInfo};
 use actix::prelude::*;
 use bytestring::ByteString;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -34,6 +37,35 @@ pub struct Join {
     pub since: Option<u64>,
     /// Forwarded by the registry (which counts it); rejoins through a kept
     /// address are not.
+    pub leased: bool,
+    /// The joiner's read marker and unread counts, for `joined`.
+    pub reading: Option<ReadState>,
+}
+
+/// The member has read the room up to `seq`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct MarkRead {
+    pub session: Uuid,
+    pub seq: u64,
+}
+
+/// What an [`Act`] comes back with: the event it added (`None`: it would
+/// have changed nothing), or why not.
+pub type ActResult = Result<Option<Arc<ChatMessage>>, Rejection>;
+
+/// A membership event from REST (docs/protocol.md, section 7b), forwarded by
+/// the registry, which starts the room if needed and counts it like a join.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Act {
+    pub room: String,
+    /// The event, with its kind, subject (`target`) and body.
+    pub draft: Draft,
+    /// The action to check against the room's members first; `None` for
+    /// `room_created`, whose claim was checked in the store.
+    pub check: Option<(Actor, Action)>,
+    pub reply: tokio::sync::oneshot::Sender<ActResult>,
     pub leased: bool,
 }
 

@@ -2,7 +2,7 @@
 //! every first join itself, counting them, so an idle room may stop only once it
 //! has received every join the registry sent it.
 
-use crate::message::{Join, Occupancy, RoomIdle, Settle};
+use crate::message::{Act, Join, Occupancy, RoomIdle, Settle};
 use crate::protocol::{ErrorCode, Rejection};
 use crate::room::RoomActor;
 use crate::AppDeps;
@@ -59,42 +59,71 @@ pub struct JoinRoom {
     pub home: actix::ArbiterHandle,
 }
 
-impl Handler<JoinRoom> for Registry {
-    type Result = Result<Addr<RoomActor>, Rejection>;
-
-    fn handle(&mut self, JoinRoom { join, home }: JoinRoom, _: &mut Self::Context) -> Self::Result {
+impl Registry {
+    /// The room's entry, its actor started (on `home`) when there is none.
+    fn entry(&mut self, name: &str, home: &actix::ArbiterHandle) -> Result<&mut Entry, Rejection> {
         let deps = self
             .deps
             .clone()
             .ok_or_else(|| Rejection::new(ErrorCode::Unavailable, "the server is not ready"))?;
-        let name = join.room.clone();
         // A room whose arbiter went away (a worker restarted) is started again.
         if self
             .rooms
-            .get(&name)
+            .get(name)
             .is_some_and(|entry| !entry.addr.connected())
         {
-            self.rooms.remove(&name);
+            self.rooms.remove(name);
         }
         let cap = deps.config.limits.rooms_per_instance;
-        if !self.rooms.contains_key(&name) && self.rooms.len() >= cap {
+        if !self.rooms.contains_key(name) && self.rooms.len() >= cap {
             return Err(Rejection::new(
                 ErrorCode::TooManyRooms,
                 format!("this server has {cap} rooms open, its limit; try again later"),
             ));
         }
-        let entry = self.rooms.entry(name.clone()).or_insert_with(|| {
+        Ok(self.rooms.entry(name.to_string()).or_insert_with(|| {
             let occupancy = Arc::new(Occupancy::default());
-            let room = RoomActor::new(name, deps, occupancy.clone());
+            let room = RoomActor::new(name.to_string(), deps, occupancy.clone());
             Entry {
-                addr: RoomActor::start_in_arbiter(&home, move |_| room),
+                addr: RoomActor::start_in_arbiter(home, move |_| room),
                 leases: 0,
                 occupancy,
             }
-        });
+        }))
+    }
+}
+
+impl Handler<JoinRoom> for Registry {
+    type Result = Result<Addr<RoomActor>, Rejection>;
+
+    fn handle(&mut self, JoinRoom { join, home }: JoinRoom, _: &mut Self::Context) -> Self::Result {
+        let entry = self.entry(&join.room, &home)?;
         entry.leases += 1;
         entry.addr.do_send(join);
         Ok(entry.addr.clone())
+    }
+}
+
+/// Forwards a membership event from REST to the room's actor (started if needed).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ActIn(pub Act);
+
+impl Handler<ActIn> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, ActIn(mut act): ActIn, _: &mut Self::Context) {
+        let home = actix::Arbiter::current();
+        match self.entry(&act.room, &home) {
+            Ok(entry) => {
+                entry.leases += 1;
+                act.leased = true;
+                entry.addr.do_send(act);
+            }
+            Err(rejection) => {
+                let _ = act.reply.send(Err(rejection));
+            }
+        }
     }
 }
 

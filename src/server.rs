@@ -96,6 +96,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     let registry = Registry::new().start();
     let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
     let sessions = Arc::new(AtomicUsize::new(0));
+    let users = Arc::new(crate::users::Users::default());
     let broker: SharedBroker = if config.cluster_mode() {
         let instance: Arc<str> = uuid::Uuid::now_v7().to_string().into();
         tracing::info!(%instance, "cluster mode: sequencing and relaying through Redis");
@@ -109,6 +110,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
                 analytics: analytics.clone(),
                 acks: acked,
             },
+            users.clone(),
         )?)
     } else {
         Arc::new(LocalBroker::new(
@@ -144,7 +146,10 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         connections: Arc::default(),
         shutdown,
         sessions: sessions.clone(),
+        users,
+        markers: Arc::default(),
     };
+    deps.markers.clone().spawn(deps.store.clone());
     let limiters = (
         deps.send_limiter.clone(),
         deps.join_limiter.clone(),

@@ -155,6 +155,7 @@ impl Session {
         room: String,
         history: u32,
         since: Option<u64>,
+        reading: Option<protocol::ReadState>,
     ) {
         let room_name = room.clone();
         let make_join =
@@ -168,6 +169,7 @@ impl Session {
                 history,
                 since,
                 leased,
+                reading,
             };
         if let Some(addr) = self.rooms.get(&room).filter(|a| a.connected()) {
             addr.do_send(make_join(self, ctx, false));
@@ -232,7 +234,7 @@ impl Session {
             Kind::React | Kind::Unreact => {
                 protocol::check_emoji(content).and_then(|()| self.deps.moderation.check(content))
             }
-            Kind::Delete => Ok(()),
+            _ => Ok(()),
         };
         if let Err(e) = checked {
             return self.refuse_send(ctx, context(e), client_ref);
@@ -312,7 +314,11 @@ impl Session {
         self.history_in_flight += 1;
         let store = self.deps.store.clone();
         let page_max = self.deps.config.limits.history_page_max;
+        let user = self.user.id.clone();
         let fut = async move {
+            if let Err(e) = crate::access::check_reader(store.as_ref(), &room, Some(&user)).await {
+                return Err((room, e));
+            }
             crate::history::page(&store, &room, before, limit, page_max)
                 .await
                 .map(|p| (room.clone(), p))
@@ -375,8 +381,27 @@ impl Session {
                     return self.send_rejection(ctx, &e.in_room(Some(&room)));
                 }
                 let history = history.unwrap_or(self.deps.config.rooms.join_history);
-                self.join(ctx, room, history, since);
+                // `joined` tells the joiner's read marker and unread counts;
+                // later frames wait for them, so answers keep their order.
+                let (store, user) = (self.deps.store.clone(), self.user.clone());
+                let at = room.clone();
+                let read = async move {
+                    crate::store::rooms::reading(store.as_ref(), &at, &user.id, &user.name).await
+                };
+                ctx.wait(read.into_actor(self).map(move |reading, act, ctx| {
+                    if let Err(error) = &reading {
+                        tracing::debug!(%error, "read marker unavailable for a join");
+                    }
+                    act.join(ctx, room, history, since, reading.ok())
+                }));
             }
+            ClientFrame::Read { room, seq } => match self.rooms.get(&room) {
+                Some(addr) => addr.do_send(message::MarkRead {
+                    session: self.id,
+                    seq,
+                }),
+                None => self.not_joined(ctx, &room),
+            },
             ClientFrame::Leave { room } => {
                 if !self.rooms.contains_key(&room) {
                     return self.not_joined(ctx, &room);
@@ -508,6 +533,10 @@ impl Actor for Session {
         crate::metrics::get().connections.increment(1.0);
         self.heartbeat(ctx);
         self.close_on_shutdown(ctx);
+        if self.format == FrameFormat::V1 {
+            let to = ctx.address().recipient();
+            self.deps.users.register(&self.user.id, self.id, to);
+        }
         if let Some(exp) = self.identity.expires_at {
             let left = Duration::from_secs(exp.saturating_sub(crate::auth::unix_now()));
             ctx.run_later(left, |act, ctx| {
@@ -516,7 +545,7 @@ impl Actor for Session {
         }
         match self.seed.clone() {
             None => ctx.text(protocol::welcome_json(&self.id.to_string(), &self.user)),
-            Some((room, history)) => self.join(ctx, room, history, None),
+            Some((room, history)) => self.join(ctx, room, history, None, None),
         }
         tracing::debug!(session = %self.id, user = %self.user.id, "session started");
     }
@@ -529,6 +558,9 @@ impl Actor for Session {
                 session: self.id,
                 notify: false,
             });
+        }
+        if self.format == FrameFormat::V1 {
+            self.deps.users.unregister(&self.user.id, self.id);
         }
         // After the Leaves are queued: a shutdown that sees no sessions left
         // can settle the rooms and know every goodbye is announced.

@@ -228,8 +228,10 @@ pub fn parse_line(text: &str) -> Result<ChatMessage, String> {
         Kind::Message | Kind::Edit => line.content.ok_or("missing field `content`")?,
         Kind::React | Kind::Unreact => line.emoji.ok_or("missing field `emoji`")?,
         Kind::Delete => String::new(),
+        // A membership event's details (JSON, see `access::EventBody`).
+        _ => line.content.unwrap_or_default(),
     };
-    if kind != Kind::Message && line.target.is_none() {
+    if kind != Kind::Message && kind != Kind::RoomCreated && line.target.is_none() {
         return Err("a change needs its \"target\"".into());
     }
     let edited_at_ms = match &line.edited_at {

@@ -3,7 +3,7 @@
 //! instances publish to that actor, and on a lost connection reconnects with
 //! backoff, resubscribes, and asks every room to resync what it missed.
 
-use super::wire::{decode_payload, split_payload};
+use super::wire::{decode_payload, split_payload, split_user_payload};
 use super::{BrokerError, Inbound};
 use actix::prelude::*;
 use deadpool_redis::redis::{self, aio::PubSubSink, Msg};
@@ -26,6 +26,8 @@ pub struct RedisBridge {
     backoff: Duration,
     /// Tells the stream of the current connection from a dead one's.
     connection: u64,
+    /// The channel of frames for users, and who delivers them here.
+    users: Option<(String, Arc<crate::users::Users>)>,
 }
 
 impl RedisBridge {
@@ -44,16 +46,24 @@ impl RedisBridge {
             rooms: HashMap::new(),
             backoff: BACKOFF_MIN,
             connection: 0,
+            users: None,
         }
+    }
+
+    /// Also relays the frames for users published on `channel` to `users`.
+    pub fn telling(mut self, channel: String, users: Arc<crate::users::Users>) -> Self {
+        self.users = Some((channel, users));
+        self
     }
 
     fn connect(&mut self, ctx: &mut Context<Self>) {
         let client = self.client.clone();
-        let channels: Vec<String> = self
+        let mut channels: Vec<String> = self
             .rooms
             .keys()
             .map(|room| format!("{}{room}", self.prefix))
             .collect();
+        channels.extend(self.users.as_ref().map(|(channel, _)| channel.clone()));
         ctx.wait(
             async move {
                 let pubsub = client.get_async_pubsub().await?;
@@ -93,6 +103,17 @@ impl RedisBridge {
     }
 
     fn relay(&self, msg: &Msg) {
+        if let Some((channel, users)) = &self.users {
+            if msg.get_channel_name() == channel {
+                let payload = std::str::from_utf8(msg.get_payload_bytes()).ok();
+                if let Some((instance, user, frame)) = payload.and_then(split_user_payload) {
+                    if instance != &*self.instance {
+                        users.deliver(user, frame, None);
+                    }
+                }
+                return;
+            }
+        }
         let Some(room) = msg.get_channel_name().strip_prefix(&self.prefix) else {
             return;
         };

@@ -214,6 +214,16 @@ pub trait Relay: Send + Sync + 'static {
     async fn known_ref(&self, _user_id: &str, _client_ref: &str) -> Option<Arc<ChatMessage>> {
         None
     }
+    /// Keeps a private or direct room's kind where rooms can read it while
+    /// the store is down (cluster: a Redis key; embedded: nowhere, the store
+    /// is in-process).
+    async fn set_room_kind(&self, _room: &str, _kind: &str) -> Result<(), BrokerError> {
+        Ok(())
+    }
+    /// The kind [`Relay::set_room_kind`] kept (`None`: a public room, or unknown).
+    async fn room_kind(&self, _room: &str) -> Result<Option<String>, BrokerError> {
+        Ok(None)
+    }
 }
 
 /// Presence and typing across instances: who is in a room through another
@@ -234,6 +244,9 @@ pub trait Presence: Send + Sync + 'static {
     async fn online(&self, rooms: &[String]) -> Option<std::collections::HashMap<String, usize>>;
     /// Shutdown: deliver what was announced (the sessions' leaves) before exit.
     async fn drain(&self) {}
+    /// Carries a frame for `user` to the other instances, whose connections
+    /// of that user get it (see `crate::users`).
+    fn tell_user(&self, _user: &str, _frame: &str) {}
 }
 
 /// The whole seam, as rooms, sessions and handlers hold it ([`SharedBroker`]).

@@ -6,7 +6,7 @@
 use super::bridge::{Attach, Detach, RedisBridge};
 use super::wire::{
     decode_body, encode_body, entry_seq, event_payload, parse_original, parse_presence_member,
-    presence_member, Keys, ACCEPT_SCRIPT, SEED_SCRIPT,
+    presence_member, user_payload, Keys, ACCEPT_SCRIPT, SEED_SCRIPT,
 };
 use super::{
     Accepted, Announce, Broker, BrokerError, Draft, Inbound, Presence, Relay, RemotePresence,
@@ -39,6 +39,8 @@ enum Announcement {
     Refresh(String, Vec<Arc<UserInfo>>),
     /// Answered once everything queued before it was written.
     Flush(tokio::sync::oneshot::Sender<()>),
+    /// A frame for a user's connections on other instances.
+    User(String, String),
 }
 
 fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> BrokerError {
@@ -69,6 +71,7 @@ impl RedisBroker {
         instance: Arc<str>,
         shutdown: tokio::sync::watch::Receiver<bool>,
         analytics: super::feed::AnalyticsFeed,
+        users: Arc<crate::users::Users>,
     ) -> Result<Self, BrokerError> {
         let url = &config.broker.redis_url;
         let client = redis::Client::open(url.as_str()).map_err(unavailable)?;
@@ -90,6 +93,7 @@ impl RedisBroker {
             instance.clone(),
             relay_up.clone(),
         )
+        .telling(keys.users(), users)
         .start();
         super::feed::spawn(
             super::feed::Feed {
@@ -311,6 +315,25 @@ impl Relay for RedisBroker {
         Ok(messages)
     }
 
+    async fn set_room_kind(&self, room: &str, kind: &str) -> Result<(), BrokerError> {
+        let mut conn = self.conn().await?;
+        redis::cmd("SET")
+            .arg(self.keys.kind(room))
+            .arg(kind)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn room_kind(&self, room: &str) -> Result<Option<String>, BrokerError> {
+        let mut conn = self.conn().await?;
+        redis::cmd("GET")
+            .arg(self.keys.kind(room))
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)
+    }
+
     async fn known_ref(&self, user_id: &str, client_ref: &str) -> Option<Arc<ChatMessage>> {
         let mut conn = self.conn().await.ok()?;
         let text: Option<String> = redis::cmd("GET")
@@ -368,6 +391,12 @@ impl Presence for RedisBroker {
         Ok(Some(remote))
     }
 
+    fn tell_user(&self, user: &str, frame: &str) {
+        let _ = self
+            .announcer
+            .send(Announcement::User(user.to_string(), frame.to_string()));
+    }
+
     async fn drain(&self) {
         let (done, written) = tokio::sync::oneshot::channel();
         if self.announcer.send(Announcement::Flush(done)).is_ok() {
@@ -420,6 +449,12 @@ async fn run_announcer(
         for item in batch.drain(..) {
             match item {
                 Announcement::Flush(done) => flushed.push(done),
+                Announcement::User(user, frame) => {
+                    pipe.cmd("PUBLISH")
+                        .arg(keys.users())
+                        .arg(user_payload(&instance, &user, &frame))
+                        .ignore();
+                }
                 Announcement::Event(room, event) => {
                     let (tag, user, entry) = match &event {
                         Announce::Joined(u) => ("P+", u, Some(true)),

@@ -113,6 +113,14 @@ impl Keys {
     pub fn channel_prefix(&self) -> String {
         format!("{}:room:", self.ns)
     }
+    /// A private or direct room's kind, for rooms opening while the store is down.
+    pub fn kind(&self, room: &str) -> String {
+        format!("{}:kind:{room}", self.ns)
+    }
+    /// The channel of frames for users (read markers, rooms added or removed).
+    pub fn users(&self) -> String {
+        format!("{}:users", self.ns)
+    }
     pub fn presence(&self, room: &str) -> String {
         format!("{}:presence:{room}", self.ns)
     }
@@ -207,6 +215,18 @@ pub(super) fn parse_presence_member(member: &str) -> Option<(Arc<str>, Arc<UserI
 /// are published by [`ACCEPT_SCRIPT`].)
 pub(super) fn event_payload(tag: &str, member: &str) -> String {
     format!("{tag} {member}")
+}
+
+/// A frame for a user on the users channel: `{instance}\n{user}\n{frame}`.
+pub(super) fn user_payload(instance: &str, user: &str, frame: &str) -> String {
+    format!("{instance}\n{}\n{frame}", user.replace('\n', " "))
+}
+
+/// The publishing instance, the user and the frame of a users payload.
+pub(super) fn split_user_payload(payload: &str) -> Option<(&str, &str, &str)> {
+    let (instance, rest) = payload.split_once('\n')?;
+    let (user, frame) = rest.split_once('\n')?;
+    Some((instance, user, frame))
 }
 
 /// A channel payload's tag, publishing instance, and the rest.

@@ -105,6 +105,7 @@ pub fn guest_identity(name: String) -> Identity {
         rooms: crate::auth::RoomAccess::all(),
         expires_at: None,
         moderator: false,
+        server_admin: false,
     }
 }
 
@@ -125,25 +126,30 @@ impl FromRequest for RoomPath {
 }
 
 /// The `{room}` of a REST read that this request may read: a valid name, a
-/// [`Reader`], and a token (if any) whose `rooms` claim grants it.
-pub struct ReadableRoom(pub String);
+/// [`Reader`], and a token (if any) whose `rooms` claim grants it. Whether
+/// the room's kind lets the reader in is the store's to say (handlers ask
+/// `access::check_reader` with the identity this carries).
+pub struct ReadableRoom(pub String, pub Option<Identity>);
 
 impl FromRequest for ReadableRoom {
     type Error = Rejection;
     type Future = Ready<Result<Self, Rejection>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        ready(readable_room(req, payload).map(ReadableRoom))
+        ready(readable_room(req, payload).map(|(room, identity)| ReadableRoom(room, identity)))
     }
 }
 
-fn readable_room(req: &HttpRequest, payload: &mut Payload) -> Result<String, Rejection> {
+fn readable_room(
+    req: &HttpRequest,
+    payload: &mut Payload,
+) -> Result<(String, Option<Identity>), Rejection> {
     let RoomPath(room) = RoomPath::from_request(req, payload).into_inner()?;
     let Reader(identity) = Reader::from_request(req, payload).into_inner()?;
-    if let Some(identity) = identity {
+    if let Some(identity) = &identity {
         identity.rooms.check(&room)?;
     }
-    Ok(room)
+    Ok((room, identity))
 }
 
 /// A WebSocket upgrade from an acceptable origin. Browsers send `Origin`: it

@@ -49,6 +49,11 @@ pub enum ClientFrame {
     Typing {
         room: String,
     },
+    /// The user has read `room` up to `seq`.
+    Read {
+        room: String,
+        seq: u64,
+    },
     History {
         room: String,
         before: Option<u64>,
@@ -102,6 +107,11 @@ fn parse_object(obj: &Map<String, Value>) -> Result<ClientFrame, Rejection> {
         "typing" => Ok(ClientFrame::Typing {
             room: room_field(obj)?,
         }),
+        "read" => {
+            let room = room_field(obj)?;
+            let seq = opt_uint(obj, "seq")?.ok_or_else(|| frame_error("missing \"seq\""))?;
+            Ok(ClientFrame::Read { room, seq })
+        }
         "send" => {
             let room = room_field(obj)?;
             let client_ref = ref_field(obj)?;

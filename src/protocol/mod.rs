@@ -49,6 +49,10 @@ pub enum ErrorCode {
     HeadersTooLarge,
     /// An HTTP request the parser could not read.
     BadRequest,
+    /// A post while muted in the room.
+    Muted,
+    /// Creating a room whose name is taken.
+    RoomExists,
 }
 
 impl ErrorCode {
@@ -80,6 +84,8 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::HeadersTooLarge => "headers_too_large",
             ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Muted => "muted",
+            ErrorCode::RoomExists => "room_exists",
         }
     }
 
@@ -87,7 +93,8 @@ impl ErrorCode {
     pub fn http_status(self) -> u16 {
         match self {
             ErrorCode::Unauthorized => 401,
-            ErrorCode::Forbidden | ErrorCode::ForbiddenRoom => 403,
+            ErrorCode::Forbidden | ErrorCode::ForbiddenRoom | ErrorCode::Muted => 403,
+            ErrorCode::RoomExists => 409,
             ErrorCode::NotFound => 404,
             ErrorCode::RequestTimeout => 408,
             ErrorCode::PayloadTooLarge => 413,

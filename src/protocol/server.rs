@@ -61,6 +61,29 @@ impl ChatMessage {
     pub fn export_json(&self) -> String {
         let mut out = String::with_capacity(160 + self.content.len());
         out.push('{');
+        if self.kind.is_membership() {
+            // Its details as stored, so an import brings back the same event.
+            let _ = write!(
+                out,
+                "\"kind\":\"{}\",\"room\":{},\"seq\":{},\"id\":{},",
+                self.kind.as_str(),
+                json_str(&self.room),
+                self.seq,
+                json_str(&self.id)
+            );
+            if let Some(target) = &self.target {
+                let _ = write!(out, "\"target\":{},", json_str(target));
+            }
+            let _ = write!(
+                out,
+                "\"user\":{},\"user_id\":{},\"content\":{},\"timestamp\":\"{}\"}}",
+                json_str(&self.user_name),
+                json_str(&self.user_id),
+                json_str(&self.content),
+                self.timestamp()
+            );
+            return out;
+        }
         if !self.is_message() {
             let _ = write!(out, "\"kind\":\"{}\",", self.kind.as_str());
         }
@@ -78,6 +101,11 @@ impl ChatMessage {
             Kind::Edit => "{\"type\":\"edited\",",
             Kind::Delete => "{\"type\":\"deleted\",",
             Kind::React | Kind::Unreact => "{\"type\":\"reaction\",",
+            Kind::RoomCreated => "{\"type\":\"room_created\",",
+            Kind::MemberAdded => "{\"type\":\"member_added\",",
+            Kind::MemberRemoved => "{\"type\":\"member_removed\",",
+            Kind::MemberMuted => "{\"type\":\"member_muted\",",
+            Kind::MemberUnbanned => "{\"type\":\"member_unbanned\",",
         });
         self.write_fields(&mut out);
         self.write_state(&mut out);
@@ -95,7 +123,7 @@ impl ChatMessage {
             self.seq,
             json_str(&self.id),
         );
-        if let Some(target) = self.target.as_deref().filter(|_| !self.is_message()) {
+        if let Some(target) = self.target.as_deref().filter(|_| self.kind.is_change()) {
             let _ = write!(out, "\"target\":{},", json_str(target));
         }
         let _ = write!(
@@ -117,8 +145,57 @@ impl ChatMessage {
                 );
             }
             Kind::Delete => {}
+            _ => self.write_membership(out),
         }
         let _ = write!(out, "\"timestamp\":\"{}\"", self.timestamp());
+    }
+
+    /// A membership event's own fields (docs/protocol.md, section 7b).
+    fn write_membership(&self, out: &mut String) {
+        let body = crate::access::EventBody::of(self);
+        if self.kind == Kind::RoomCreated {
+            let kind = body.kind.as_deref().unwrap_or("public");
+            let _ = write!(out, "\"kind\":{},\"members\":[", json_str(kind));
+            for (i, m) in body.members.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                let _ = write!(
+                    out,
+                    "{{\"id\":{},\"name\":{},\"role\":{}}}",
+                    json_str(&m.id),
+                    json_str(&m.name),
+                    json_str(&m.role)
+                );
+            }
+            out.push_str("],");
+            return;
+        }
+        let subject = self.target.as_deref().unwrap_or_default();
+        let name = body.name.as_deref().unwrap_or(subject);
+        let _ = write!(
+            out,
+            "\"member\":{{\"id\":{},\"name\":{}}},",
+            json_str(subject),
+            json_str(name)
+        );
+        match self.kind {
+            Kind::MemberAdded => {
+                let role = body.role.as_deref().unwrap_or("member");
+                let _ = write!(out, "\"role\":{},", json_str(role));
+            }
+            Kind::MemberRemoved => {
+                let reason = body.reason.as_deref().unwrap_or("removed");
+                let _ = write!(out, "\"reason\":{},", json_str(reason));
+            }
+            Kind::MemberMuted => match body.until_ms.filter(|&ms| ms > 0) {
+                Some(ms) => {
+                    let _ = write!(out, "\"until\":\"{}\",", format_timestamp(ms));
+                }
+                None => out.push_str("\"until\":null,"),
+            },
+            _ => {}
+        }
     }
 
     /// A message's state beyond its event: only what applies.
@@ -207,11 +284,21 @@ pub fn welcome_json(session: &str, user: &UserInfo) -> String {
     to_json(&serde_json::json!({"type":"welcome","v":1,"session":session,"user":user}))
 }
 
+/// A user's reading of a room: their read marker, and what is unread after
+/// it (docs/protocol.md, section 7b).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ReadState {
+    pub read_seq: u64,
+    pub unread: u64,
+    pub mentions: u64,
+}
+
 pub fn joined_json(
     room: &str,
     last_seq: u64,
     recovered: Option<bool>,
     members: &[&UserInfo],
+    reading: Option<ReadState>,
 ) -> String {
     #[derive(Serialize)]
     struct Joined<'a> {
@@ -221,6 +308,8 @@ pub fn joined_json(
         #[serde(skip_serializing_if = "Option::is_none")]
         recovered: Option<bool>,
         members: &'a [&'a UserInfo],
+        #[serde(flatten, skip_serializing_if = "Option::is_none")]
+        reading: Option<ReadState>,
     }
     to_json(&Joined {
         r#type: "joined",
@@ -228,6 +317,7 @@ pub fn joined_json(
         last_seq,
         recovered,
         members,
+        reading,
     })
 }
 
@@ -241,6 +331,26 @@ pub fn typing_json(room: &str, user: &UserInfo) -> String {
 
 pub fn left_json(room: &str) -> String {
     to_json(&serde_json::json!({"type":"left","room":room}))
+}
+
+/// `left` for a connection the room took out (kicked, banned, removed).
+pub fn left_because_json(room: &str, reason: &str) -> String {
+    to_json(&serde_json::json!({"type":"left","room":room,"reason":reason}))
+}
+
+/// A user's read marker moved (sent to their other connections).
+pub fn read_json(room: &str, seq: u64) -> String {
+    to_json(&serde_json::json!({"type":"read","room":room,"seq":seq}))
+}
+
+/// The user was added to a room (invited, or a direct room with them opened).
+pub fn room_added_json(room: &str, kind: &str, by: &UserInfo) -> String {
+    to_json(&serde_json::json!({"type":"room_added","room":room,"kind":kind,"by":by}))
+}
+
+/// The user is no longer a member of a private or direct room.
+pub fn room_removed_json(room: &str, reason: &str) -> String {
+    to_json(&serde_json::json!({"type":"room_removed","room":room,"reason":reason}))
 }
 
 pub const PONG_JSON: &str = r#"{"type":"pong"}"#;

@@ -20,11 +20,14 @@ pub(super) struct Sender {
     /// The spam window's fingerprint of the content, to forget a refused
     /// send (`None`: a change without text, not judged as spam).
     pub(super) spam_print: Option<u64>,
-    pub(super) to: Outlet,
+    /// The member's session (`None` for a REST action, answered by `reply`).
+    pub(super) to: Option<Outlet>,
     pub(super) format: FrameFormat,
     pub(super) client_ref: Option<String>,
     /// When the send reached the room, for `confab_accept_seconds`.
     pub(super) arrived: Instant,
+    /// A REST action's answer (its event, or why not).
+    pub(super) reply: Option<tokio::sync::oneshot::Sender<crate::message::ActResult>>,
 }
 
 /// A send waiting for the batch in flight to finish.
@@ -105,10 +108,11 @@ mod tests {
                     user_id: user.id.clone(),
                     moderator: false,
                     spam_print: None,
-                    to: to.clone(),
+                    to: Some(to.clone()),
                     format: FrameFormat::V1,
                     client_ref: Some(format!("r{i}")),
                     arrived: Instant::now(),
+                    reply: None,
                 };
                 batching.push(sender, draft);
                 id

@@ -171,6 +171,15 @@ impl Delivery {
             .map_or(self.delivered + 1, |d| d.msg.seq)
     }
 
+    /// The delivered entries with seq above `seq` (those the recent buffer holds).
+    pub(super) fn delivered_after(&self, seq: u64) -> Vec<Arc<ChatMessage>> {
+        self.recent
+            .iter()
+            .filter(|d| d.msg.seq > seq)
+            .map(|d| d.msg.clone())
+            .collect()
+    }
+
     /// Whether message `id` is among the recent or waiting entries, so its
     /// state is known without reading the store.
     pub(super) fn knows(&self, id: &str) -> bool {

@@ -9,11 +9,12 @@ use super::batch::Sender;
 use super::delivery::{Delivered, Next};
 use super::replay::{self, Hold};
 use super::{FlushPresenceSoon, Outbox, Phase, RoomActor, GAP_WAIT, RESYNC_AFTER_FAILURE};
+use crate::access::{Effect, Reason};
 use crate::broker::{Accepted, Draft, RemotePresence};
 use crate::changes::{self, TargetState, Verdict};
 use crate::chat::ChatMessage;
 use crate::message::{FrameFormat, Join, ToSession};
-use crate::protocol::{self, ErrorCode, Rejection, UserInfo};
+use crate::protocol::{self, ErrorCode, ReadState, Rejection, UserInfo};
 use crate::FastMap;
 use actix::prelude::*;
 use bytestring::ByteString;
@@ -286,7 +287,20 @@ impl RoomActor {
         results: Vec<Accepted>,
     ) {
         let mut outbox = Outbox::default();
-        for (sender, accepted) in senders.into_iter().zip(results) {
+        for (mut sender, accepted) in senders.into_iter().zip(results) {
+            if let Some(reply) = sender.reply.take() {
+                let answer = match accepted {
+                    Accepted::New(msg) => {
+                        self.delivery.offer(msg.clone());
+                        Ok(Some(msg))
+                    }
+                    Accepted::Duplicate(original) => Ok(Some(original)),
+                    Accepted::Unchanged(_) => Ok(None),
+                    Accepted::Rejected(rejection) => Err(rejection),
+                };
+                let _ = reply.send(answer);
+                continue;
+            }
             match accepted {
                 Accepted::New(msg) => {
                     crate::metrics::get().messages_accepted.increment(1);
@@ -321,8 +335,11 @@ impl RoomActor {
         sender: Sender,
         rejection: Rejection,
     ) {
+        let Some(to) = sender.to.clone() else {
+            return;
+        };
         let Some(client_ref) = sender.client_ref.clone() else {
-            return self.refuse(&sender.to, rejection);
+            return self.refuse(&to, rejection);
         };
         let rejection = rejection.with_ref(Some(&client_ref));
         if let Some(original) = self.deps.refs.answered(&sender.user_id, &client_ref) {
@@ -331,7 +348,7 @@ impl RoomActor {
         // Only another instance can know more than this one's window; the
         // answer then comes after a Redis round trip.
         if rejection.code == ErrorCode::Unavailable || !self.deps.broker.shared() {
-            return self.refuse(&sender.to, rejection);
+            return self.refuse(&to, rejection);
         }
         let refs = self.deps.refs.clone();
         let user_id = sender.user_id.clone();
@@ -340,7 +357,7 @@ impl RoomActor {
                 .into_actor(self)
                 .map(move |known, act, _| match known {
                     Some(original) => act.ack_alone(&sender, &original),
-                    None => act.refuse(&sender.to, rejection),
+                    None => act.refuse(&to, rejection),
                 }),
         );
     }
@@ -373,9 +390,9 @@ impl RoomActor {
         });
         if self.membership.contains(&sender.session) {
             outbox.entry(sender.session).or_default().push(ack);
-        } else {
+        } else if let Some(to) = &sender.to {
             // It left the room meanwhile; the answer to its send still belongs to it.
-            let _ = sender.to.try_send(ToSession::Frame(ack));
+            let _ = to.try_send(ToSession::Frame(ack));
         }
     }
 
@@ -390,6 +407,9 @@ impl RoomActor {
         }
         for id in gone {
             self.remove_member(id, false);
+        }
+        if !self.evicting.is_empty() {
+            self.evict();
         }
     }
 
@@ -421,9 +441,17 @@ impl RoomActor {
     /// Hands a delivered message to every member (or its replay buffer).
     fn fan_out(&mut self, delivered: Arc<Delivered>, outbox: &mut Outbox) {
         self.deps.refs.remember(&delivered.msg);
+        let effect = if delivered.msg.kind.is_membership() {
+            self.access.apply(&delivered.msg)
+        } else {
+            None
+        };
         let replay_cap = self.deps.config.limits.session_queue;
         let mut overflowed = Vec::new();
         for (id, m) in self.membership.iter() {
+            if self.evicting.iter().any(|(session, _)| session == id) {
+                continue; // out of the room: nothing after its removal reaches it
+            }
             let Some(frame) = delivered.frame(m.format) else {
                 continue; // a change, which seed clients don't see
             };
@@ -443,6 +471,43 @@ impl RoomActor {
         for id in overflowed {
             outbox.remove(&id);
             self.remove_member(id, false);
+        }
+        if let Some(effect) = effect {
+            self.note_evictions(effect);
+        }
+    }
+
+    /// The connections a membership event takes out of the room: they got
+    /// the event, and leave once this delivery is sent (`send_outbox`).
+    fn note_evictions(&mut self, effect: Effect) {
+        let leaving: Vec<(Uuid, Reason)> = self
+            .membership
+            .iter()
+            .filter_map(|(id, m)| match &effect {
+                Effect::Evict(user, reason) => (m.user.id == *user).then_some((*id, *reason)),
+                Effect::EvictOutsiders => self
+                    .access
+                    .may_read(&self.name, &m.user.id)
+                    .is_err()
+                    .then_some((*id, Reason::Removed)),
+            })
+            .collect();
+        self.evicting.extend(leaving);
+    }
+
+    /// Takes out the connections a delivered membership event removed: each
+    /// gets `left` with the reason, and forgets the room.
+    fn evict(&mut self) {
+        for (session, reason) in std::mem::take(&mut self.evicting) {
+            if let Some(m) = self.membership.get(&session) {
+                let to = m.to.clone();
+                if m.format == FrameFormat::V1 {
+                    let left = protocol::left_because_json(&self.name, reason.as_str());
+                    let _ = to.try_send(ToSession::Frame(left.into()));
+                }
+                to.do_send(ToSession::Detached(self.name.clone()));
+            }
+            self.remove_member(session, false);
         }
     }
 
@@ -520,11 +585,12 @@ impl RoomActor {
         session: Uuid,
         after: u64,
         upto: u64,
-        joined_last: Option<u64>,
+        joined: Option<(u64, Option<ReadState>)>,
     ) {
         if !self.membership.contains(&session) {
             return; // its answer would find no one
         }
+        let joined_last = joined.map(|(last, _)| last);
         let token = self.replays.begin(session, joined_last);
         let (broker, store, room) = (
             self.deps.broker.clone(),
@@ -546,13 +612,14 @@ impl RoomActor {
                     match result {
                         Ok(messages) => {
                             let complete = replay::complete(&messages, after, upto);
-                            let joined = joined_last.map(|last| {
+                            let joined = joined.map(|(last, reading)| {
                                 let users = act.membership.visible_users();
                                 ByteString::from(protocol::joined_json(
                                     &act.name,
                                     last,
                                     Some(complete),
                                     &users,
+                                    reading,
                                 ))
                             });
                             let frames = replay::fetched_frames(
@@ -609,6 +676,37 @@ impl RoomActor {
                 return;
             }
         }
+    }
+
+    // -------------------------------------------------------------- access
+
+    /// A room opened while the store was down reads its members again until
+    /// it can; then whoever may no longer be here leaves.
+    pub(super) fn retry_access(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_later(super::ACCESS_RETRY, |act, ctx| {
+            let (store, broker, room) = (
+                act.deps.store.clone(),
+                act.deps.broker.clone(),
+                act.name.clone(),
+            );
+            let (head, window) = (act.delivery.delivered(), act.deps.config.rooms.recovery_max);
+            ctx.spawn(
+                async move { load_access(&store, &broker, &room, head, window).await }
+                    .into_actor(act)
+                    .map(move |loaded, act, ctx| match loaded {
+                        Ok(mut access) if !access.partial => {
+                            // What was delivered meanwhile counts too.
+                            for entry in act.delivery.delivered_after(head) {
+                                access.apply(&entry);
+                            }
+                            act.access = access;
+                            act.note_evictions(Effect::EvictOutsiders);
+                            act.evict();
+                        }
+                        _ => act.retry_access(ctx),
+                    }),
+            );
+        });
     }
 
     // ------------------------------------------------------------ presence
@@ -703,4 +801,47 @@ async fn look_up_targets(
             changes::resolve(recent.iter(), id, base)
         })
         .collect())
+}
+
+/// The room's kind and the standing of its users, for its actor's start
+/// (and a retry while it is partial). In cluster mode the store trails the
+/// relay: membership events the room's Redis stream holds up to `head` are
+/// applied on top (in seq order, so the newest wins), unless the room is a
+/// plain public one the store knows no user of. With the store down (cluster
+/// mode), the room opens on what Redis knows: its kind, and the recent events
+/// ([`crate::access::Access::partial`]).
+pub(super) async fn load_access(
+    store: &crate::store::SharedStore,
+    broker: &crate::broker::SharedBroker,
+    room: &str,
+    head: u64,
+    window: u64,
+) -> Result<crate::access::Access, crate::broker::BrokerError> {
+    use crate::access::{Access, RoomKind};
+    let mut access = match crate::store::rooms::room_access(store.as_ref(), room).await {
+        Ok(access) => access,
+        Err(error) if broker.shared() => {
+            tracing::warn!(room, %error, "the store is down: the room opens on what Redis knows");
+            let kind = broker.room_kind(room).await?;
+            Access {
+                kind: kind
+                    .as_deref()
+                    .and_then(RoomKind::parse)
+                    .unwrap_or_default(),
+                partial: true,
+                ..Access::default()
+            }
+        }
+        Err(error) => return Err(crate::broker::BrokerError::failed(error)),
+    };
+    let guarded = access.partial || access.kind.members_only() || !access.users.is_empty();
+    if broker.shared() && guarded {
+        let recent = broker
+            .recent(room, head.saturating_sub(window), head)
+            .await?;
+        for entry in recent.iter().filter(|m| m.kind.is_membership()) {
+            access.apply(entry);
+        }
+    }
+    Ok(access)
 }

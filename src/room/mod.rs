@@ -21,11 +21,13 @@ mod flow;
 mod members;
 mod replay;
 
+use crate::access::{Access, EventBody, Reason};
 use crate::broker::{Announce, Inbound};
 use crate::chat::Kind;
 use crate::limits::SpamWindow;
 use crate::message::{
-    FrameFormat, Join, Leave, Occupancy, Outlet, Post, RoomIdle, Settle, ToSession, Typing,
+    Act, FrameFormat, Join, Leave, MarkRead, Occupancy, Outlet, Post, RoomIdle, Settle, ToSession,
+    Typing,
 };
 use crate::protocol::{self, ErrorCode, Rejection};
 use crate::{AppDeps, FastMap};
@@ -47,6 +49,8 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 /// How often presence is refreshed with other instances (their entries expire
 /// when not refreshed, so a crashed instance's users disappear).
 const PRESENCE_REFRESH: Duration = Duration::from_secs(5);
+/// How often a room opened while the store was down reads its members again.
+const ACCESS_RETRY: Duration = Duration::from_secs(5);
 /// A seq missing from the relay usually arrives within this; then it is fetched.
 const GAP_WAIT: Duration = Duration::from_millis(150);
 /// After the broker failed a batch, look for messages it may have accepted anyway.
@@ -97,6 +101,15 @@ pub struct RoomActor {
     spam: SpamWindow,
     /// The room's own address, to schedule presence frames from anywhere.
     me: Option<Addr<RoomActor>>,
+    /// The room's kind, members, bans and mutes: loaded at start, then
+    /// brought forward by each membership event delivered.
+    access: Access,
+    /// Connections a delivered membership event takes out of the room, once
+    /// the delivery is sent.
+    evicting: Vec<(Uuid, Reason)>,
+    /// The newest read marker of each user here (to pass on only markers
+    /// that move forward).
+    read_marks: FastMap<String, u64>,
 }
 
 /// Asks the room to send its presence changes after [`PRESENCE_WINDOW`].
@@ -135,6 +148,9 @@ impl RoomActor {
             joins_seen: 0,
             idle_timer: None,
             me: None,
+            access: Access::default(),
+            evicting: Vec::new(),
+            read_marks: FastMap::default(),
             spam: SpamWindow::new(
                 deps.config.moderation.spam_repeats,
                 deps.config.moderation.spam_window_secs,
@@ -192,6 +208,7 @@ impl RoomActor {
                 .try_send(ToSession::Frame(protocol::left_json(&self.name).into()));
         }
         if let Some(user) = departure.last_here {
+            self.read_marks.remove(&user.id);
             self.deps
                 .broker
                 .announce(&self.name, Announce::Left(user.clone()));
@@ -253,20 +270,28 @@ impl Actor for RoomActor {
         });
         ctx.run_interval(PRESENCE_REFRESH, |act, ctx| act.refresh_presence(ctx));
         let (broker, room, id) = (self.deps.broker.clone(), self.name.clone(), self.id);
+        let (store, window) = (self.deps.store.clone(), self.deps.config.rooms.recovery_max);
         let inbound = ctx.address().recipient();
-        // Nothing else is handled until the room knows its seq: relay first, so
-        // nothing published after the head was read can be missed.
+        // Nothing else is handled until the room knows its seq and who may
+        // be in it: relay first, so nothing published after the head was
+        // read can be missed.
         ctx.wait(
             async move {
                 broker.attach(&room, id, inbound).await?;
                 let head = broker.head(&room, 0).await?;
+                let access = flow::load_access(&store, &broker, &room, head, window).await?;
                 let remote = broker.refresh_presence(&room, Vec::new()).await?;
-                Ok::<_, crate::broker::BrokerError>((head, remote))
+                Ok::<_, crate::broker::BrokerError>((head, access, remote))
             }
             .into_actor(self)
             .map(|result, act, ctx| match result {
-                Ok((head, remote)) => {
+                Ok((head, access, remote)) => {
                     act.delivery.start_at(head);
+                    let partial = access.partial;
+                    act.access = access;
+                    if partial {
+                        act.retry_access(ctx);
+                    }
                     act.phase = Phase::Ready;
                     if let Some(remote) = remote {
                         act.reconcile_remote(remote);
@@ -305,6 +330,17 @@ impl Handler<Join> for RoomActor {
         }
         self.cancel_idle(ctx);
         let session = join.session;
+        if let Err(rejection) = self.access.may_read(&self.name, &join.user.id) {
+            self.reject(&join.to, rejection);
+            join.to.do_send(ToSession::Detached(self.name.clone()));
+            self.remove_member(session, false);
+            self.maybe_idle(ctx);
+            return;
+        }
+        if let Some(reading) = join.reading {
+            let mark = self.read_marks.entry(join.user.id.clone()).or_insert(0);
+            *mark = (*mark).max(reading.read_seq);
+        }
         let join = match self.replays.wait_behind(join) {
             WaitBehind::Free(join) => join,
             WaitBehind::Queued => return,
@@ -363,7 +399,8 @@ impl Handler<Join> for RoomActor {
             && matches!(replay, Some((_, _, None)));
         if join.format == FrameFormat::V1 && !defer_joined {
             let users = self.membership.visible_users();
-            let frame = protocol::joined_json(&self.name, last, plan.recovered, &users);
+            let frame =
+                protocol::joined_json(&self.name, last, plan.recovered, &users, join.reading);
             if !self.push(&join.to, vec![frame.into()]) {
                 self.remove_member(session, false);
                 return;
@@ -378,9 +415,13 @@ impl Handler<Join> for RoomActor {
                     self.remove_member(session, false);
                 }
             }
-            None => {
-                self.start_fetch_replay(ctx, session, after, upto, defer_joined.then_some(last))
-            }
+            None => self.start_fetch_replay(
+                ctx,
+                session,
+                after,
+                upto,
+                defer_joined.then_some((last, join.reading)),
+            ),
         }
     }
 }
@@ -419,6 +460,12 @@ impl Handler<Post> for RoomActor {
             return;
         }
         let draft = post.draft;
+        if draft.kind != Kind::Delete {
+            if let Err(rejection) = self.access.may_post(&member.user.id, protocol::now_ms()) {
+                self.refuse(&member.to, rejection.with_ref(draft.client_ref.as_deref()));
+                return;
+            }
+        }
         // Spam is judged on what repeats: a message's or an edit's text, or
         // one reaction on one message toggled over and over; a delete is not.
         let spam_key = match (draft.kind, draft.target.as_deref()) {
@@ -447,13 +494,104 @@ impl Handler<Post> for RoomActor {
             user_id: member.user.id.clone(),
             moderator: member.moderator,
             spam_print,
-            to: member.to.clone(),
+            to: Some(member.to.clone()),
             format: member.format,
             client_ref: draft.client_ref.clone(),
             arrived: Instant::now(),
+            reply: None,
         };
         self.batching.push(sender, draft);
         self.start_batch(ctx);
+    }
+}
+
+impl Handler<Act> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, act: Act, ctx: &mut Self::Context) {
+        if act.leased {
+            self.joins_seen += 1;
+        }
+        if self.phase != Phase::Ready {
+            let rejection =
+                Rejection::new(ErrorCode::Unavailable, "the room is unavailable right now");
+            let _ = act.reply.send(Err(rejection));
+            self.maybe_idle(ctx);
+            return;
+        }
+        self.cancel_idle(ctx);
+        let mut draft = act.draft;
+        if let Some((actor, action)) = &act.check {
+            let subject = draft.target.clone().unwrap_or_default();
+            match self.access.check(&self.name, actor, &subject, action) {
+                Ok(true) => {}
+                answer => {
+                    let _ = act.reply.send(answer.map(|_| None));
+                    self.maybe_idle(ctx);
+                    return;
+                }
+            }
+            // What only the room knows: its kind (a kick from a public room
+            // leaves the standing) and the subject's name, when not given.
+            let mut body = EventBody::parse(&draft.content);
+            body.connections_only =
+                *action == crate::access::Action::Kick && !self.access.kind.members_only();
+            if body
+                .name
+                .as_deref()
+                .is_none_or(|n| n.is_empty() || n == subject)
+            {
+                let known = self
+                    .access
+                    .standing(&subject)
+                    .map(|s| s.name.clone())
+                    .filter(|n| !n.is_empty())
+                    .or_else(|| {
+                        self.membership
+                            .iter()
+                            .find(|(_, m)| m.user.id == subject)
+                            .map(|(_, m)| m.user.name.clone())
+                    });
+                if let Some(name) = known {
+                    body.name = Some(name);
+                }
+            }
+            draft.content = body.to_content();
+        }
+        let sender = Sender {
+            session: Uuid::nil(),
+            user_id: draft.user.id.clone(),
+            moderator: false,
+            spam_print: None,
+            to: None,
+            format: FrameFormat::V1,
+            client_ref: None,
+            arrived: Instant::now(),
+            reply: Some(act.reply),
+        };
+        self.batching.push(sender, draft);
+        self.start_batch(ctx);
+    }
+}
+
+impl Handler<MarkRead> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, mark: MarkRead, _: &mut Self::Context) {
+        let Some(member) = self.membership.get(&mark.session) else {
+            return;
+        };
+        // A marker past the newest seq counts as the newest.
+        let seq = mark.seq.min(self.delivery.delivered());
+        let user = member.user.id.clone();
+        let known = self.read_marks.entry(user.clone()).or_insert(0);
+        if seq <= *known {
+            return;
+        }
+        *known = seq;
+        self.deps.markers.note(&user, &self.name, seq);
+        let frame = protocol::read_json(&self.name, seq);
+        self.deps.tell_user(&user, &frame, Some(mark.session));
     }
 }
 

@@ -371,6 +371,7 @@ mod tests {
             history,
             since: None,
             leased: false,
+            reading: None,
         }
     }
 

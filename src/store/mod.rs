@@ -2,6 +2,7 @@
 //! cluster mode Postgres; actors only see [`Store`].
 
 pub mod postgres;
+pub mod rooms;
 mod schema;
 pub mod sqlite;
 
@@ -166,9 +167,37 @@ pub trait Store: Send + Sync + 'static {
     fn concurrent_writes(&self) -> usize {
         2
     }
+    /// Runs a query written for both backends (`$n` parameters, columns
+    /// named as [`Row`]'s fields): the rooms, members and read markers of
+    /// `store::rooms` are one set of SQL for both.
+    async fn raw_query(
+        &self,
+        sql: &'static str,
+        params: Vec<Param>,
+    ) -> Result<Vec<Row>, StoreError>;
+    /// Runs statements in one transaction; how many rows each changed.
+    async fn raw_exec(&self, steps: Vec<Apply>) -> Result<Vec<usize>, StoreError>;
 }
 
 pub type SharedStore = Arc<dyn Store>;
+
+/// A row of a [`Store::raw_query`]: up to three texts and three integers,
+/// each possibly NULL (queries select `NULL` for the ones they don't use).
+#[derive(Debug, Clone, Default, diesel::QueryableByName)]
+pub struct Row {
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    pub t1: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    pub t2: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    pub t3: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    pub n1: Option<i64>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    pub n2: Option<i64>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    pub n3: Option<i64>,
+}
 
 /// How long a failed message write keeps `/readyz` at 503 (a probe row can
 /// still commit while message pages can't, e.g. a corrupted page). Bounded,
@@ -444,12 +473,12 @@ const REACTION_USERS: &str = "SELECT message_seq, emoji, user_id FROM \
      WHERE rn <= 5 ORDER BY message_seq, emoji, rn";
 
 /// SQLite spells numbered parameters `?n`.
-fn sqlite_params(sql: &str) -> String {
+pub(crate) fn sqlite_params(sql: &str) -> String {
     sql.replace('$', "?")
 }
 
 /// `sql` with `params` bound in order.
-fn bound<DB>(
+pub(crate) fn bound<DB>(
     sql: String,
     params: Vec<Param>,
 ) -> diesel::query_builder::BoxedSqlQuery<'static, DB, diesel::query_builder::SqlQuery>
@@ -459,35 +488,46 @@ where
         + diesel::sql_types::HasSqlType<diesel::sql_types::BigInt>,
     String: diesel::serialize::ToSql<diesel::sql_types::Text, DB>,
     i64: diesel::serialize::ToSql<diesel::sql_types::BigInt, DB>,
+    Option<String>:
+        diesel::serialize::ToSql<diesel::sql_types::Nullable<diesel::sql_types::Text>, DB>,
+    DB: diesel::sql_types::HasSqlType<diesel::sql_types::Nullable<diesel::sql_types::Text>>,
 {
     let mut query = diesel::sql_query(sql).into_boxed::<DB>();
     for param in params {
         query = match param {
             Param::Text(t) => query.bind::<diesel::sql_types::Text, _>(t),
             Param::Int(i) => query.bind::<diesel::sql_types::BigInt, _>(i),
+            Param::OptText(t) => {
+                query.bind::<diesel::sql_types::Nullable<diesel::sql_types::Text>, _>(t)
+            }
         };
     }
     query
 }
 
-/// One statement of applying a change, with its parameters in order.
-struct Apply(&'static str, Vec<Param>);
+/// One statement (of applying a change, or of `store::rooms`), with its
+/// parameters in order.
+pub struct Apply(pub &'static str, pub Vec<Param>);
 
-enum Param {
+/// A parameter of a statement both backends run.
+pub enum Param {
     Text(String),
     Int(i64),
+    OptText(Option<String>),
 }
 
 /// What storing `entry` (a change) does to its message.
 fn apply_change(entry: &ChatMessage) -> Vec<Apply> {
     use Param::{Int, Text};
+    if entry.kind.is_membership() {
+        return rooms::apply_membership(entry);
+    }
     let Some(target) = entry.target.clone() else {
         return Vec::new();
     };
     let room = || Text(entry.room.clone());
     let seq = || Int(entry.seq as i64);
     match entry.kind {
-        Kind::Message => Vec::new(),
         Kind::Edit => vec![
             Apply(
                 EDIT_APPLY,
@@ -527,6 +567,7 @@ fn apply_change(entry: &ChatMessage) -> Vec<Apply> {
                 ],
             ),
         ],
+        _ => Vec::new(),
     }
 }
 

@@ -564,6 +564,34 @@ impl Store for PgStore {
             .collect())
     }
 
+    async fn raw_query(
+        &self,
+        sql: &'static str,
+        params: Vec<super::Param>,
+    ) -> Result<Vec<super::Row>, StoreError> {
+        let mut conn = self.conn().await?;
+        Ok(bound::<diesel::pg::Pg>(sql.to_string(), params)
+            .load(&mut conn)
+            .await?)
+    }
+
+    async fn raw_exec(&self, steps: Vec<Apply>) -> Result<Vec<usize>, StoreError> {
+        let mut conn = self.conn().await?;
+        Ok(conn
+            .transaction::<_, diesel::result::Error, _>(async |c| {
+                let mut changed = Vec::with_capacity(steps.len());
+                for Apply(sql, params) in steps {
+                    changed.push(
+                        bound::<diesel::pg::Pg>(sql.to_string(), params)
+                            .execute(c)
+                            .await?,
+                    );
+                }
+                Ok(changed)
+            })
+            .await?)
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
         SimpleAsyncConnection::batch_execute(&mut *conn, &super::probe_sql()).await?;

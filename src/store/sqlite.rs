@@ -463,6 +463,29 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn raw_query(
+        &self,
+        sql: &'static str,
+        params: Vec<super::Param>,
+    ) -> Result<Vec<super::Row>, StoreError> {
+        self.with_conn(move |c| bound::<diesel::sqlite::Sqlite>(sqlite_params(sql), params).load(c))
+            .await
+    }
+
+    async fn raw_exec(&self, steps: Vec<Apply>) -> Result<Vec<usize>, StoreError> {
+        Self::on(&self.writer, move |c| {
+            c.immediate_transaction(|c| {
+                steps
+                    .into_iter()
+                    .map(|Apply(sql, params)| {
+                        bound::<diesel::sqlite::Sqlite>(sqlite_params(sql), params).execute(c)
+                    })
+                    .collect()
+            })
+        })
+        .await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let probe = super::probe_sql();
         Self::on(&self.writer, move |c| c.batch_execute(&probe)).await?;

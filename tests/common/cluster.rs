@@ -245,3 +245,41 @@ pub fn redis_cli(args: &[&str]) -> String {
         .expect("redis-cli");
     String::from_utf8_lossy(&out.stdout).to_string()
 }
+
+/// Which store a single-instance test server runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A server on its own data dir, and on Postgres its own database (dropped
+/// after the server: fields drop in order).
+pub struct Node {
+    pub server: Server,
+    pub db: Option<TestDb>,
+}
+
+impl Node {
+    pub fn start(backend: Backend) -> Node {
+        Node::start_with(backend, |b| b)
+    }
+
+    /// Starts with more settings (`tune` gets the builder).
+    pub fn start_with(backend: Backend, tune: impl FnOnce(ServerBuilder) -> ServerBuilder) -> Node {
+        match backend {
+            Backend::Sqlite => Node {
+                server: tune(Server::builder()).start(),
+                db: None,
+            },
+            Backend::Postgres => {
+                let db = TestDb::create();
+                let builder = Server::builder().set("storage", "url", &toml_str(&db.url()));
+                Node {
+                    server: tune(builder).start(),
+                    db: Some(db),
+                }
+            }
+        }
+    }
+}

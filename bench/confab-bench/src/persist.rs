@@ -459,6 +459,18 @@ impl Store for Metered {
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }
+
+    async fn raw_query(
+        &self,
+        sql: &'static str,
+        params: Vec<confab::store::Param>,
+    ) -> Result<Vec<confab::store::Row>, StoreError> {
+        self.inner.raw_query(sql, params).await
+    }
+
+    async fn raw_exec(&self, steps: Vec<confab::store::Apply>) -> Result<Vec<usize>, StoreError> {
+        self.inner.raw_exec(steps).await
+    }
 }
 
 // ----------------------------------------------------------------- database

@@ -1,0 +1,3 @@
+DROP TABLE read_markers;
+DROP TABLE room_members;
+DROP TABLE room_settings;
