@@ -840,6 +840,9 @@ async function createRoomFromUi(page, name, { kind = "private", pick = [], ids =
   await page.waitForURL(new RegExp(`#/room/${escapeRe(name)}$`));
 }
 
+/** The error frames a page received (the protocol's refusals). */
+const errorFrames = (u) => u.receivedFrames.filter((f) => f.type === "error");
+
 /** The page's token (localStorage). */
 const tokenOf = (page) => page.evaluate(() => localStorage.getItem("confab.token"));
 
@@ -918,6 +921,9 @@ test("private room: created from the dialog with someone seen invited, who sees 
     await roomLink(bob.page, "#room-list", "team").locator(".lock").waitFor();
     dave.close();
     for (const u of [alice, bob, carol]) assert.deepEqual(u.errors, []);
+    assert.deepEqual(errorFrames(alice), []);
+    assert.deepEqual(errorFrames(bob), []);
+    assert.deepEqual(errorFrames(carol).map((f) => [f.code, f.room]), [["forbidden_room", "team"]]);
   } finally {
     await closeAll();
   }
@@ -970,6 +976,8 @@ test("direct messages: started from a member's name or a message author's, liste
     await alice.page.waitForURL((url) => decodeURIComponent(url.hash) === `#/room/${dm}`);
     await message(alice.page, "right here").waitFor();
     assert.deepEqual(alice.errors, []);
+    assert.deepEqual(errorFrames(alice), []);
+    assert.deepEqual(errorFrames(bob), []);
     assert.deepEqual(bob.errors, []);
   } finally {
     await closeAll();
@@ -1042,6 +1050,8 @@ test("unread and mention badges agree on two pages of the same user and clear on
     bob.close();
     assert.deepEqual(a1.errors, []);
     assert.deepEqual(a2.errors, []);
+    assert.deepEqual(errorFrames(a1), []);
+    assert.deepEqual(errorFrames(a2), []);
   } finally {
     await closeAll();
   }
@@ -1134,6 +1144,8 @@ test("moderation from the member menu: mute (the muted user's send is refused wi
     await sendFromUi(bob.page, "back again");
     await message(admin.page, "back again").waitFor();
     for (const u of [alice, bob, carol, admin]) assert.deepEqual(u.errors, []);
+    for (const u of [alice, bob, admin]) assert.deepEqual(errorFrames(u), []);
+    assert.deepEqual(errorFrames(carol).map((f) => f.code), ["muted"]);
   } finally {
     await closeAll();
   }

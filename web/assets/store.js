@@ -451,6 +451,8 @@ export class Store {
       info.role = frame.role ?? "member";
     } else if (frame.type === "member_removed" && aboutMe) {
       room.lastRemoval = { reason: frame.reason, by: frame.user, byId: frame.user_id };
+      // Live (not replayed): `left` follows, and the room takes nothing more from this connection.
+      if (frame.seq > room.replayUntil) room.joined = false;
     } else if (frame.type === "member_muted" && aboutMe) {
       room.mutedUntil = frame.until ? Date.parse(frame.until) || 0 : 0;
     }
