@@ -275,6 +275,9 @@ async function refreshDirectory() {
     store.setDirectory(rooms);
     // The user's private and direct rooms are listed too: follow any not open yet.
     for (const r of rooms) if (r.kind === "private" || r.kind === "direct") followRoom(r.name);
+    // Markers moved elsewhere that this page was not told of (a `read` frame
+    // goes only to connections open at the time) catch up here.
+    for (const r of rooms) if (Number.isInteger(r.read_seq)) catchUpMarker(r.name, r.read_seq);
   } catch (e) {
     if (e.status === 401 && store.token === token) expireSession();
   }
@@ -308,6 +311,13 @@ function rosterIfNeeded(name, delay = 0) {
   const room = store.room(name);
   if (!room || room.removed) return;
   if (room.roster || (store.current === name && (store.kindOf(name) !== "public" || store.rankIn(name) >= 2))) loadRoster(name, delay);
+}
+
+/** The user's marker in a room is at least `seq` (a REST answer said so). */
+function catchUpMarker(name, seq) {
+  const room = store.room(name);
+  if (!room || !room.joined) return;
+  if (store.onRead({ room: name, seq }) === "resync") connection?.send(joinFrame(room));
 }
 
 /** Opens and joins a room in the background (it shows in the list; the view stays where it is). */
