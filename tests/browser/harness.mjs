@@ -103,7 +103,7 @@ export function launchBrowser() {
  * every JS dialog (alert/confirm) the page opens, `errors` its uncaught
  * errors, `sentFrames`/`receivedFrames` its WebSocket frames (parsed).
  */
-export async function openUser(browser, baseUrl, name, { viewport = { width: 1200, height: 750 }, path = "/" } = {}) {
+export async function openUser(browser, baseUrl, name, { viewport = { width: 1200, height: 750 }, path = "/", token = null } = {}) {
   const context = await browser.newContext({ viewport, locale: "en-US" });
   context.setDefaultTimeout(10000);
   const page = await context.newPage();
@@ -118,8 +118,15 @@ export async function openUser(browser, baseUrl, name, { viewport = { width: 120
     ws.on("framereceived", (f) => user.receivedFrames.push(JSON.parse(String(f.payload))));
   });
   await page.goto(baseUrl + path);
-  await page.getByLabel("Display name").fill(name);
-  await page.getByRole("button", { name: "Continue as guest" }).click();
+  if (token) {
+    // The same user in several contexts: sign in with the token (from guestLogin or mintToken).
+    await page.getByText("Sign in with a token").click();
+    await page.getByLabel("Access token").fill(token);
+    await page.getByRole("button", { name: "Sign in with token" }).click();
+  } else {
+    await page.getByLabel("Display name").fill(name);
+    await page.getByRole("button", { name: "Continue as guest" }).click();
+  }
   await page.locator('#me-status[data-state="open"]').waitFor({ state: "attached" }); // (in a drawer on narrow screens)
   return user;
 }
@@ -184,6 +191,21 @@ export async function guestLogin(baseUrl, name) {
   });
   if (!res.ok) throw new Error(`login failed: ${res.status} ${await res.text()}`);
   return res.json();
+}
+
+/** A REST call with a token (docs/protocol.md 7b): the JSON answer; throws with the status and error code otherwise. */
+export async function api(baseUrl, token, method, path, body) {
+  const headers = { authorization: `Bearer ${token}` };
+  if (body !== undefined) headers["content-type"] = "application/json";
+  const res = await fetch(baseUrl + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const data = await res.json().catch(() => null);
+  if (!res.ok) {
+    const error = new Error(`${method} ${path}: ${res.status} ${JSON.stringify(data)}`);
+    error.status = res.status;
+    error.code = data?.error?.code;
+    throw error;
+  }
+  return data;
 }
 
 /** A /ws client from Node (no Origin header, like most non-browser clients). */

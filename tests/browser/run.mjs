@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import {
-  freePort, launchBrowser, nodeUser, openUser, removeDir, sendFromUi, shownMessages, shownState, startServer, tempDir, guestLogin, WsClient, mintToken,
+  api, freePort, launchBrowser, nodeUser, openUser, removeDir, sendFromUi, shownMessages, shownState, startServer, tempDir, guestLogin, WsClient, mintToken,
 } from "./harness.mjs";
 
 const TEST_TIMEOUT_MS = 60000;
@@ -803,6 +803,349 @@ test("a room whose newest events are all changes still shows its messages, in th
     const joined = alice.receivedFrames.find((f) => f.type === "joined" && f.room === "busy-edits");
     assert.equal(joined.last_seq, 56);
     assert.deepEqual(alice.errors, []);
+  } finally {
+    await closeAll();
+  }
+});
+
+// ------------------------ private rooms, direct messages, moderation, read markers (docs/protocol.md 7b)
+
+/** The link of a room in one of the sidebar's sections: "#room-list" (Rooms) or "#dm-list" (Direct messages). */
+const roomLink = (page, list, text) => page.locator(`${list} .room-link`, { hasText: text });
+
+/** A system line (membership event) in the room in view. */
+const systemLine = (page, text) => page.locator("#messages .sys", { hasText: text });
+
+/** The name button of a person in the people panel. */
+const memberButton = (page, name) => page.locator("#member-list .member", { hasText: name }).getByRole("button", { name, exact: true });
+
+/** Opens a person's dialog from the people panel. */
+async function personMenu(page, name) {
+  await memberButton(page, name).click();
+  const dialog = page.getByRole("dialog", { name, exact: true });
+  await dialog.waitFor();
+  return dialog;
+}
+
+/** Creates a room through the "New room" dialog, inviting people picked from "people you've seen" and/or by id. */
+async function createRoomFromUi(page, name, { kind = "private", pick = [], ids = [] } = {}) {
+  await page.getByRole("button", { name: "New room" }).click();
+  const dialog = page.getByRole("dialog", { name: "New room" });
+  await dialog.getByLabel("Name", { exact: true }).fill(name);
+  if (kind === "public") await dialog.getByRole("radio", { name: /Public/ }).check();
+  for (const person of pick) await dialog.locator(".person-pick", { hasText: person }).locator("input").check();
+  if (ids.length) await dialog.getByLabel("Or invite by user id").fill(ids.join(", "));
+  await dialog.getByRole("button", { name: "Create" }).click();
+  await dialog.waitFor({ state: "hidden" });
+  await page.waitForURL(new RegExp(`#/room/${escapeRe(name)}$`));
+}
+
+/** The error frames a page received (the protocol's refusals). */
+const errorFrames = (u) => u.receivedFrames.filter((f) => f.type === "error");
+
+/** The page's token (localStorage). */
+const tokenOf = (page) => page.evaluate(() => localStorage.getItem("confab.token"));
+
+test("private room: created from the dialog with someone seen invited, who sees it live; a non-member can neither see nor open it; invite by id", { timeout: 90000 }, async () => {
+  const alice = await user("alice", { path: "/#/room/pr-lobby" });
+  const bob = await user("bob", { path: "/#/room/pr-lobby" });
+  const carol = await user("carol", { path: "/#/room/pr-lobby" });
+  try {
+    await alice.page.locator("#member-list .member", { hasText: "carol" }).waitFor();
+
+    // The dialog: private by default; bob is offered among the people alice has seen.
+    await alice.page.getByRole("button", { name: "New room" }).click();
+    const dialog = alice.page.getByRole("dialog", { name: "New room" });
+    assert.equal(await dialog.getByRole("radio", { name: /Private/ }).isChecked(), true);
+    assert.deepEqual((await dialog.locator(".person-pick .pick-name").allTextContents()).sort(), ["bob", "carol"]);
+    await dialog.getByRole("button", { name: "Cancel" }).click();
+    await createRoomFromUi(alice.page, "team", { pick: ["bob"] });
+
+    // alice: in Rooms with a lock, the title too; the creation and the invitation are system lines.
+    await roomLink(alice.page, "#room-list", "team").locator(".lock").waitFor();
+    assert.equal(await alice.page.locator('#room-list li[data-room="team"]').getAttribute("data-kind"), "private");
+    await alice.page.locator('#room-title[data-kind="private"] .lock').waitFor();
+    await systemLine(alice.page, "alice created this private room").waitFor();
+    await systemLine(alice.page, "alice invited bob").waitFor();
+    await alice.page.locator("#member-list .member", { hasText: "alice" }).locator(".role-owner").waitFor();
+
+    // bob: it appears without a reload (room_added), with its lock; he opens it and writes.
+    const bobTeam = roomLink(bob.page, "#room-list", "team");
+    await bobTeam.locator(".lock").waitFor();
+    await bobTeam.click();
+    await systemLine(bob.page, "alice invited bob").waitFor();
+    await sendFromUi(bob.page, "hi team");
+    await message(alice.page, "hi team").waitFor();
+    assert.equal(await bob.page.locator("#invite-people").isVisible(), false, "a member does not invite");
+
+    // carol is not a member: not in her lists, not in her /api/rooms, and a deep link is refused.
+    assert.equal(await carol.page.locator("#sidebar .room-link", { hasText: "team" }).count(), 0);
+    const listed = await api(server.url, await tokenOf(carol.page), "GET", "/api/rooms");
+    assert.ok(!listed.rooms.some((r) => r.name === "team"), JSON.stringify(listed.rooms));
+    await carol.page.goto(`${server.url}/#/room/team`);
+    await carol.page.locator("#toast", { hasText: "Can't open #team" }).waitFor();
+    await carol.page.locator("#sidebar .room-link", { hasText: "team" }).waitFor({ state: "detached" });
+    assert.equal(await message(carol.page, "hi team").count(), 0);
+
+    // Invite by user id (dave, whom alice never saw), then carol, picked from the people seen.
+    const dave = await nodeUser(server.url, "dave");
+    await alice.page.getByRole("button", { name: "Invite", exact: true }).click();
+    const invite = alice.page.getByRole("dialog", { name: "Invite people to #team" });
+    assert.deepEqual(await invite.locator(".person-pick .pick-name").allTextContents(), ["carol"], "members are not offered");
+    await invite.getByLabel("User id").fill(dave.user.id);
+    await invite.getByLabel("Their name (optional)").fill("dave");
+    await invite.getByRole("button", { name: "Invite", exact: true }).click();
+    const added = await dave.next((f) => f.type === "room_added" && f.room === "team");
+    assert.equal(added.kind, "private");
+    assert.equal(added.by.name, "alice");
+    await systemLine(alice.page, "alice invited dave").waitFor();
+    await invite.getByRole("button", { name: "Invite carol" }).click();
+    await invite.getByRole("button", { name: "carol: invited" }).waitFor();
+    await invite.getByRole("button", { name: "Close" }).click();
+    await roomLink(carol.page, "#room-list", "team").click();
+    await message(carol.page, "hi team").waitFor();
+    await alice.page.locator("#member-list .member", { hasText: "dave" }).waitFor();
+
+    // carol leaves again (confirmed: she'd need a new invitation): gone from her list; the others see "carol left".
+    await carol.page.getByRole("button", { name: "Leave", exact: true }).click();
+    const confirm = carol.page.getByRole("dialog", { name: "Leave #team?" });
+    await confirm.getByRole("button", { name: "Leave" }).click();
+    await carol.page.locator("#sidebar .room-link", { hasText: "team" }).waitFor({ state: "detached" });
+    await systemLine(alice.page, "carol left").waitFor();
+    await alice.page.locator("#member-list .member", { hasText: "carol" }).waitFor({ state: "detached" });
+    await carol.page.waitForURL(/#\/room\/pr-lobby$/);
+
+    // A reload keeps the room (it comes from /api/me/rooms, not from this page's memory).
+    await bob.page.evaluate(() => localStorage.removeItem("confab.rooms"));
+    await bob.page.reload();
+    await roomLink(bob.page, "#room-list", "team").locator(".lock").waitFor();
+    dave.close();
+    for (const u of [alice, bob, carol]) assert.deepEqual(u.errors, []);
+    assert.deepEqual(errorFrames(alice), []);
+    assert.deepEqual(errorFrames(bob), []);
+    assert.deepEqual(errorFrames(carol).map((f) => [f.code, f.room]), [["forbidden_room", "team"]]);
+  } finally {
+    await closeAll();
+  }
+});
+
+test("direct messages: started from a member's name or a message author's, listed under Direct messages by the other user's name", { timeout: TEST_TIMEOUT_MS }, async () => {
+  const alice = await user("alice", { path: "/#/room/dm-lobby" });
+  const bob = await user("bob", { path: "/#/room/dm-lobby" });
+  try {
+    // From the people panel: bob's name opens his menu; alice is no moderator here, so it only offers a message.
+    const menu = await personMenu(alice.page, "bob");
+    assert.equal(await menu.getByRole("button", { name: "Kick" }).isVisible(), false);
+    assert.equal(await menu.getByRole("button", { name: "Ban" }).isVisible(), false);
+    await menu.getByRole("button", { name: "Send a direct message" }).click();
+    await alice.page.waitForURL(/#\/room\/dm:[0-9a-f]{40}$/);
+    const dm = decodeURIComponent(new URL(alice.page.url()).hash.slice("#/room/".length));
+    await alice.page.locator('#room-title[data-kind="direct"]', { hasText: "bob" }).waitFor();
+    await roomLink(alice.page, "#dm-list", "bob").waitFor();
+    assert.deepEqual(await alice.page.locator("#room-list .room-name").allTextContents(), ["dm-lobby"]);
+    await systemLine(alice.page, "alice started this conversation").waitFor();
+
+    // bob: the conversation shows up by itself, named "alice", under Direct messages.
+    const bobDm = roomLink(bob.page, "#dm-list", "alice");
+    await bobDm.waitFor();
+    assert.equal(await bobDm.getAttribute("href"), `#/room/${dm}`);
+    assert.deepEqual(await bob.page.locator("#room-list .room-name").allTextContents(), ["dm-lobby"]);
+    await sendFromUi(alice.page, "psst bob");
+    await bobDm.locator(".badge.unread", { hasText: /^1$/ }).waitFor();
+    await bobDm.click();
+    await message(bob.page, "psst bob").waitFor();
+    await bobDm.locator(".badge").waitFor({ state: "detached" });
+
+    // From a message author: bob clicks alice's name in dm-lobby and gets the same conversation back.
+    await roomLink(alice.page, "#room-list", "dm-lobby").click();
+    await sendFromUi(alice.page, "in the lobby");
+    await roomLink(bob.page, "#room-list", "dm-lobby").click();
+    await item(bob.page, "in the lobby").locator("button.msg-author", { hasText: "alice" }).click();
+    await bob.page.getByRole("dialog", { name: "alice", exact: true }).getByRole("button", { name: "Send a direct message" }).click();
+    await bob.page.waitForURL((url) => decodeURIComponent(url.hash) === `#/room/${dm}`);
+    await sendFromUi(bob.page, "right here");
+    await roomLink(alice.page, "#dm-list", "bob").locator(".badge.unread", { hasText: /^1$/ }).waitFor();
+    assert.equal(await bob.page.locator("#dm-list .room-link").count(), 1, "one conversation per pair");
+    assert.equal(await bob.page.locator("#leave-room").isVisible(), false, "a direct room can't be left");
+
+    // "+" next to Direct messages offers the people seen; picking bob opens the same conversation.
+    await alice.page.getByRole("button", { name: "New direct message" }).click();
+    const picker = alice.page.getByRole("dialog", { name: "New direct message" });
+    await picker.getByRole("button", { name: "Message bob" }).click();
+    await picker.waitFor({ state: "hidden" });
+    await alice.page.waitForURL((url) => decodeURIComponent(url.hash) === `#/room/${dm}`);
+    await message(alice.page, "right here").waitFor();
+    assert.deepEqual(alice.errors, []);
+    assert.deepEqual(errorFrames(alice), []);
+    assert.deepEqual(errorFrames(bob), []);
+    assert.deepEqual(bob.errors, []);
+  } finally {
+    await closeAll();
+  }
+});
+
+test("unread and mention badges agree on two pages of the same user and clear on both when one reads; the new-messages line", { timeout: 90000 }, async () => {
+  const { token, user: me } = await guestLogin(server.url, "alice");
+  const a1 = await user("alice", { token, path: "/#/room/badges-lobby" });
+  const a2 = await user("alice", { token, path: "/#/room/badges-lobby" });
+  const bob = await nodeUser(server.url, "bob");
+  try {
+    const { room } = await api(server.url, bob.token, "POST", "/api/dm", { user: me.id, name: "alice" });
+    assert.equal(room.kind, "direct");
+    await bob.join(room.name, { history: 0 });
+    await bob.sendAll(room.name, ["one", "hey @Alice, look", "three"]);
+    const link = (page) => roomLink(page, "#dm-list", "bob");
+    for (const p of [a1.page, a2.page]) {
+      await link(p).locator(".badge.unread", { hasText: /^3$/ }).waitFor();
+      await link(p).locator(".badge.mention", { hasText: /^@1$/ }).waitFor();
+    }
+    assert.equal(await a1.page.title(), "(3) #badges-lobby · confab");
+
+    // a1 opens it: the line sits above the first unread message, and both pages' badges go.
+    await link(a1.page).click();
+    await message(a1.page, "three").waitFor();
+    const order = (page) => page.locator("#messages > li:not(.day)").evaluateAll((items) =>
+      items.map((li) => (li.classList.contains("new-divider") ? "--new--" : li.classList.contains("sys") ? "sys" : li.querySelector(".msg-text").textContent)));
+    assert.deepEqual((await order(a1.page)).filter((t) => t !== "sys"), ["--new--", "one", "hey @Alice, look", "three"]);
+    await systemLine(a1.page, "bob started this conversation").waitFor();
+    for (const p of [a1.page, a2.page]) await link(p).locator(".badge").waitFor({ state: "detached" });
+    const newest = Math.max(...bob.frames.filter((f) => f.type === "message" && f.room === room.name).map((f) => f.seq));
+    assert.deepEqual(a1.sentFrames.filter((f) => f.type === "read").at(-1), { type: "read", room: room.name, seq: newest });
+    assert.ok(a2.receivedFrames.some((f) => f.type === "read" && f.room === room.name && f.seq === newest), "the other page was told");
+    assert.equal(a2.sentFrames.filter((f) => f.type === "read" && f.room === room.name).length, 0, "a page that did not look marks nothing");
+
+    // Back in the lobby; two more, no mention: 2 on both. a2 reads them this time: the line is above "four".
+    await roomLink(a1.page, "#room-list", "badges-lobby").click();
+    await bob.sendAll(room.name, ["four", "five"]);
+    for (const p of [a1.page, a2.page]) {
+      await link(p).locator(".badge.unread", { hasText: /^2$/ }).waitFor();
+      assert.equal(await link(p).locator(".badge.mention").count(), 0);
+    }
+    await link(a2.page).click();
+    await message(a2.page, "five").waitFor();
+    assert.deepEqual((await order(a2.page)).filter((t) => t !== "sys"), ["one", "hey @Alice, look", "three", "--new--", "four", "five"]);
+    for (const p of [a1.page, a2.page]) await link(p).locator(".badge").waitFor({ state: "detached" });
+
+    // While a2 looks at the room, new messages are read at once: no badge, and the line stays where it was.
+    await bob.sendAll(room.name, ["six"]);
+    await message(a2.page, "six").waitFor();
+    await a2.page.waitForFunction(() => document.querySelectorAll("#messages .new-divider").length === 1);
+    await a1.page.waitForTimeout(1500); // a badge would have shown by now
+    assert.equal(await link(a1.page).locator(".badge").count(), 0);
+    assert.equal(await link(a2.page).locator(".badge").count(), 0);
+
+    // The server kept the marker (markers are written in batches): /api/me/rooms and a reload show nothing unread, and no line.
+    let entry;
+    for (let i = 0; i < 50; i++) {
+      entry = (await api(server.url, token, "GET", "/api/me/rooms")).rooms.find((r) => r.name === room.name);
+      if (entry?.unread === 0) break;
+      await new Promise((ok) => setTimeout(ok, 100));
+    }
+    assert.deepEqual([entry.kind, entry.unread, entry.mentions], ["direct", 0, 0]);
+    await a1.page.reload();
+    await link(a1.page).waitFor();
+    await link(a1.page).click();
+    await message(a1.page, "six").waitFor();
+    assert.equal(await a1.page.locator("#messages .new-divider").count(), 0);
+    bob.close();
+    assert.deepEqual(a1.errors, []);
+    assert.deepEqual(a2.errors, []);
+    assert.deepEqual(errorFrames(a1), []);
+    assert.deepEqual(errorFrames(a2), []);
+  } finally {
+    await closeAll();
+  }
+});
+
+test("moderation from the member menu: mute (the muted user's send is refused with the time left), kick and ban; only owners, admins and server admins get it", { timeout: 120000 }, async () => {
+  const alice = await user("alice", { path: "/#/room/mod-lobby" });
+  const bob = await user("bob", { path: "/#/room/mod-lobby" });
+  const carol = await user("carol", { path: "/#/room/mod-lobby" });
+  try {
+    await alice.page.locator("#member-list .member", { hasText: "carol" }).waitFor();
+    await createRoomFromUi(alice.page, "crew", { pick: ["bob", "carol"] });
+    await roomLink(bob.page, "#room-list", "crew").click();
+    await roomLink(carol.page, "#room-list", "crew").click();
+    await bob.page.locator("#member-list .member", { hasText: "carol" }).waitFor();
+
+    // bob is a plain member: carol's menu has no moderation.
+    let menu = await personMenu(bob.page, "carol");
+    assert.equal(await menu.getByRole("button", { name: "Kick" }).isVisible(), false);
+    await menu.getByRole("button", { name: "Close" }).click();
+
+    // alice mutes carol for 10 minutes: everyone sees the line, carol's send is refused with the time left.
+    menu = await personMenu(alice.page, "carol");
+    await menu.getByLabel("Mute for").selectOption("600");
+    await menu.getByRole("button", { name: "Mute", exact: true }).click();
+    await menu.waitFor({ state: "hidden" });
+    for (const u of [alice, bob, carol]) await systemLine(u.page, "carol was muted by alice for 10 minutes").waitFor();
+    await carol.page.locator("#muted-note", { hasText: "You are muted in this room until" }).waitFor();
+    await sendFromUi(carol.page, "can I speak?");
+    const failed = carol.page.locator('#messages .msg[data-status="failed"]');
+    await failed.waitFor();
+    assert.match(await failed.locator(".msg-error").textContent(), /^Not sent: you are muted in this room for (9|10) minutes more$/);
+    await alice.page.locator("#member-list .member", { hasText: "carol" }).locator(".role-muted").waitFor();
+    assert.equal(await message(bob.page, "can I speak?").count(), 0);
+
+    // Unmute from the same menu.
+    menu = await personMenu(alice.page, "carol");
+    await menu.getByRole("button", { name: "Unmute" }).click();
+    await systemLine(carol.page, "carol was unmuted by alice").waitFor();
+    await carol.page.locator("#muted-note").waitFor({ state: "hidden" });
+    await failed.getByRole("button", { name: "Retry" }).click();
+    await message(bob.page, "can I speak?").waitFor();
+
+    // alice kicks bob: his page says so, he can't write, the room is greyed until he closes it.
+    menu = await personMenu(alice.page, "bob");
+    await menu.getByRole("button", { name: "Kick" }).click();
+    await menu.waitFor({ state: "hidden" });
+    await bob.page.locator("#toast", { hasText: "You were kicked from #crew by alice." }).waitFor();
+    await bob.page.locator("#room-notice", { hasText: "You were kicked from this room by alice." }).waitFor();
+    assert.equal(await bob.page.locator("#composer-input").isDisabled(), true);
+    assert.equal(await bob.page.getByRole("button", { name: "Join again" }).isVisible(), false, "a private room needs an invitation");
+    await roomLink(bob.page, "#room-list", "crew").and(bob.page.locator(".removed")).waitFor();
+    for (const u of [alice, carol]) await systemLine(u.page, "bob was kicked by alice").waitFor();
+    await alice.page.locator("#member-list .member", { hasText: "bob" }).waitFor({ state: "detached" });
+    await bob.page.getByRole("button", { name: "Close the room" }).click();
+    await roomLink(bob.page, "#room-list", "crew").waitFor({ state: "detached" });
+    await sendFromUi(alice.page, "bob can't read this");
+    await message(carol.page, "bob can't read this").waitFor();
+    assert.ok(!bob.receivedFrames.some((f) => f.content === "bob can't read this"));
+
+    // A public room alice owns: she bans carol, who can't come back until unbanned.
+    await createRoomFromUi(alice.page, "hall", { kind: "public" });
+    await carol.page.getByLabel("Room to join").fill("hall");
+    await carol.page.getByRole("button", { name: "Join", exact: true }).click();
+    await alice.page.locator("#member-list .member", { hasText: "carol" }).waitFor();
+    menu = await personMenu(alice.page, "carol");
+    await menu.getByRole("button", { name: "Ban" }).click();
+    await carol.page.locator("#room-notice", { hasText: "You were banned from this room by alice." }).waitFor();
+    assert.equal(await carol.page.getByRole("button", { name: "Join again" }).isVisible(), false);
+    await systemLine(alice.page, "carol was banned by alice").waitFor();
+    await alice.page.locator("#banned-list .member", { hasText: "carol" }).waitFor();
+    const carolToken = await tokenOf(carol.page);
+    const rejoin = await WsClient.connect(server.url, carolToken);
+    rejoin.send({ type: "join", room: "hall" });
+    assert.equal((await rejoin.next((f) => f.type === "error" && f.room === "hall")).code, "forbidden_room");
+    await alice.page.getByRole("button", { name: "Unban carol" }).click();
+    await systemLine(alice.page, "carol was unbanned by alice").waitFor();
+    await alice.page.locator("#banned-list .member").waitFor({ state: "detached" });
+    await rejoin.join("hall");
+    rejoin.close();
+
+    // A server admin (token claim admin: true) moderates a room nobody owns: kicks bob from mod-lobby; bob joins again.
+    const admin = await user("root", { token: mintToken({ sub: "admin-root", name: "root", admin: true }), path: "/#/room/mod-lobby" });
+    menu = await personMenu(admin.page, "bob");
+    await menu.getByRole("button", { name: "Kick" }).click();
+    await bob.page.locator("#room-notice", { hasText: "You were kicked from this room by root." }).waitFor();
+    await bob.page.getByRole("button", { name: "Join again" }).click();
+    await bob.page.locator("#room-notice").waitFor({ state: "hidden" });
+    await admin.page.locator("#member-list .member", { hasText: "bob" }).waitFor();
+    await sendFromUi(bob.page, "back again");
+    await message(admin.page, "back again").waitFor();
+    for (const u of [alice, bob, carol, admin]) assert.deepEqual(u.errors, []);
+    for (const u of [alice, bob, admin]) assert.deepEqual(errorFrames(u), []);
+    assert.deepEqual(errorFrames(carol).map((f) => f.code), ["muted"]);
   } finally {
     await closeAll();
   }

@@ -48,8 +48,79 @@ async function request(path, { method = "GET", token, body } = {}) {
 /** Guest login: {token, user: {id, name}}. */
 export const login = (name) => request("/api/login", { method: "POST", body: { name } });
 
-/** {rooms: [{name, last_seq, online}]}. A presented token is always verified, so this doubles as a token check. */
-export const listRooms = (token) => request("/api/rooms", { token });
+/**
+ * {rooms: [{name, kind, last_seq, online, read_seq?, unread?, mentions?}], next_after}. A presented
+ * token is always verified, so this doubles as a token check.
+ */
+export function listRooms(token, { after, limit } = {}) {
+  return request(`/api/rooms${pageQuery({ after, limit })}`, { token });
+}
+
+/** The caller's rooms (docs/protocol.md 7b): {rooms: [{name, kind, role, last_seq, read_seq, unread, mentions, members?}], next_after}. */
+export function myRooms(token, { after, limit } = {}) {
+  return request(`/api/me/rooms${pageQuery({ after, limit })}`, { token });
+}
+
+/** Every page of a paged list ({…, next_after}): the items under `key`, at most `maxPages` pages. */
+export async function allPages(fetchPage, key, maxPages = 20) {
+  const items = [];
+  let after;
+  for (let i = 0; i < maxPages; i++) {
+    const page = await fetchPage(after);
+    items.push(...(page?.[key] ?? []));
+    if (page?.next_after === null || page?.next_after === undefined || page.next_after === after) break;
+    after = page.next_after;
+  }
+  return items;
+}
+
+/** POST /api/rooms: {room: {name, kind, last_seq, role}}. kind: "public" or "private". */
+export const createRoom = (token, name, kind) => request("/api/rooms", { method: "POST", token, body: { name, kind } });
+
+/** POST /api/dm: the direct room with `user` (new or existing): {room: {name, kind, last_seq, members}}. */
+export function openDm(token, user, name) {
+  const body = { user };
+  if (name) body.name = name;
+  return request("/api/dm", { method: "POST", token, body });
+}
+
+const roomPath = (room) => `/api/rooms/${encodeURIComponent(room)}`;
+const memberPath = (room, user) => `${roomPath(room)}/members/${encodeURIComponent(user)}`;
+
+/** {room, kind, members: [{id, name, role, muted_until?}], banned?: [{id, name}], next_after}. */
+export function roomMembers(token, room, { after, limit } = {}) {
+  return request(`${roomPath(room)}/members${pageQuery({ after, limit })}`, { token });
+}
+
+/** Invites `user` (or changes their role): {event}. */
+export function invite(token, room, user, name, role = "member") {
+  const body = { user, role };
+  if (name) body.name = name;
+  return request(`${roomPath(room)}/members`, { method: "POST", token, body });
+}
+
+/** Removes a member (the caller themselves: leaves a private room): {event}. */
+export const removeMember = (token, room, user) => request(memberPath(room, user), { method: "DELETE", token });
+
+/** "kick", "ban" or "unban": {event}. `name`: the user's display name as we know it (shown in the event). */
+export function moderate(token, room, user, action, name) {
+  return request(`${memberPath(room, user)}/${action}`, { method: "POST", token, body: name ? { name } : {} });
+}
+
+/** Mutes `user` for `seconds` (0 unmutes): {event}. */
+export function mute(token, room, user, seconds, name) {
+  const body = { seconds };
+  if (name) body.name = name;
+  return request(`${memberPath(room, user)}/mute`, { method: "POST", token, body });
+}
+
+function pageQuery({ after, limit }) {
+  const query = new URLSearchParams();
+  if (after !== undefined && after !== null) query.set("after", String(after));
+  if (limit !== undefined) query.set("limit", String(limit));
+  const text = query.toString();
+  return text ? `?${text}` : "";
+}
 
 /** One page of history, oldest first: {room, messages, next_before}. */
 export function roomMessages(token, room, { before, limit = 50 } = {}) {
@@ -64,7 +135,7 @@ export function socketUrl(token) {
   return `${scheme}//${location.host}/ws?token=${encodeURIComponent(token)}`;
 }
 
-/** The unverified claims of a JWT ({sub, name, exp}), or null if it is not one. */
+/** The unverified claims of a JWT ({sub, name, exp, mod, admin, roles}), or null if it is not one. */
 export function peekToken(token) {
   try {
     const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");

@@ -1,24 +1,29 @@
 // confab web UI: wires the REST client, the WebSocket connection, the store
 // and the view together. Protocol: docs/protocol.md.
 
-import { listRooms, login, peekToken, roomMessages, socketUrl, tokenStore } from "./api.js";
+import {
+  allPages, createRoom, invite, listRooms, login, moderate, mute, myRooms, openDm, peekToken, removeMember, roomMembers, roomMessages, socketUrl, tokenStore,
+} from "./api.js";
 import { Connection } from "./connection.js";
+import { duration } from "./dom.js";
 import { View } from "./render.js";
-import { olderCursor, roomNameError, Store } from "./store.js";
+import { JOIN_HISTORY, olderCursor, roomNameError, settled, Store } from "./store.js";
 
 const OPEN_ROOMS_KEY = "confab.rooms";
 const LAST_ROOM_KEY = "confab.lastRoom";
 const DEFAULT_ROOM = "general";
-const JOIN_HISTORY = 50; // messages replayed on a first join
 const PAGE_SIZE = 50; // messages per history page
 const TYPING_EVERY_MS = 2000; // at most one typing frame per room this often
 const DIRECTORY_EVERY_MS = 15000; // refresh /api/rooms (online counts, new rooms)
 const MAX_SEND_BYTES = 60000; // below the server's default max_frame_bytes (65536): a bigger frame would close the socket
+const READ_EVERY_MS = 1000; // at most one `read` frame per room this often
+const ROSTER_DELAY_MS = 250; // membership events in a burst: one member-list fetch
 
 const store = new Store();
 let connection = null;
 let directoryTimer = 0;
 const typingSentAt = new Map(); // room -> ms
+const rosterTimers = new Map(); // room -> timer of a pending member-list fetch
 const refPrefix = randomId();
 let refCounter = 0;
 
@@ -63,18 +68,102 @@ const actions = {
     else showRoom(name);
   },
 
+  /** Leaves a public room (this page stops following it), or closes a room the user was taken out of. */
   leave(name) {
-    connection?.send({ type: "leave", room: name });
-    typingSentAt.delete(name);
-    store.closeRoom(name);
-    saveRooms();
-    const next = store.rooms.keys().next().value;
-    if (next) actions.go(next);
-    else {
-      history.replaceState(null, "", location.pathname);
-      localStorage.removeItem(LAST_ROOM_KEY);
-      store.changed("rooms", "messages");
+    const room = store.room(name);
+    if (room && !room.removed) connection?.send({ type: "leave", room: name });
+    closeRoom(name);
+  },
+
+  /** Leaves a private room for good: the user removes themselves (docs/protocol.md 7b). */
+  async leavePrivate(name) {
+    try {
+      await removeMember(store.token, name, store.user.id);
+    } catch (e) {
+      return failed("Couldn't leave the room", e);
     }
+    closeRoom(name);
+    return true;
+  },
+
+  /** After a kick from a public room: join it again. */
+  rejoin(name) {
+    const room = store.room(name);
+    if (!room) return;
+    room.removed = null;
+    saveRooms();
+    connection?.send(joinFrame(room));
+    store.changed("rooms", "messages");
+  },
+
+  /** POST /api/rooms, then invites `invitees` ([{id, name}]) and opens the room. An error text, or null. */
+  async createRoom(name, kind, invitees = []) {
+    let created;
+    try {
+      created = await createRoom(store.token, name, kind);
+    } catch (e) {
+      if (e.code === "room_exists") return `“${name}” is taken: pick another name.`;
+      if (e.code === "invalid_room") return "That name can't be used for a room.";
+      return e.message;
+    }
+    store.setInfo(name, { kind: created?.room?.kind ?? kind, role: created?.room?.role ?? "owner" });
+    actions.go(name);
+    const refused = [];
+    for (const person of invitees) {
+      try {
+        await invite(store.token, name, person.id, person.name);
+      } catch (e) {
+        refused.push(`${person.name ?? person.id} (${e.message})`);
+      }
+    }
+    if (refused.length) view.toast(`Couldn't invite ${refused.join(", ")}`);
+    return null;
+  },
+
+  /** Invites a user by id into a room. An error text, or null. */
+  async invite(room, userId, name) {
+    try {
+      await invite(store.token, room, userId, name);
+    } catch (e) {
+      if (e.code === "forbidden") return "Only the room's owner and admins can invite.";
+      return e.message;
+    }
+    loadRoster(room);
+    return null;
+  },
+
+  /** Opens (or finds) the direct room with a user and shows it. An error text, or null. */
+  async dm(userId, name) {
+    if (userId === store.user?.id) return "That's you.";
+    let answer;
+    try {
+      answer = await openDm(store.token, userId, name);
+    } catch (e) {
+      return e.message;
+    }
+    const room = answer?.room;
+    if (!room?.name) return "The server did not say which room.";
+    store.setInfo(room.name, { kind: "direct", members: room.members });
+    if (!store.infoOf(room.name).peer && name) store.infoOf(room.name).peer = { id: userId, name };
+    actions.go(room.name);
+    return null;
+  },
+
+  /** kick, ban, unban ({action}) or mute ({action: "mute", seconds}) a user in a room; true when done. */
+  async moderate(room, userId, action, seconds = 0) {
+    try {
+      const name = store.people.get(userId);
+      if (action === "mute") await mute(store.token, room, userId, seconds, name);
+      else await moderate(store.token, room, userId, action, name);
+    } catch (e) {
+      return failed(`Couldn't ${action} ${store.people.get(userId) ?? userId}`, e);
+    }
+    loadRoster(room);
+    return true;
+  },
+
+  loadRoster(room) {
+    loadRoster(room);
   },
 
   /** Shows the message at once as pending; the ack (matched by ref) marks it sent. `replyTo`: a message id. */
@@ -139,6 +228,7 @@ function startSession(token, user) {
   store.token = token;
   store.user = user;
   store.moderator = isModerator(peekToken(token));
+  store.serverAdmin = isServerAdmin(peekToken(token));
   view.showChat();
   for (const name of savedRooms()) store.openRoom(name);
   routeFromHash();
@@ -154,6 +244,9 @@ function endSession() {
   clearInterval(directoryTimer);
   tokenStore.clear();
   typingSentAt.clear();
+  for (const timer of rosterTimers.values()) clearTimeout(timer);
+  rosterTimers.clear();
+  for (const room of store.rooms.values()) clearTimeout(room.read.timer);
   store.reset();
   store.changed("all");
 }
@@ -177,12 +270,150 @@ async function refreshDirectory() {
   const token = store.token;
   if (!token) return;
   try {
-    const { rooms } = await listRooms(token);
-    if (store.token === token) store.setDirectory(rooms);
+    const rooms = await allPages((after) => listRooms(token, { after }), "rooms", 10);
+    if (store.token !== token) return;
+    store.setDirectory(rooms);
+    // The user's private and direct rooms are listed too: follow any not open yet.
+    for (const r of rooms) if (r.kind === "private" || r.kind === "direct") followRoom(r.name);
+    // Markers moved elsewhere that this page was not told of (a `read` frame
+    // goes only to connections open at the time) catch up here.
+    for (const r of rooms) if (Number.isInteger(r.read_seq)) catchUpMarker(r.name, r.read_seq);
   } catch (e) {
     if (e.status === 401 && store.token === token) expireSession();
   }
 }
+
+/**
+ * GET /api/me/rooms (docs/protocol.md 7b): kinds, roles, direct rooms' other
+ * user, unread counts; the private and direct rooms are opened (joined) so
+ * their badges count live. Public rooms stay this page's choice.
+ */
+async function refreshMyRooms() {
+  const token = store.token;
+  if (!token) return;
+  let rooms;
+  try {
+    rooms = await allPages((after) => myRooms(token, { after }), "rooms");
+  } catch (e) {
+    if (e.status === 401 && store.token === token) expireSession();
+    return; // an older server (404): no private rooms
+  }
+  if (store.token !== token) return;
+  for (const r of rooms) {
+    if (r.kind === "private" || r.kind === "direct") followRoom(r.name);
+    store.onMyRoom(r);
+  }
+  if (store.current) rosterIfNeeded(store.current); // its kind or the user's role may be known only now
+}
+
+/** The room in view gets its REST member list when it is private or direct, or the user moderates it. */
+function rosterIfNeeded(name, delay = 0) {
+  const room = store.room(name);
+  if (!room || room.removed) return;
+  if (room.roster || (store.current === name && (store.kindOf(name) !== "public" || store.rankIn(name) >= 2))) loadRoster(name, delay);
+}
+
+/** The user's marker in a room is at least `seq` (a REST answer said so). */
+function catchUpMarker(name, seq) {
+  const room = store.room(name);
+  if (!room || !room.joined) return;
+  if (store.onRead({ room: name, seq }) === "resync") connection?.send(joinFrame(room));
+}
+
+/** Opens and joins a room in the background (it shows in the list; the view stays where it is). */
+function followRoom(name) {
+  if (roomNameError(name)) return;
+  const room = store.room(name);
+  if (room && !room.removed) return;
+  if (room) room.removed = null;
+  const opened = store.openRoom(name);
+  saveRooms();
+  connection?.send(joinFrame(opened));
+  store.changed("rooms", "messages");
+}
+
+function closeRoom(name) {
+  typingSentAt.delete(name);
+  clearTimeout(store.room(name)?.read.timer);
+  store.closeRoom(name);
+  saveRooms();
+  const next = [...store.rooms.values()].find((r) => !r.removed)?.name ?? store.rooms.keys().next().value;
+  if (next) actions.go(next);
+  else {
+    history.replaceState(null, "", location.pathname);
+    localStorage.removeItem(LAST_ROOM_KEY);
+    store.changed("rooms", "messages");
+  }
+}
+
+/** Reports a failed REST action; false. */
+function failed(what, e) {
+  if (e.status === 401) checkToken();
+  const why = e.code === "forbidden" ? "you are not allowed to" : e.code === "not_found" ? "they are not a member" : e.message;
+  view.toast(`${what}: ${why}`);
+  return false;
+}
+
+/** The REST member list (roles, mutes, bans) of a private or direct room, or of one the user moderates. */
+function loadRoster(name, delay = 0) {
+  clearTimeout(rosterTimers.get(name));
+  rosterTimers.set(name, setTimeout(async () => {
+    rosterTimers.delete(name);
+    const token = store.token;
+    const room = store.room(name);
+    if (!token || !room || room.removed) return;
+    if (store.kindOf(name) === "public" && store.rankIn(name) < 2) return;
+    try {
+      let banned = null;
+      const members = await allPages(async (after) => {
+        const page = await roomMembers(token, name, { after });
+        if (Array.isArray(page?.banned)) banned = (banned ?? []).concat(page.banned);
+        if (page?.kind) store.setInfo(name, { kind: page.kind });
+        return page;
+      }, "members");
+      if (store.token === token) store.setRoster(name, members, banned);
+    } catch {
+      /* not a member (any more), or an older server: the presence list stays */
+    }
+  }, delay));
+}
+
+// ------------------------------------------------------------ read markers
+
+/**
+ * The room in view is read up to its newest seq: the badge goes at once, and
+ * a `read` frame tells the server (at most one per READ_EVERY_MS per room,
+ * only when the seq grew; the server passes it to the user's other pages).
+ */
+function markRead(room) {
+  if (!room || room.removed || !settled(room) || !store.viewing(room.name)) return;
+  const seq = room.lastSeq;
+  if (seq > room.readSeq) store.setRead(room.name, seq);
+  sendRead(room, seq);
+}
+
+function sendRead(room, seq) {
+  if (!store.readMarkers) return;
+  room.read.wanted = Math.max(room.read.wanted, seq);
+  if (room.read.timer || room.read.wanted <= room.read.sent) return;
+  const wait = room.read.sentAt + READ_EVERY_MS - Date.now();
+  if (wait > 0) {
+    room.read.timer = setTimeout(() => {
+      room.read.timer = 0;
+      if (store.room(room.name) === room) sendRead(room, room.read.wanted);
+    }, wait);
+    return;
+  }
+  if (!room.joined) return; // sent after the rejoin (onJoined marks again)
+  if (connection?.send({ type: "read", room: room.name, seq: room.read.wanted })) {
+    room.read.sent = room.read.wanted;
+    room.read.sentAt = Date.now();
+  }
+}
+
+store.subscribe((parts) => {
+  if (parts.has("messages") || parts.has("rooms") || parts.has("all")) markRead(store.currentRoom);
+});
 
 // ------------------------------------------------------------------ rooms
 
@@ -198,7 +429,7 @@ function savedRooms() {
 }
 
 function saveRooms() {
-  localStorage.setItem(OPEN_ROOMS_KEY, JSON.stringify([...store.rooms.keys()]));
+  localStorage.setItem(OPEN_ROOMS_KEY, JSON.stringify([...store.rooms.values()].filter((r) => !r.removed).map((r) => r.name)));
 }
 
 function joinFrame(room) {
@@ -215,6 +446,7 @@ function showRoom(name) {
     connection?.send(joinFrame(room));
   }
   store.view(name);
+  rosterIfNeeded(name);
   localStorage.setItem(LAST_ROOM_KEY, name);
   if (location.hash !== roomHash(name)) history.replaceState(null, "", roomHash(name));
   view.focusComposer();
@@ -253,7 +485,7 @@ async function fetchPage(room, { before } = {}) {
     const page = await roomMessages(store.token, room.name, { before, limit: PAGE_SIZE });
     if (store.room(room.name) === room) {
       if (page.next_before === null) room.atStart = true;
-      store.addHistory(room.name, page.messages);
+      store.addHistory(room.name, page.messages, { before, atStart: page.next_before === null });
     }
   } catch (e) {
     room.olderError = e.message;
@@ -303,6 +535,11 @@ function isModerator(claims) {
   return claims?.mod === true || (Array.isArray(claims?.roles) && claims.roles.includes("mod"));
 }
 
+/** docs/protocol.md 7b: `"admin": true`, or a `roles` array holding "admin". (The server checks; this only shows the menu.) */
+function isServerAdmin(claims) {
+  return claims?.admin === true || (Array.isArray(claims?.roles) && claims.roles.includes("admin"));
+}
+
 // ------------------------------------------------------------- the socket
 
 function onState(state, info) {
@@ -326,15 +563,46 @@ function onFrame(frame) {
       // Rejoin every open room (with `since` where we have state), then
       // resend whatever was never acked (sends and changes, in the order
       // they were made), with the same refs.
-      for (const room of store.rooms.values()) connection.send(joinFrame(room));
+      for (const room of store.rooms.values()) if (!room.removed) connection.send(joinFrame(room));
       for (const { ref } of store.unacked()) transmit(ref);
       refreshDirectory();
+      refreshMyRooms();
       break;
-    case "joined":
-      if (store.onJoined(frame) === "reload") {
+    case "joined": {
+      const outcome = store.onJoined(frame);
+      const room = store.room(frame.room);
+      if (!room) break;
+      room.read.sent = Math.max(room.read.sent, frame.read_seq ?? 0);
+      if (outcome.reload) fetchPage(room);
+      if (outcome.read) sendRead(room, outcome.read);
+      markRead(room);
+      break;
+    }
+    case "read":
+      if (store.onRead(frame) === "resync") {
         const room = store.room(frame.room);
-        if (room) fetchPage(room);
+        if (room?.joined) connection.send(joinFrame(room)); // fresh counts for the new marker
       }
+      break;
+    case "room_created":
+    case "member_added":
+    case "member_removed":
+    case "member_muted":
+    case "member_unbanned":
+      if (store.onRoomEvent(frame)) rosterIfNeeded(frame.room, ROSTER_DELAY_MS);
+      break;
+    case "left": {
+      const removed = store.onLeft(frame);
+      if (removed) onRemoved(frame.room, removed);
+      break;
+    }
+    case "room_removed": {
+      const removed = store.onRoomRemoved(frame);
+      if (removed) onRemoved(frame.room, removed);
+      break;
+    }
+    case "room_added":
+      if (store.onRoomAdded(frame)) followRoom(frame.room);
       break;
     case "message":
       store.onMessage(frame);
@@ -362,8 +630,30 @@ function onFrame(frame) {
 
 const CHANGE_FAILED = { edit: "Couldn't save the edit", delete: "Couldn't delete the message", react: "Couldn't add the reaction", unreact: "Couldn't remove the reaction" };
 
+const REMOVED_TEXT = { kicked: "kicked from", banned: "banned from", removed: "removed from", left: "no longer in" };
+
+/** The server took the user out of a room: say so; the room stays in the list, greyed, until closed. */
+function onRemoved(name, { reason, by }) {
+  saveRooms();
+  clearTimeout(store.room(name)?.read.timer);
+  if (reason === "left") return; // the user's own doing (here or on another page)
+  const label = store.kindOf(name) === "direct" ? store.labelOf(name) : `#${name}`;
+  view.toast(`You were ${REMOVED_TEXT[reason] ?? "removed from"} ${label}${by ? ` by ${by}` : ""}.`);
+}
+
+/** The words for an error frame: the server's message, made specific where we know more. */
+function errorText(frame) {
+  if (frame.code === "muted") {
+    const room = frame.room ? store.room(frame.room) : null;
+    if (room && frame.retry_after_ms) room.mutedUntil = Date.now() + frame.retry_after_ms;
+    store.changed("messages");
+    return frame.retry_after_ms ? `you are muted in this room for ${duration(frame.retry_after_ms)} more` : "you are muted in this room";
+  }
+  return frame.message || frame.code;
+}
+
 function onError(frame) {
-  const text = frame.message || frame.code;
+  const text = errorText(frame);
   const own = store.findChange(frame.ref);
   if (own) {
     if (frame.code === "rate_limited" && frame.retry_after_ms) {
@@ -384,13 +674,15 @@ function onError(frame) {
     return;
   }
   const room = frame.room ? store.room(frame.room) : null;
-  if (room && (frame.code === "invalid_room" || frame.code === "forbidden_room")) {
-    view.toast(`Can't join #${room.name}: ${text}`);
-    actions.leave(room.name);
+  if (room && (frame.code === "invalid_room" || frame.code === "forbidden_room") && !room.joined) {
+    const why = frame.code === "forbidden_room" ? "it is private, or you are not allowed in it" : text;
+    view.toast(`Can't open ${store.kindOf(room.name) === "direct" ? "this conversation" : `#${room.name}`}: ${why}.`);
+    room.removed = room.removed ?? { reason: "forbidden", by: null };
+    closeRoom(room.name);
     return;
   }
   if (room && frame.code === "not_joined") {
-    connection?.send(joinFrame(room));
+    if (!room.removed) connection?.send(joinFrame(room));
     return;
   }
   if (room && frame.code === "unavailable" && !room.joined) {

@@ -89,6 +89,16 @@ export function dayLabel(date, now = new Date()) {
   return (date.getFullYear() === now.getFullYear() ? dayFmt : dayYearFmt).format(date);
 }
 
+/** "3 minutes", "1 hour", "2 days": a duration in words (minutes rounded up, hours and days to the nearest). */
+export function duration(ms) {
+  const s = Math.max(1, Math.ceil(ms / 1000));
+  const unit = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+  if (s < 60) return unit(s, "second");
+  if (s < 3600) return unit(Math.ceil(s / 60), "minute");
+  if (s < 86400) return unit(Math.round(s / 3600), "hour");
+  return unit(Math.round(s / 86400), "day");
+}
+
 // ---------------------------------------------------------------- people
 
 /** A stable hue per user id, for avatars. */

@@ -2,8 +2,8 @@
 // user input into calls on `actions` (see app.js). All user-supplied text is
 // set with textContent (via h()), never parsed as HTML.
 
-import { avatar, dayKey, dayLabel, formatFull, formatTime, h, reconcile, setChildren } from "./dom.js";
-import { displayNameError, olderCursor, oldestSeq, roomNameError, settled } from "./store.js";
+import { avatar, dayKey, dayLabel, duration, formatFull, formatTime, h, reconcile, setChildren } from "./dom.js";
+import { COUNT_CAP, displayNameError, olderCursor, oldestSeq, roomNameError, settled } from "./store.js";
 
 const GROUP_GAP_MS = 5 * 60 * 1000; // one user's messages closer than this share a header
 const QUICK_EMOJI = ["👍", "❤️", "😂", "🎉", "😮", "😢"]; // the reaction picker
@@ -29,9 +29,16 @@ export class View {
       "typing", "composer", "composer-input", "send", "members", "close-members", "member-list",
       "scrim", "toast", "reply-bar", "reply-author", "reply-text", "reply-cancel",
       "confirm-delete", "confirm-delete-quote",
+      "new-room", "new-dm", "dm-list", "invite-people", "room-notice", "room-notice-text", "room-rejoin", "room-close", "muted-note",
+      "banned-title", "banned-list",
+      "new-room-dialog", "new-room-form", "new-room-name", "new-room-invite", "new-room-people", "new-room-ids", "new-room-error", "new-room-cancel",
+      "people-dialog", "people-form", "people-title", "people-list", "people-user", "people-name", "people-error", "people-close", "people-submit",
+      "person-dialog", "person-avatar", "person-name", "person-sub", "person-id", "person-dm", "person-mod", "person-mute-for", "person-mute",
+      "person-unmute", "person-kick", "person-ban", "person-error", "person-close",
+      "confirm-leave",
     ];
     this.el = Object.fromEntries(ids.map((id) => [id.replace(/-(\w)/g, (_, c) => c.toUpperCase()), document.getElementById(id)]));
-    this.caches = { messages: new Map(), rooms: new Map(), directory: new Map(), members: new Map() };
+    this.caches = { messages: new Map(), rooms: new Map(), dms: new Map(), directory: new Map(), members: new Map(), banned: new Map() };
     this.renderedRoom = undefined;
     this.stickToBottom = true;
     this.dirty = new Set();
@@ -45,6 +52,10 @@ export class View {
     this.replyTo = new Map(); // room -> message id the composer replies to
     this.confirming = null; // {room, id}: the message the delete dialog asks about
     this.highlightTimer = 0;
+    this.revealDivider = false; // a room just came into view: show its "new messages" line if it is above
+    this.person = null; // {room, id, name}: whom the person dialog is about
+    this.people = null; // {mode: "invite" | "dm", room}: what the people dialog does
+    this.mutedTimer = 0;
     store.subscribe((parts) => this.schedule(parts));
     this.#bindLogin();
     this.#bindChat();
@@ -125,57 +136,104 @@ export class View {
     const { store } = this;
     const item = (name, { open }) => {
       const room = store.room(name);
+      const kind = store.kindOf(name);
+      const label = store.labelOf(name);
+      const peer = kind === "direct" ? store.peerOf(name) : null;
       const online = room?.joined ? room.members.size : (store.directory.get(name)?.online ?? 0);
-      const unread = room?.unread ?? 0;
+      const { unread, mentions } = room && !room.removed ? store.counts(room) : { unread: 0, mentions: 0 };
       const current = store.current === name;
-      const label = [name, `${online} online`, unread ? `${unread} unread` : null].filter(Boolean).join(", ");
+      const removed = Boolean(room?.removed);
+      const what = kind === "direct" ? `Direct messages with ${label}` : kind === "private" ? `${name}, private` : name;
+      const aria = [what, kind === "direct" ? null : `${online} online`, unread ? `${countText(unread)} unread` : null,
+        mentions ? `${countText(mentions)} ${mentions === 1 ? "mention" : "mentions"}` : null, removed ? "you are no longer in it" : null].filter(Boolean).join(", ");
       return {
         key: name,
-        sig: `${online}|${unread}|${current}|${open}`,
+        sig: [online, unread, mentions, current, open, kind, label, removed, peer?.id].join("|"),
         build: () =>
-          h("li", { dataset: { room: name } },
+          h("li", { dataset: { room: name, kind } },
             h("a", {
-              className: `room-link${current ? " current" : ""}${unread ? " has-unread" : ""}`,
+              className: ["room-link", current && "current", unread && "has-unread", mentions && "has-mention", removed && "removed"].filter(Boolean).join(" "),
               href: `#/room/${name}`,
-              attrs: { "aria-current": current ? "page" : null, "aria-label": label },
+              attrs: { "aria-current": current ? "page" : null, "aria-label": aria },
               on: { click: () => this.#closeDrawers() },
             },
-              h("span", { className: "hash", text: "#", attrs: { "aria-hidden": "true" } }),
-              h("span", { className: "room-name", text: name }),
-              online ? h("span", { className: "online", text: String(online), attrs: { title: `${online} online` } }) : null,
-              unread ? h("span", { className: "badge unread", text: unread > 99 ? "99+" : String(unread) }) : null,
+              kind === "direct" ? avatar(peer?.id ?? name, label, "tiny")
+                : kind === "private" ? lockIcon()
+                  : h("span", { className: "hash", text: "#", attrs: { "aria-hidden": "true" } }),
+              h("span", { className: "room-name", text: label }),
+              online && kind !== "direct" ? h("span", { className: "online", text: String(online), attrs: { title: `${online} online` } }) : null,
+              mentions ? h("span", { className: "badge mention", text: `@${countText(mentions)}`, attrs: { title: `${mentions} ${mentions === 1 ? "mention" : "mentions"}` } }) : null,
+              unread ? h("span", { className: "badge unread", text: countText(unread), attrs: { title: `${unread} unread` } }) : null,
             )),
       };
     };
     const open = [...store.rooms.keys()];
-    reconcile(this.el.roomList, open.map((name) => item(name, { open: true })), this.caches.rooms);
-    const others = [...store.directory.keys()].filter((name) => !store.rooms.has(name)).sort();
+    const direct = open.filter((name) => store.kindOf(name) === "direct");
+    reconcile(this.el.roomList, open.filter((name) => store.kindOf(name) !== "direct").map((name) => item(name, { open: true })), this.caches.rooms);
+    reconcile(this.el.dmList, direct.map((name) => item(name, { open: true })), this.caches.dms);
+    const others = [...store.directory.keys()].filter((name) => !store.rooms.has(name) && store.kindOf(name) !== "direct").sort();
     reconcile(this.el.directoryList, others.map((name) => item(name, { open: false })), this.caches.directory);
     this.el.directoryTitle.hidden = others.length === 0;
 
     const unread = store.totalUnread();
     this.el.openRoomsUnread.hidden = unread === 0;
-    this.el.openRoomsUnread.textContent = unread > 99 ? "99+" : String(unread);
-    document.title = `${unread ? `(${unread}) ` : ""}${store.current ? `#${store.current} · ` : ""}confab`;
+    this.el.openRoomsUnread.textContent = countText(unread);
+    const here = store.current ? `${store.kindOf(store.current) === "direct" ? "@" : "#"}${store.labelOf(store.current)} · ` : "";
+    document.title = `${unread ? `(${unread}) ` : ""}${here}confab`;
   }
 
   #renderHeader() {
-    const room = this.store.currentRoom;
-    const { roomTitle, roomSub, leaveRoom, openMembers, composerInput, send } = this.el;
+    const { store } = this;
+    const room = store.currentRoom;
+    const { roomTitle, roomSub, leaveRoom, openMembers, composerInput, send, invitePeople } = this.el;
+    const kind = room ? store.kindOf(room.name) : null;
+    const label = room ? store.labelOf(room.name) : "";
+    const shown = kind === "direct" ? `@${label}` : `#${label}`;
     if (!room) {
       setChildren(roomTitle, "No room open");
       roomSub.textContent = "";
     } else {
-      setChildren(roomTitle, h("span", { className: "hash", text: "#", attrs: { "aria-hidden": "true" } }), room.name);
-      roomSub.textContent = room.joined ? `${room.members.size} online` : this.store.connection.state === "open" ? "joining…" : "offline";
+      const mark = kind === "direct" ? h("span", { className: "hash", text: "@", attrs: { "aria-hidden": "true" } })
+        : kind === "private" ? lockIcon("Private room")
+          : h("span", { className: "hash", text: "#", attrs: { "aria-hidden": "true" } });
+      setChildren(roomTitle, mark, label);
+      roomTitle.dataset.kind = kind;
+      const peer = kind === "direct" ? store.peerOf(room.name) : null;
+      roomSub.textContent =
+        room.removed ? "you are no longer in this room" :
+          !room.joined ? (store.connection.state === "open" ? "joining…" : "offline") :
+            kind === "direct" ? (peer && room.members.has(peer.id) ? "online" : "direct message") :
+              kind === "private" ? `private · ${room.members.size} online` : `${room.members.size} online`;
     }
-    leaveRoom.hidden = !room;
+    const usable = Boolean(room) && !room.removed;
+    leaveRoom.hidden = !usable || kind === "direct";
+    invitePeople.hidden = !usable || !store.canInvite(room.name);
     openMembers.hidden = !room;
     openMembers.textContent = room?.joined ? `People · ${room.members.size}` : "People";
-    composerInput.disabled = !room;
-    send.disabled = !room;
-    composerInput.placeholder = room ? `Message #${room.name}` : "Join a room to chat";
-    composerInput.setAttribute("aria-label", room ? `Message #${room.name}` : "Message");
+    composerInput.disabled = !usable;
+    send.disabled = !usable;
+    composerInput.placeholder = !room ? "Join a room to chat" : room.removed ? "You are no longer in this room" : `Message ${shown}`;
+    composerInput.setAttribute("aria-label", room ? `Message ${shown}` : "Message");
+    this.#renderNotice(room);
+  }
+
+  /** Under the messages: why the user can't write here (taken out of the room, or muted). */
+  #renderNotice(room) {
+    const { roomNotice, roomNoticeText, roomRejoin, mutedNote } = this.el;
+    const removed = room?.removed;
+    roomNotice.hidden = !removed;
+    if (removed) {
+      const what = { kicked: "You were kicked from this room", banned: "You were banned from this room", removed: "You were removed from this room", left: "You left this room" }[removed.reason] ?? "You are no longer in this room";
+      roomNoticeText.textContent = `${what}${removed.by ? ` by ${removed.by}` : ""}.`;
+      roomRejoin.hidden = !(removed.reason === "kicked" && this.store.kindOf(room.name) === "public");
+    }
+    clearTimeout(this.mutedTimer);
+    const left = room && !removed ? room.mutedUntil - Date.now() : 0;
+    mutedNote.hidden = left <= 0;
+    if (left > 0) {
+      mutedNote.textContent = `You are muted in this room until ${formatTime(new Date(room.mutedUntil))} (${duration(left)} left).`;
+      this.mutedTimer = setTimeout(() => this.schedule(["rooms"]), Math.min(left + 50, 30000));
+    }
   }
 
   #renderMe() {
@@ -199,7 +257,8 @@ export class View {
       this.caches.messages.clear();
       messages.replaceChildren();
       this.stickToBottom = true;
-      messages.setAttribute("aria-label", name ? `Messages in #${name}` : "Messages");
+      this.revealDivider = true;
+      messages.setAttribute("aria-label", name ? `Messages in ${this.store.kindOf(name) === "direct" ? "@" : "#"}${this.store.labelOf(name)}` : "Messages");
     }
     empty.hidden = Boolean(room);
     if (!room) {
@@ -241,6 +300,12 @@ export class View {
     if (atBottom) scroller.scrollTop = scroller.scrollHeight;
     else if (anchorText) scroller.scrollTop += anchorText.getBoundingClientRect().top - anchor.top;
     this.stickToBottom = false;
+    if (this.revealDivider && settled(room)) {
+      // Just opened: if the "new messages" line is above the view, start there.
+      this.revealDivider = false;
+      const line = messages.querySelector(".new-divider");
+      if (line && line.offsetTop < scroller.scrollTop) scroller.scrollTop = Math.max(0, line.offsetTop - 8);
+    }
     this.#maybeLoadOlder();
   }
 
@@ -266,8 +331,32 @@ export class View {
     };
     const groupsWith = (userId, date) => prev !== null && prev.user_id === userId && date - prev.date >= 0 && date - prev.date < GROUP_GAP_MS;
 
-    for (const m of [...room.messages.values()].sort((a, b) => a.seq - b.seq)) {
+    const entries = [...room.messages.values(), ...room.events.values()].sort((a, b) => a.seq - b.seq);
+    const dividerBefore = this.#dividerSeq(room, entries);
+    for (const m of entries) {
+      if (m.type !== undefined) {
+        // A membership event: a system line.
+        daySeparator(m.date);
+        const text = eventText(m);
+        items.push({
+          key: `e:${m.seq}:${m.id}`,
+          sig: text,
+          build: () => h("li", { className: "sys", dataset: { seq: m.seq, event: m.type } },
+            h("span", { className: "sys-text", text }),
+            h("time", { className: "msg-time", text: formatTime(m.date), attrs: { datetime: m.timestamp, title: formatFull(m.date) } })),
+        });
+        prev = null;
+        continue;
+      }
       daySeparator(m.date);
+      if (m.seq === dividerBefore) {
+        items.push({
+          key: "new-messages",
+          sig: String(dividerBefore),
+          build: () => h("li", { className: "new-divider", attrs: { role: "separator", "aria-label": "New messages" } }, h("span", { text: "New messages" })),
+        });
+        prev = null;
+      }
       const grouped = groupsWith(m.user_id, m.date);
       // Keyed by seq *and* id: after a server reset the same seq can name a
       // different message, and its element must be rebuilt, not reused. The
@@ -287,6 +376,13 @@ export class View {
       prev = { user_id: me?.id, date: now };
     }
     return items;
+  }
+
+  /** The seq of the first message below the "new messages" line (from someone else, after the marker), or null. */
+  #dividerSeq(room, entries) {
+    if (room.divider === null || room.divider === undefined) return null;
+    const first = entries.find((m) => m.type === undefined && m.seq > room.divider && !m.deleted && !this.store.isOwn(m.user_id));
+    return first ? first.seq : null;
   }
 
   /** Changes whenever what a message shows changes: its stored state, the user's own pending changes to it. */
@@ -310,7 +406,8 @@ export class View {
     const shown = this.store.shown(room, m);
     const editing = this.editing?.room === room.name && this.editing.id === m.id && !shown.deleted;
     const time = h("time", { className: "msg-time", text: formatTime(m.date), attrs: { datetime: m.timestamp, title: formatFull(m.date) } });
-    const classes = ["msg", grouped && "grouped", own && "own", shown.deleted && "deleted", shown.deleting && "deleting", shown.saving && "saving", editing && "editing"];
+    const mentioned = !own && !shown.deleted && this.store.mentionsMe(shown.content);
+    const classes = ["msg", grouped && "grouped", own && "own", shown.deleted && "deleted", shown.deleting && "deleting", shown.saving && "saving", editing && "editing", mentioned && "mentions-me"];
     // Focusable (not in the tab order) so that a tap on a touch screen shows its actions.
     const li = h("li", { className: classes.filter(Boolean).join(" "), dataset: { seq: m.seq, id: m.id, user: m.user_id, key: messageKey(m) }, attrs: { tabindex: "-1" } });
 
@@ -337,7 +434,16 @@ export class View {
       li.append(
         avatar(m.user_id, m.user),
         h("div", { className: "msg-body" },
-          h("div", { className: "msg-meta" }, h("span", { className: "msg-author", text: m.user }), own ? h("span", { className: "you", text: "you" }) : null, time),
+          h("div", { className: "msg-meta" },
+            own ? h("span", { className: "msg-author", text: m.user })
+              : h("button", {
+                type: "button",
+                className: "msg-author person-btn",
+                text: m.user,
+                attrs: { title: `${m.user}: message, or more`, "aria-haspopup": "dialog" },
+                on: { click: () => this.openPerson(room.name, m.user_id, m.user) },
+              }),
+            own ? h("span", { className: "you", text: "you" }) : null, time),
           body),
       );
     }
@@ -572,9 +678,14 @@ export class View {
     else if (room.olderError) {
       setChildren(el, `Couldn't load older messages (${room.olderError}). `,
         h("button", { type: "button", className: "link-btn", text: "Try again", on: { click: () => this.actions.loadOlder(room.name, { force: true }) } }));
-    } else if (oldest !== null && (oldest === 1 || room.atStart)) setChildren(el, `This is the very beginning of #${room.name}.`);
-    else if (oldest === null && settled(room) && room.pending.length === 0 && olderCursor(room) === null) setChildren(el, `No messages in #${room.name} yet. Say hello!`);
+    } else if (oldest !== null && (oldest === 1 || room.atStart)) setChildren(el, `This is the very beginning of ${this.#roomRef(room.name)}.`);
+    else if (oldest === null && settled(room) && room.pending.length === 0 && olderCursor(room) === null) setChildren(el, `No messages in ${this.#roomRef(room.name)} yet. Say hello!`);
     else el.replaceChildren();
+  }
+
+  /** "#general", or "your conversation with bob" for a direct room. */
+  #roomRef(name) {
+    return this.store.kindOf(name) === "direct" ? `your conversation with ${this.store.labelOf(name)}` : `#${name}`;
   }
 
   #maybeLoadOlder() {
@@ -585,19 +696,183 @@ export class View {
     if (olderCursor(room) !== null) this.actions.loadOlder(room.name);
   }
 
+  /**
+   * The people panel: who is online (public rooms), or every member with who
+   * is online (private and direct rooms, from the REST roster). A name opens
+   * the person dialog (direct message, and moderation for those allowed).
+   */
   #renderMembers() {
-    const room = this.store.currentRoom;
-    const members = room ? [...room.members].sort((a, b) => a[1].localeCompare(b[1]) || a[0].localeCompare(b[0])) : [];
-    reconcile(this.el.memberList, members.map(([id, name]) => ({
-      key: id,
-      sig: name,
-      build: () => h("li", { className: "member", dataset: { user: id } },
-        h("span", { className: "presence-dot", attrs: { "aria-hidden": "true" } }),
-        avatar(id, name),
-        h("span", { className: "member-name", text: name }),
-        this.store.isOwn(id) ? h("span", { className: "you", text: "you" }) : null),
+    const { store } = this;
+    const room = store.currentRoom;
+    const kind = room ? store.kindOf(room.name) : null;
+    const roster = room?.roster;
+    const now = Date.now();
+    let rows = [];
+    if (room && roster && kind !== "public") {
+      rows = [...roster.members].map(([id, m]) => ({ id, name: m.name, role: m.role, online: room.members.has(id), muted: isFuture(m.muted_until, now) }));
+      for (const [id, name] of room.members) if (!roster.members.has(id)) rows.push({ id, name, role: null, online: true, muted: false });
+    } else if (room) {
+      rows = [...room.members].map(([id, name]) => {
+        const m = roster?.members.get(id);
+        return { id, name, role: m?.role ?? null, online: true, muted: isFuture(m?.muted_until, now) };
+      });
+    }
+    rows.sort((a, b) => Number(b.online) - Number(a.online) || a.name.localeCompare(b.name) || a.id.localeCompare(b.id));
+    const roomName = room?.name;
+    reconcile(this.el.memberList, rows.map((r) => ({
+      key: r.id,
+      sig: [r.name, r.role, r.online, r.muted, roomName].join("|"),
+      build: () => {
+        const own = store.isOwn(r.id);
+        const name = h("span", { className: "member-name", text: r.name });
+        return h("li", { className: `member${r.online ? "" : " offline"}`, dataset: { user: r.id } },
+          r.online ? h("span", { className: "presence-dot", attrs: { "aria-hidden": "true" } }) : null,
+          avatar(r.id, r.name),
+          own ? name : h("button", {
+            type: "button",
+            className: "member-btn person-btn",
+            attrs: { "aria-haspopup": "dialog", title: `${r.name}: message, or more` },
+            on: { click: () => this.openPerson(roomName, r.id, r.name) },
+          }, name),
+          r.role === "owner" || r.role === "admin" ? h("span", { className: `role role-${r.role}`, text: r.role }) : null,
+          r.muted ? h("span", { className: "role role-muted", text: "muted" }) : null,
+          own ? h("span", { className: "you", text: "you" }) : null);
+      },
     })), this.caches.members);
-    setChildren(this.el.members.querySelector(".section-title"), room ? `Online — ${members.length}` : "Online");
+    const online = rows.filter((r) => r.online).length;
+    const title = !room ? "Online" : roster && kind !== "public" ? `Members — ${rows.length}` : `Online — ${online}`;
+    setChildren(this.el.members.querySelector(".section-title"), title);
+
+    // Owners and admins see who is banned, with Unban.
+    const banned = room && store.rankIn(room.name) >= 2 ? bannedIn(room) : [];
+    reconcile(this.el.bannedList, banned.map((b) => ({
+      key: b.id,
+      sig: `${b.name}|${roomName}`,
+      build: () => h("li", { className: "member banned", dataset: { user: b.id } },
+        avatar(b.id, b.name),
+        h("span", { className: "member-name", text: b.name }),
+        h("button", {
+          type: "button",
+          className: "link-btn unban",
+          text: "Unban",
+          attrs: { "aria-label": `Unban ${b.name}` },
+          on: { click: () => this.actions.moderate(roomName, b.id, "unban") },
+        })),
+    })), this.caches.banned);
+    this.el.bannedTitle.hidden = banned.length === 0;
+  }
+
+  // ---------------------------------------------------- people and rooms
+
+  /** The person dialog: a direct message, and kick / ban / mute for those allowed in this room. */
+  openPerson(roomName, id, name) {
+    const { store, el } = this;
+    if (!id || store.isOwn(id)) return;
+    this.person = { room: roomName, id, name };
+    const room = roomName ? store.room(roomName) : null;
+    const member = room?.roster?.members.get(id);
+    const role = member?.role ?? null;
+    const muted = isFuture(member?.muted_until, Date.now());
+    el.personName.textContent = name;
+    setChildren(el.personAvatar, avatar(id, name));
+    el.personId.textContent = id;
+    const where = roomName ? (store.kindOf(roomName) === "direct" ? "" : ` in #${roomName}`) : "";
+    el.personSub.textContent = [role && role !== "member" ? `${role}${where}` : null, muted ? `muted until ${formatTime(new Date(member.muted_until))}` : null].filter(Boolean).join(" · ");
+    el.personError.textContent = "";
+    el.personMod.hidden = !roomName || !store.canModerate(roomName, id);
+    el.personUnmute.hidden = !muted;
+    el.personDm.hidden = Boolean(roomName) && store.kindOf(roomName) === "direct" && store.peerOf(roomName)?.id === id;
+    for (const b of el.personDialog.querySelectorAll("button")) b.disabled = false;
+    if (!el.personDialog.open) el.personDialog.showModal();
+  }
+
+  async #personAction(work) {
+    const { el } = this;
+    const person = this.person;
+    if (!person) return;
+    for (const b of el.personDialog.querySelectorAll("button")) b.disabled = true;
+    el.personError.textContent = "";
+    const outcome = await work(person);
+    for (const b of el.personDialog.querySelectorAll("button")) b.disabled = false;
+    if (typeof outcome === "string") el.personError.textContent = outcome;
+    else if (outcome !== false && this.person === person) el.personDialog.close();
+  }
+
+  /** People the user has seen (presence, messages, members), by name, not the user. */
+  #peopleSeen(except = new Set()) {
+    return [...this.store.people].filter(([id]) => !except.has(id) && !this.store.isOwn(id))
+      .sort((a, b) => a[1].localeCompare(b[1]) || a[0].localeCompare(b[0]));
+  }
+
+  openNewRoom() {
+    const { el } = this;
+    el.newRoomForm.reset();
+    el.newRoomError.textContent = "";
+    setChildren(el.newRoomPeople, this.#peopleSeen().map(([id, name]) =>
+      h("li", {},
+        h("label", { className: "person-pick" },
+          h("input", { type: "checkbox", value: id, dataset: { name } }),
+          avatar(id, name, "tiny"),
+          h("span", { className: "pick-name", text: name }),
+          h("span", { className: "pick-id", text: id })))));
+    if (el.newRoomPeople.childElementCount === 0) setChildren(el.newRoomPeople, h("li", { className: "muted empty-pick", text: "Nobody yet: people show up here once you've seen them in a room." }));
+    this.#closeDrawers();
+    if (!el.newRoomDialog.open) el.newRoomDialog.showModal();
+    el.newRoomName.focus();
+  }
+
+  /** The people dialog: "invite" into `room`, or "dm" (start a direct message). */
+  openPeople(mode, room = null) {
+    const { el, store } = this;
+    this.people = { mode, room };
+    el.peopleForm.reset();
+    el.peopleError.textContent = "";
+    el.peopleTitle.textContent = mode === "invite" ? `Invite people to #${room}` : "New direct message";
+    el.peopleSubmit.textContent = mode === "invite" ? "Invite" : "Message";
+    const members = new Set(mode === "invite" ? [...(store.room(room)?.roster?.members.keys() ?? [])] : []);
+    const list = this.#peopleSeen(members);
+    setChildren(el.peopleList, list.map(([id, name]) =>
+      h("li", {},
+        h("button", {
+          type: "button",
+          className: "person-pick",
+          dataset: { user: id },
+          attrs: { "aria-label": `${mode === "invite" ? "Invite" : "Message"} ${name}` },
+          on: { click: (event) => this.#pickPerson(id, name, event.currentTarget) },
+        }, avatar(id, name, "tiny"), h("span", { className: "pick-name", text: name }), h("span", { className: "pick-id", text: id })))));
+    if (list.length === 0) setChildren(el.peopleList, h("li", { className: "muted empty-pick", text: "Nobody yet: people show up here once you've seen them in a room." }));
+    this.#closeDrawers();
+    if (!el.peopleDialog.open) el.peopleDialog.showModal();
+    el.peopleUser.focus();
+  }
+
+  async #pickPerson(id, name, button) {
+    const { el } = this;
+    const people = this.people;
+    if (!people) return;
+    el.peopleError.textContent = "";
+    if (button) button.disabled = true;
+    const error = people.mode === "invite" ? await this.actions.invite(people.room, id, name) : await this.actions.dm(id, name);
+    if (error) {
+      el.peopleError.textContent = error;
+      if (button) button.disabled = false;
+      return;
+    }
+    if (people.mode === "dm") el.peopleDialog.close();
+    else if (button) {
+      button.classList.add("done");
+      button.setAttribute("aria-label", `${name}: invited`);
+      button.append(h("span", { className: "pick-done", text: "invited" }));
+    } else {
+      el.peopleForm.reset();
+      el.peopleError.textContent = "";
+      this.toast(`Invited ${name || id}.`);
+    }
+  }
+
+  openInvite() {
+    const room = this.store.current;
+    if (room) this.openPeople("invite", room);
   }
 
   #renderTyping() {
@@ -680,7 +955,78 @@ export class View {
   #bindChat() {
     const el = this.el;
     el.signOut.addEventListener("click", () => this.actions.signOut());
-    el.leaveRoom.addEventListener("click", () => this.store.current && this.actions.leave(this.store.current));
+    el.leaveRoom.addEventListener("click", () => {
+      const name = this.store.current;
+      if (!name) return;
+      if (this.store.kindOf(name) === "private") {
+        el.confirmLeave.dataset.room = name;
+        el.confirmLeave.querySelector("h2").textContent = `Leave #${name}?`;
+        el.confirmLeave.returnValue = "";
+        el.confirmLeave.showModal();
+      } else this.actions.leave(name);
+    });
+    el.confirmLeave.addEventListener("close", () => {
+      if (el.confirmLeave.returnValue === "leave" && el.confirmLeave.dataset.room) this.actions.leavePrivate(el.confirmLeave.dataset.room);
+    });
+    el.roomClose.addEventListener("click", () => this.store.current && this.actions.leave(this.store.current));
+    el.roomRejoin.addEventListener("click", () => this.store.current && this.actions.rejoin(this.store.current));
+    el.invitePeople.addEventListener("click", () => this.openInvite());
+    el.newDm.addEventListener("click", () => this.openPeople("dm"));
+    el.newRoom.addEventListener("click", () => this.openNewRoom());
+
+    // The new-room dialog.
+    el.newRoomCancel.addEventListener("click", () => el.newRoomDialog.close());
+    el.newRoomForm.addEventListener("change", () => {
+      el.newRoomInvite.hidden = el.newRoomForm.elements.kind.value !== "private";
+    });
+    el.newRoomForm.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const name = el.newRoomName.value.trim().replace(/^#/, "");
+      const problem = roomNameError(name) ?? (name.startsWith("dm:") ? "Names starting with dm: are for direct messages." : null);
+      if (problem) {
+        el.newRoomError.textContent = problem;
+        el.newRoomName.focus();
+        return;
+      }
+      const kind = el.newRoomForm.elements.kind.value === "public" ? "public" : "private";
+      const invitees = [];
+      if (kind === "private") {
+        for (const box of el.newRoomPeople.querySelectorAll("input:checked")) invitees.push({ id: box.value, name: box.dataset.name });
+        for (const id of el.newRoomIds.value.split(/[\s,]+/).filter(Boolean)) {
+          if (!invitees.some((p) => p.id === id)) invitees.push({ id, name: this.store.people.get(id) });
+        }
+      }
+      const buttons = el.newRoomForm.querySelectorAll("button");
+      for (const b of buttons) b.disabled = true;
+      el.newRoomError.textContent = "";
+      const error = await this.actions.createRoom(name, kind, invitees);
+      for (const b of buttons) b.disabled = false;
+      if (error) el.newRoomError.textContent = error;
+      else el.newRoomDialog.close();
+    });
+
+    // The people dialog (invite / new direct message): by id, or a person seen.
+    el.peopleClose.addEventListener("click", () => el.peopleDialog.close());
+    el.peopleForm.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const id = el.peopleUser.value.trim();
+      if (!id) {
+        el.peopleError.textContent = "Enter a user id, or pick someone above.";
+        el.peopleUser.focus();
+        return;
+      }
+      const name = el.peopleName.value.trim() || this.store.people.get(id) || undefined;
+      this.#pickPerson(id, name, null);
+    });
+
+    // The person dialog.
+    el.personClose.addEventListener("click", () => el.personDialog.close());
+    el.personDialog.addEventListener("close", () => (this.person = null));
+    el.personDm.addEventListener("click", () => this.#personAction((p) => this.actions.dm(p.id, p.name)));
+    el.personKick.addEventListener("click", () => this.#personAction((p) => this.actions.moderate(p.room, p.id, "kick")));
+    el.personBan.addEventListener("click", () => this.#personAction((p) => this.actions.moderate(p.room, p.id, "ban")));
+    el.personMute.addEventListener("click", () => this.#personAction((p) => this.actions.moderate(p.room, p.id, "mute", Number(el.personMuteFor.value))));
+    el.personUnmute.addEventListener("click", () => this.#personAction((p) => this.actions.moderate(p.room, p.id, "mute", 0)));
     el.bannerRetry.addEventListener("click", () => this.actions.retryNow());
 
     el.joinForm.addEventListener("submit", (event) => {
@@ -785,6 +1131,71 @@ export class View {
   }
 
   #closeDrawers = () => {};
+}
+
+/** A count for a badge: the server counts up to COUNT_CAP. */
+function countText(n) {
+  return n >= COUNT_CAP ? "999+" : String(n);
+}
+
+const isFuture = (time, now) => Boolean(time) && Date.parse(time) > now;
+
+/**
+ * Who is banned from a room: the REST roster's list when the server gave one,
+ * otherwise what the room's events seen here say (bans not lifted since).
+ */
+function bannedIn(room) {
+  if (room.roster?.banned) return room.roster.banned;
+  const banned = new Map();
+  for (const e of [...room.events.values()].sort((a, b) => a.seq - b.seq)) {
+    if (e.type === "member_removed" && e.reason === "banned" && e.member) banned.set(e.member.id, e.member.name);
+    else if (e.type === "member_unbanned" && e.member) banned.delete(e.member.id);
+  }
+  return [...banned].map(([id, name]) => ({ id, name }));
+}
+
+/** A small padlock (private rooms); labelled when it stands alone. */
+function lockIcon(label = null) {
+  const NS = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(NS, "svg");
+  svg.setAttribute("viewBox", "0 0 16 16");
+  svg.setAttribute("width", "12");
+  svg.setAttribute("height", "12");
+  svg.setAttribute("class", "lock");
+  if (label) {
+    svg.setAttribute("role", "img");
+    svg.setAttribute("aria-label", label);
+  } else svg.setAttribute("aria-hidden", "true");
+  const path = document.createElementNS(NS, "path");
+  path.setAttribute("fill", "currentColor");
+  path.setAttribute("d", "M4 7V5a4 4 0 1 1 8 0v2h.5A1.5 1.5 0 0 1 14 8.5v5a1.5 1.5 0 0 1-1.5 1.5h-9A1.5 1.5 0 0 1 2 13.5v-5A1.5 1.5 0 0 1 3.5 7H4zm2 0h4V5a2 2 0 1 0-4 0v2z");
+  svg.append(path);
+  return svg;
+}
+
+/** The words of a membership event's system line (docs/protocol.md 7b). */
+export function eventText(e) {
+  const actor = e.user ?? "someone";
+  const member = e.member?.name ?? "someone";
+  switch (e.type) {
+    case "room_created":
+      return e.kind === "direct" ? `${actor} started this conversation` : `${actor} created this ${e.kind === "private" ? "private room" : "room"}`;
+    case "member_added":
+      if (e.member && e.member.id === e.user_id) return `${member} joined`;
+      return e.role === "admin" ? `${actor} made ${member} an admin` : e.role === "owner" ? `${actor} made ${member} an owner` : `${actor} invited ${member}`;
+    case "member_removed":
+      if (e.reason === "left" || (e.member && e.member.id === e.user_id)) return `${member} left`;
+      return `${member} was ${{ kicked: "kicked", banned: "banned" }[e.reason] ?? "removed"} by ${actor}`;
+    case "member_muted": {
+      if (!e.until) return `${member} was unmuted by ${actor}`;
+      const ms = Date.parse(e.until) - Date.parse(e.timestamp);
+      return Number.isFinite(ms) && ms > 0 ? `${member} was muted by ${actor} for ${duration(ms)}` : `${member} was muted by ${actor}`;
+    }
+    case "member_unbanned":
+      return `${member} was unbanned by ${actor}`;
+    default:
+      return `${actor} changed the room`;
+  }
 }
 
 /** A textarea as tall as its content, up to `max` px. */

@@ -22,6 +22,15 @@ export function displayNameError(name) {
 }
 
 const TYPING_SHOWN_MS = 3000;
+export const JOIN_HISTORY = 50; // events replayed on a first join
+export const COUNT_CAP = 1000; // the server counts unread messages and mentions up to this (docs/protocol.md 7b)
+
+/** Room roles, and what a server admin counts as (docs/protocol.md 7b, "Roles"). */
+const RANK = { member: 1, admin: 2, owner: 3 };
+const SERVER_ADMIN_RANK = 4;
+
+/** Lowercases ASCII letters only (mentions ignore ASCII case, nothing else). */
+const asciiLower = (text) => String(text).replace(/[A-Z]/g, (c) => c.toLowerCase());
 
 function newRoom(name) {
   return {
@@ -33,8 +42,20 @@ function newRoom(name) {
     byId: new Map(), // message id -> the same message objects: the targets of changes and replies
     lastSeq: 0, // highest seq received from the room's stream (messages and changes): the next `since`
     atStart: false, // a history page said there is nothing older (next_before: null)
-    unreadAfter: Infinity, // live messages above this seq count as unread
-    unread: 0,
+    heldFrom: Infinity, // every message with seq >= heldFrom is held (the replay and history pages are gap-free)
+    // Read markers (docs/protocol.md 7b). readSeq is the user's marker as far
+    // as this page knows (it never moves back); base holds the counts the
+    // server gave for a marker ({readSeq, upTo, unread, mentions}: messages
+    // up to upTo), from `joined` or /api/me/rooms.
+    readSeq: 0,
+    base: null,
+    divider: undefined, // the "new messages" line goes after this seq; null: no line; undefined: not decided yet
+    read: { wanted: 0, sent: 0, sentAt: 0, timer: 0 }, // `read` frames: the newest seq to mark, the last sent, when
+    events: new Map(), // seq -> membership event (room_created, member_added, …): system lines
+    lastRemoval: null, // the newest member_removed event that named the user
+    removed: null, // {reason, by}: the server took this connection out of the room (kicked, banned, removed)
+    mutedUntil: 0, // ms: the user is muted in this room until then
+    roster: null, // the room's members over REST: {members: Map id -> {name, role, muted_until}, banned: [{id, name}]}
     loadingOlder: false,
     olderError: null,
     members: new Map(), // user id -> name
@@ -57,6 +78,10 @@ export class Store {
     this.token = null;
     this.user = null; // {id, name}
     this.moderator = false; // the token's claims say so (docs/protocol.md 7a): Delete on everyone's messages
+    this.serverAdmin = false; // the token's claims say so (docs/protocol.md 7b): may moderate every room
+    this.readMarkers = false; // the server keeps read markers (a `joined` carried read_seq): `read` frames are understood
+    this.info = new Map(); // room name -> {kind, role, peer: {id, name} | null}: what we know of rooms, open or not
+    this.people = new Map(); // user id -> display name: everyone seen (presence, messages, members), for invites and DMs
     this.connection = { state: "stopped" };
     this.rooms = new Map(); // the rooms this client has open (joined), in opening order
     this.directory = new Map(); // name -> {last_seq, online} from /api/rooms
@@ -101,23 +126,206 @@ export class Store {
     this.changed("rooms", "messages", "members", "typing");
   }
 
+  /** Shows a room. Coming to it from elsewhere places the "new messages" line at the read marker. */
   view(name) {
+    const switched = this.current !== name;
     this.current = name;
     const room = this.room(name);
-    if (room) {
-      room.unread = 0;
-      if (room.synced) room.unreadAfter = Math.max(room.unreadAfter, room.lastSeq);
-    }
+    if (room && switched) room.divider = room.base || room.synced ? this.dividerFor(room) : undefined;
     this.changed("rooms", "messages", "members", "typing");
   }
 
   setPageVisible(visible) {
+    const was = this.pageVisible;
     this.pageVisible = visible;
+    const room = this.currentRoom;
+    // Back to a tab that collected unread messages: the line goes above them.
+    if (visible && !was && room && (room.base || room.synced) && this.counts(room).unread > 0) room.divider = room.readSeq;
     if (visible && this.current) this.view(this.current);
   }
 
+  /** The user reads this room: the badge goes, the line stays where it is. */
+  viewing(name) {
+    return this.current === name && this.pageVisible;
+  }
+
+  /** Where the "new messages" line goes when the room comes into view: after the marker, if anything is unread. */
+  dividerFor(room) {
+    const { unread } = this.counts(room);
+    return unread > 0 ? room.readSeq : null;
+  }
+
   setDirectory(rooms) {
-    this.directory = new Map(rooms.map((r) => [r.name, { last_seq: r.last_seq, online: r.online }]));
+    this.directory = new Map(rooms.map((r) => [r.name, { last_seq: r.last_seq, online: r.online, kind: r.kind }]));
+    for (const r of rooms) if (r.kind) this.setInfo(r.name, { kind: r.kind });
+    this.changed("rooms");
+  }
+
+  // -------------------------------------------------- kinds, roles, people
+
+  /** What we know of a room (created on first use). */
+  infoOf(name) {
+    let info = this.info.get(name);
+    if (!info) {
+      info = { kind: name.startsWith("dm:") ? "direct" : null, role: null, peer: null };
+      this.info.set(name, info);
+    }
+    return info;
+  }
+
+  /** Merges what a server answer says of a room: {kind, role, members} (role: undefined leaves it). */
+  setInfo(name, { kind, role, members } = {}) {
+    const info = this.infoOf(name);
+    if (kind) info.kind = kind;
+    if (role !== undefined) info.role = role;
+    if (Array.isArray(members)) {
+      for (const m of members) this.addPerson(m.id, m.name);
+      const me = members.find((m) => this.isOwn(m.id));
+      if (me?.role && role === undefined) info.role = me.role;
+      if (info.kind === "direct") {
+        const other = members.find((m) => !this.isOwn(m.id));
+        if (other) info.peer = { id: other.id, name: other.name };
+      }
+    }
+    return info;
+  }
+
+  /** "public", "private" or "direct" (a room we know nothing of is public, as in v1). */
+  kindOf(name) {
+    return this.info.get(name)?.kind ?? (name.startsWith("dm:") ? "direct" : "public");
+  }
+
+  /** What the room list and header call a room: a direct room by the other user's name. */
+  labelOf(name) {
+    if (this.kindOf(name) !== "direct") return name;
+    return this.info.get(name)?.peer?.name ?? this.#dmPeerFromMessages(name)?.name ?? "Direct message";
+  }
+
+  /** The other user of a direct room, as far as known. */
+  peerOf(name) {
+    return this.info.get(name)?.peer ?? this.#dmPeerFromMessages(name);
+  }
+
+  #dmPeerFromMessages(name) {
+    const room = this.room(name);
+    if (!room) return null;
+    for (const [id, n] of room.members) if (!this.isOwn(id)) return { id, name: n };
+    for (const m of room.messages.values()) if (!this.isOwn(m.user_id)) return { id: m.user_id, name: m.user };
+    return null;
+  }
+
+  addPerson(id, name) {
+    if (typeof id !== "string" || typeof name !== "string" || !id || this.isOwn(id)) return;
+    this.people.set(id, name);
+  }
+
+  /** The user's rank in a room: 4 server admin, 3 owner, 2 admin, 1 member, 0 none. */
+  rankIn(name) {
+    if (this.serverAdmin) return SERVER_ADMIN_RANK;
+    return RANK[this.info.get(name)?.role] ?? 0;
+  }
+
+  /** A user's role in a room as far as known (the REST roster), "member" otherwise. */
+  roleOf(name, userId) {
+    return this.room(name)?.roster?.members.get(userId)?.role ?? "member";
+  }
+
+  /** May the user kick, ban or mute `userId` in the room? (The server decides; this only shows the menu.) */
+  canModerate(name, userId) {
+    if (this.isOwn(userId)) return false;
+    if (this.kindOf(name) === "direct" && !this.serverAdmin) return false;
+    const rank = this.rankIn(name);
+    return rank >= RANK.admin && rank > (RANK[this.roleOf(name, userId)] ?? RANK.member);
+  }
+
+  canInvite(name) {
+    return this.kindOf(name) === "private" && this.rankIn(name) >= RANK.admin;
+  }
+
+  /** The REST member list of a room (all its pages). */
+  setRoster(name, members, banned) {
+    const room = this.room(name);
+    if (!room) return;
+    room.roster = { members: new Map(), banned: Array.isArray(banned) ? banned : null }; // null: the server did not say
+    for (const m of members) {
+      room.roster.members.set(m.id, { name: m.name, role: m.role ?? "member", muted_until: m.muted_until ?? null });
+      this.addPerson(m.id, m.name);
+      if (this.isOwn(m.id)) {
+        this.infoOf(name).role = m.role ?? "member";
+        room.mutedUntil = m.muted_until ? Date.parse(m.muted_until) || 0 : 0;
+      }
+    }
+    for (const b of room.roster.banned ?? []) this.addPerson(b.id, b.name);
+    this.changed("members", "rooms");
+  }
+
+  // ---------------------------------------------------- unread and mentions
+
+  /** Does this content mention the user ("@" and their display name, ASCII case ignored)? */
+  mentionsMe(content) {
+    const name = this.user?.name;
+    return Boolean(name) && asciiLower(content).includes(`@${asciiLower(name)}`);
+  }
+
+  /**
+   * The room's unread messages and mentions: {unread, mentions}. Messages the
+   * page holds after the marker are counted here; those the server counted
+   * (base) stand for what the page does not hold.
+   */
+  counts(room) {
+    const r = room.readSeq;
+    const b = room.base;
+    let unread = 0;
+    let mentions = 0;
+    let from = r; // messages held with seq > from are counted here
+    if (b && r < b.upTo && (r + 1 < room.heldFrom || (r === b.readSeq && !settled(room)))) {
+      // The server's numbers cover (r, upTo]. If the marker moved since they
+      // were given they are too high; app.js then asks for fresh ones (onRead).
+      unread = b.unread;
+      mentions = b.mentions;
+      from = b.upTo;
+    }
+    if (room.lastSeq > from) {
+      for (const m of room.messages.values()) {
+        if (m.seq <= from || m.deleted || this.isOwn(m.user_id)) continue;
+        unread += 1;
+        if (this.mentionsMe(m.content)) mentions += 1;
+      }
+    }
+    return { unread: Math.min(unread, COUNT_CAP), mentions: Math.min(mentions, COUNT_CAP) };
+  }
+
+  /** The user has read a room up to `seq` (here, or on another connection: a `read` frame). */
+  setRead(name, seq) {
+    const room = this.room(name);
+    if (!room || !(seq > room.readSeq)) return false;
+    room.readSeq = seq;
+    this.changed("rooms");
+    return true;
+  }
+
+  /**
+   * A `read` frame: another connection of the user moved the marker. Returns
+   * "resync" when neither the page nor the server's last numbers can say what
+   * is unread after it (rejoin for fresh numbers).
+   */
+  onRead(frame) {
+    const room = this.room(frame.room);
+    if (!room || !this.setRead(frame.room, frame.seq)) return null;
+    const b = room.base;
+    return b && room.readSeq < b.upTo && room.readSeq + 1 < room.heldFrom ? "resync" : null;
+  }
+
+  /** A room of /api/me/rooms: what it says and, until the room is joined, its counts. */
+  onMyRoom(r) {
+    this.setInfo(r.name, { kind: r.kind, role: r.role ?? null, members: r.members });
+    const room = this.room(r.name);
+    if (room && !room.joined && Number.isInteger(r.read_seq)) {
+      room.base = { readSeq: r.read_seq, upTo: r.last_seq ?? r.read_seq, unread: r.unread ?? 0, mentions: r.mentions ?? 0 };
+      room.readSeq = Math.max(room.readSeq, r.read_seq);
+    } else if (room && Number.isInteger(r.read_seq)) {
+      room.readSeq = Math.max(room.readSeq, r.read_seq);
+    }
     this.changed("rooms");
   }
 
@@ -132,27 +340,53 @@ export class Store {
 
   // ---------------------------------------------------------- server frames
 
-  /** Returns "reload" when the server could not replay the gap (recovered: false). */
+  /**
+   * Returns {reload, read}: reload when the server could not replay the gap
+   * (recovered: false); read, a seq to mark read (a public room never read:
+   * what is there when it is first opened is not "unread").
+   */
   onJoined(frame) {
     const room = this.room(frame.room);
-    if (!room) return null;
+    if (!room) return { reload: false, read: 0 };
+    const first = !room.synced;
+    const L = frame.last_seq;
     room.joined = true;
-    room.replayUntil = frame.last_seq;
+    room.removed = null;
+    room.replayUntil = L;
     room.members = new Map((frame.members ?? []).map((m) => [m.id, m.name]));
-    let outcome = null;
+    for (const m of frame.members ?? []) this.addPerson(m.id, m.name);
+    const outcome = { reload: false, read: 0 };
+    const reset = frame.recovered === false && room.lastSeq > L; // the server's data was reset: our marker means nothing there
+    if (reset) {
+      room.readSeq = 0;
+      room.read.wanted = 0;
+      room.read.sent = 0;
+    }
     if (frame.recovered === false) {
       // Nothing was replayed: drop the local copy and start again from history.
       room.messages.clear();
       room.byId.clear();
+      room.events.clear();
       room.atStart = false;
-      room.lastSeq = frame.last_seq;
-      room.unreadAfter = Math.min(room.unreadAfter, frame.last_seq);
-      outcome = "reload";
+      room.lastSeq = L;
+      room.heldFrom = L + 1;
+      outcome.reload = true;
+    } else if (first) {
+      room.heldFrom = Math.max(1, L - JOIN_HISTORY + 1); // the replay: the newest JOIN_HISTORY events
     }
-    if (!room.synced) {
-      room.synced = true;
-      room.unreadAfter = frame.last_seq; // the initial replay is not "unread"
+    if (Number.isInteger(frame.read_seq)) {
+      this.readMarkers = true;
+      room.base = { readSeq: frame.read_seq, upTo: L, unread: frame.unread ?? 0, mentions: frame.mentions ?? 0 };
+      room.readSeq = Math.max(room.readSeq, frame.read_seq);
+      if (first && frame.read_seq === 0 && L > room.readSeq && this.kindOf(room.name) === "public") {
+        room.readSeq = L;
+        outcome.read = L;
+      }
+    } else if (first) {
+      room.readSeq = Math.max(room.readSeq, L); // a server without read markers: the first replay is not unread
     }
+    room.synced = true;
+    if (this.current === room.name && room.divider === undefined) room.divider = this.dividerFor(room);
     settleChanges(room);
     this.changed("rooms", "messages", "members");
     return outcome;
@@ -175,20 +409,102 @@ export class Store {
       return;
     }
     putMessage(room, toMessage(frame));
-    const seen = this.current === room.name && this.pageVisible;
-    if (frame.seq > room.unreadAfter && !this.isOwn(frame.user_id) && !seen) room.unread += 1;
-    if (seen) room.unreadAfter = Math.max(room.unreadAfter, frame.seq);
+    this.addPerson(frame.user_id, frame.user);
     this.changed("messages", "rooms");
   }
 
-  /** Older messages from a history page (never counted as unread). */
-  addHistory(name, messages) {
+  /**
+   * A history page (oldest first), fetched with `before` (undefined: the
+   * newest page). A page holds every message below `before` down to its
+   * oldest, so what is held stays gap-free.
+   */
+  addHistory(name, messages, { before, atStart = false } = {}) {
     const room = this.room(name);
     if (!room) return;
     // Pages carry messages in their current state; ones already held are kept
     // (the room's stream keeps them current).
     for (const m of messages) if (!room.messages.has(m.seq)) putMessage(room, toMessage(m));
-    this.changed("messages");
+    if (before === undefined || before >= room.heldFrom) {
+      if (atStart) room.heldFrom = 1;
+      else if (messages.length) room.heldFrom = Math.min(room.heldFrom, messages[0].seq);
+    }
+    this.changed("messages", "rooms");
+  }
+
+  /**
+   * A membership event (docs/protocol.md 7b): a system line in the timeline,
+   * and what it changes for the user (role, mute). Returns true when it is new.
+   */
+  onRoomEvent(frame) {
+    const room = this.room(frame.room);
+    if (!room || room.events.has(frame.seq)) return false;
+    room.lastSeq = Math.max(room.lastSeq, frame.seq);
+    settleChanges(room);
+    room.events.set(frame.seq, { ...frame, date: new Date(frame.timestamp) });
+    this.addPerson(frame.user_id, frame.user);
+    if (frame.member) this.addPerson(frame.member.id, frame.member.name);
+    const info = this.infoOf(room.name);
+    const aboutMe = frame.member && this.isOwn(frame.member.id);
+    if (frame.type === "room_created") {
+      this.setInfo(room.name, { kind: frame.kind, members: frame.members });
+    } else if (frame.type === "member_added" && aboutMe) {
+      info.role = frame.role ?? "member";
+    } else if (frame.type === "member_removed" && aboutMe) {
+      room.lastRemoval = { reason: frame.reason, by: frame.user, byId: frame.user_id };
+      // Live (not replayed): `left` follows, and the room takes nothing more from this connection.
+      if (frame.seq > room.replayUntil) room.joined = false;
+    } else if (frame.type === "member_muted" && aboutMe) {
+      room.mutedUntil = frame.until ? Date.parse(frame.until) || 0 : 0;
+    }
+    this.changed("messages", "rooms", "members");
+    return true;
+  }
+
+  /**
+   * `left` with a reason: the server took this connection out of the room.
+   * Returns {reason, by} (by: who did it, when the event said), or null for
+   * the answer to an own `leave`.
+   */
+  onLeft(frame) {
+    const room = this.room(frame.room);
+    if (!room || !frame.reason) return null;
+    return this.#removedFrom(room, frame.reason);
+  }
+
+  /** `room_removed`: the user is no longer a member (on any connection). Null when already known. */
+  onRoomRemoved(frame) {
+    const room = this.room(frame.room);
+    if (this.info.has(frame.room)) this.info.get(frame.room).role = null;
+    if (!room || room.removed) return null;
+    return this.#removedFrom(room, frame.reason ?? "removed");
+  }
+
+  #removedFrom(room, reason) {
+    if (room.removed) {
+      room.joined = false;
+      return null;
+    }
+    const by = room.lastRemoval && room.lastRemoval.reason === reason && !this.isOwn(room.lastRemoval.byId) ? room.lastRemoval.by : null;
+    room.removed = { reason, by };
+    room.joined = false;
+    room.typing.clear();
+    room.members.clear();
+    if (this.info.has(room.name) && this.kindOf(room.name) !== "public") this.info.get(room.name).role = null;
+    this.changed("rooms", "messages", "members", "typing");
+    return room.removed;
+  }
+
+  /** `room_added`: the user was invited, or a direct room with them was opened. True when the room is not open here. */
+  onRoomAdded(frame) {
+    this.setInfo(frame.room, { kind: frame.kind });
+    if (frame.by) this.addPerson(frame.by.id, frame.by.name);
+    if (frame.kind === "direct" && frame.by && !this.isOwn(frame.by.id)) {
+      const info = this.infoOf(frame.room);
+      if (!info.peer) info.peer = { id: frame.by.id, name: frame.by.name };
+    }
+    this.changed("rooms");
+    const room = this.room(frame.room);
+    return !room || Boolean(room.removed);
   }
 
   /**
@@ -243,7 +559,10 @@ export class Store {
   onPresence(frame) {
     const room = this.room(frame.room);
     if (!room) return;
-    for (const u of frame.joined ?? []) room.members.set(u.id, u.name);
+    for (const u of frame.joined ?? []) {
+      room.members.set(u.id, u.name);
+      this.addPerson(u.id, u.name);
+    }
     for (const u of frame.left ?? []) {
       room.members.delete(u.id);
       room.typing.delete(u.id);
@@ -391,7 +710,7 @@ export class Store {
 
   totalUnread() {
     let n = 0;
-    for (const room of this.rooms.values()) n += room.unread;
+    for (const room of this.rooms.values()) if (!room.removed) n += this.counts(room).unread;
     return n;
   }
 }
