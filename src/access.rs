@@ -431,8 +431,9 @@ pub fn event_for(
     me: &str,
     kind: RoomKind,
 ) -> (Kind, EventBody) {
+    // No name: the room fills in the one it knows.
     let mut body = EventBody {
-        name: Some(subject.name.clone()),
+        name: (!subject.name.is_empty()).then(|| subject.name.clone()),
         ..EventBody::default()
     };
     let kind = match action {

@@ -28,6 +28,12 @@ impl ReadMarkers {
         }
     }
 
+    /// A marker of `user` in `room` still waiting to be written.
+    pub fn pending(&self, user: &str, room: &str) -> Option<u64> {
+        let waiting = self.waiting.lock().ok()?;
+        waiting.get(&(user.to_string(), room.to_string())).copied()
+    }
+
     fn take(&self) -> Vec<(String, String, u64)> {
         let Ok(mut waiting) = self.waiting.lock() else {
             return Vec::new();
@@ -88,5 +94,7 @@ mod tests {
             ]
         );
         assert!(m.take().is_empty());
+        m.note("a", "r", 2);
+        assert_eq!((m.pending("a", "r"), m.pending("a", "s")), (Some(2), None));
     }
 }

@@ -384,9 +384,11 @@ impl Session {
                 // `joined` tells the joiner's read marker and unread counts;
                 // later frames wait for them, so answers keep their order.
                 let (store, user) = (self.deps.store.clone(), self.user.clone());
+                let pending = self.deps.markers.pending(&user.id, &room);
                 let at = room.clone();
                 let read = async move {
-                    crate::store::rooms::reading(store.as_ref(), &at, &user.id, &user.name).await
+                    let store = store.as_ref();
+                    crate::store::rooms::reading(store, &at, &user.id, &user.name, pending).await
                 };
                 ctx.wait(read.into_actor(self).map(move |reading, act, ctx| {
                     if let Err(error) = &reading {

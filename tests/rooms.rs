@@ -763,6 +763,15 @@ async fn read_marker_flow(backend: Backend) {
         json!({"type":"read","room":room,"seq":m1["seq"]})
     );
     a1.expect_no_type("read", 200).await;
+    // A connection joining before the marker is written still gets it.
+    let mut a3 = alice.ws(server).await;
+    let joined = a3.join(&room).await;
+    assert_eq!(
+        (&joined["read_seq"], &joined["unread"]),
+        (&m1["seq"], &json!(3)),
+        "{joined}"
+    );
+    drop(a3);
     // One that doesn't move forward goes nowhere.
     a1.send_json(json!({"type":"read","room":room,"seq":1}))
         .await;
@@ -903,11 +912,14 @@ async fn server_admins_moderate_public_rooms() {
         "forbidden",
     );
 
-    // A kick takes her connections out; she may come back.
+    // A kick takes her connections out; she may come back. Without a name
+    // in the request, the event names her as she is connected.
+    let path = format!("/api/rooms/{room}/members/{}/kick", eve.id);
     let kicked = ok_event(
-        &moderate(&server, &root, &room, &eve, "kick").await,
+        &call(&server, "POST", &path, &root, None).await,
         "member_removed",
     );
+    assert_eq!(kicked["member"], json!({"id": eve.id, "name": "Eve"}));
     assert_eq!(kicked["reason"], "kicked");
     assert_eq!(e.recv_type("left").await["reason"], "kicked");
     e.expect_no_type("room_removed", 200).await;
@@ -1245,8 +1257,14 @@ async fn the_rooms_claim_applies_on_top_of_membership() {
     };
     let room = room_name("claimed");
     assert_eq!(create(&server, &alice, &room, "private").await.status, 201);
-    ok_event(&invite(&server, &alice, &room, &bob, "member").await, "member_added");
-    ok_event(&invite(&server, &alice, &room, &carol, "member").await, "member_added");
+    ok_event(
+        &invite(&server, &alice, &room, &bob, "member").await,
+        "member_added",
+    );
+    ok_event(
+        &invite(&server, &alice, &room, &carol, "member").await,
+        "member_added",
+    );
     assert_no_way_in(&server, &bob, &room, "nothing").await;
 
     let mut seed = server
@@ -1259,7 +1277,10 @@ async fn the_rooms_claim_applies_on_top_of_membership() {
     let got = seed.recv_json().await;
     assert_eq!(got["message"], "seen by the seed client", "{got}");
     // Membership events are not for seed clients.
-    ok_event(&moderate(&server, &alice, &room, &bob, "mute:5").await, "member_muted");
+    ok_event(
+        &moderate(&server, &alice, &room, &bob, "mute:5").await,
+        "member_muted",
+    );
     say(&mut a, &room, "second", "c2").await;
     assert_eq!(seed.recv_json().await["message"], "second");
 }

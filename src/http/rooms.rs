@@ -79,11 +79,12 @@ fn user_id(raw: &str) -> Result<String, Rejection> {
     Ok(raw.to_string())
 }
 
-/// A display name given for another user; their id when none (or a bad one).
-fn display_name(given: Option<&str>, id: &str) -> String {
+/// A display name given for another user; empty when none (or a bad one):
+/// the room then uses the name it knows, and frames show the id.
+fn display_name(given: Option<&str>) -> String {
     given
         .and_then(|n| protocol::check_display_name(n).ok())
-        .unwrap_or_else(|| id.chars().take(32).collect())
+        .unwrap_or_default()
 }
 
 fn page_limit(req: &HttpRequest) -> Result<(usize, String), Rejection> {
@@ -282,8 +283,13 @@ pub async fn open_direct(
     let room = access::direct_room_name(&me.id, &other);
     identity.rooms.check(&room)?;
     take_turn(&deps, &identity)?;
+    let given = display_name(optional_str(&body, "name")?);
     let them = UserInfo {
-        name: display_name(optional_str(&body, "name")?, &other),
+        name: if given.is_empty() {
+            other.chars().take(32).collect()
+        } else {
+            given
+        },
         id: other,
     };
     let members = [&*me, &them].map(|u| NamedMember {
@@ -425,7 +431,7 @@ pub async fn invite(
         _ => return Err(field_error("\"role\" is \"member\" or \"admin\"")),
     };
     let subject = UserInfo {
-        name: display_name(optional_str(&body, "name")?, &id),
+        name: display_name(optional_str(&body, "name")?),
         id,
     };
     run_action(&deps, &identity, &room, subject, Action::Invite(role)).await
@@ -440,7 +446,7 @@ pub async fn remove(
 ) -> Answer {
     let id = user_id(req.match_info().get("user").unwrap_or_default())?;
     let subject = UserInfo {
-        name: id.clone(),
+        name: String::new(),
         id,
     };
     run_action(&deps, &identity, &room, subject, Action::Remove).await
@@ -479,7 +485,7 @@ pub async fn moderate(
         _ => return Err(Rejection::new(ErrorCode::NotFound, "no such endpoint")),
     };
     let subject = UserInfo {
-        name: display_name(optional_str(&body, "name")?, &id),
+        name: display_name(optional_str(&body, "name")?),
         id,
     };
     run_action(&deps, &identity, &room, subject, action).await
@@ -545,6 +551,12 @@ pub async fn list_members(
 
 /// A user's room as `/api/me/rooms` and `/api/rooms` show it, with what is unread.
 async fn my_room_json(deps: &AppDeps, me: &UserInfo, room: &UserRoom) -> Result<Value, Rejection> {
+    // A marker still waiting to be written counts already.
+    let pending = deps.markers.pending(&me.id, &room.name).unwrap_or(0);
+    let room = &UserRoom {
+        read_seq: room.read_seq.max(pending),
+        ..room.clone()
+    };
     let (unread, mentions) = stored::unread(
         deps.store.as_ref(),
         &room.name,

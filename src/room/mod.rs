@@ -541,16 +541,17 @@ impl Handler<Act> for RoomActor {
                 .as_deref()
                 .is_none_or(|n| n.is_empty() || n == subject)
             {
+                // Their name as connected here now, else as the room's rows know it.
                 let known = self
-                    .access
-                    .standing(&subject)
-                    .map(|s| s.name.clone())
-                    .filter(|n| !n.is_empty())
+                    .membership
+                    .iter()
+                    .find(|(_, m)| m.user.id == subject)
+                    .map(|(_, m)| m.user.name.clone())
                     .or_else(|| {
-                        self.membership
-                            .iter()
-                            .find(|(_, m)| m.user.id == subject)
-                            .map(|(_, m)| m.user.name.clone())
+                        self.access
+                            .standing(&subject)
+                            .map(|s| s.name.clone())
+                            .filter(|n| !n.is_empty())
                     });
                 if let Some(name) = known {
                     body.name = Some(name);

@@ -329,17 +329,20 @@ pub async fn unread(
     Ok((cap(row.n1), cap(row.n2)))
 }
 
-/// A user's reading of a room: marker, unread, mentions.
+/// A user's reading of a room: marker, unread, mentions. `pending`: a newer
+/// marker not written yet (this instance's [`crate::markers::ReadMarkers`]).
 pub async fn reading(
     store: &dyn Store,
     room: &str,
     user: &str,
     name: &str,
+    pending: Option<u64>,
 ) -> Result<ReadState, StoreError> {
     let rows = store
         .raw_query(MARKER, vec![text(user), text(room)])
         .await?;
-    let read_seq = rows.first().and_then(|r| r.n1).unwrap_or(0).max(0) as u64;
+    let stored = rows.first().and_then(|r| r.n1).unwrap_or(0).max(0) as u64;
+    let read_seq = stored.max(pending.unwrap_or(0));
     let (unread, mentions) = unread(store, room, user, name, read_seq).await?;
     Ok(ReadState {
         read_seq,
