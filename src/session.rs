@@ -537,7 +537,7 @@ impl Actor for Session {
         self.close_on_shutdown(ctx);
         if self.format == FrameFormat::V1 {
             let to = ctx.address().recipient();
-            self.deps.users.register(&self.user.id, self.id, to);
+            self.deps.users.register(&self.limiter_key, self.id, to);
         }
         if let Some(exp) = self.identity.expires_at {
             let left = Duration::from_secs(exp.saturating_sub(crate::auth::unix_now()));

@@ -8,21 +8,27 @@ use crate::message::ToSession;
 use crate::FastMap;
 use actix::Recipient;
 use bytestring::ByteString;
-use std::sync::Mutex;
+use smallvec::SmallVec;
+use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
 /// One connection of a user: its session and its mailbox.
 type Connection = (Uuid, Recipient<ToSession>);
 
+/// A user's connections here: usually one, kept inline (this table has an
+/// entry per connected user, so its bytes count per connection).
+type Connections = SmallVec<[Connection; 1]>;
+
 #[derive(Default)]
 pub struct Users {
-    connections: Mutex<FastMap<String, Vec<Connection>>>,
+    /// Keyed by the id the session already holds (shared, not copied).
+    connections: Mutex<FastMap<Arc<str>, Connections>>,
 }
 
 impl Users {
-    pub fn register(&self, user: &str, session: Uuid, to: Recipient<ToSession>) {
+    pub fn register(&self, user: &Arc<str>, session: Uuid, to: Recipient<ToSession>) {
         if let Ok(mut map) = self.connections.lock() {
-            map.entry(user.to_string()).or_default().push((session, to));
+            map.entry(user.clone()).or_default().push((session, to));
         }
     }
 

@@ -337,7 +337,8 @@ impl Handler<Join> for RoomActor {
             self.maybe_idle(ctx);
             return;
         }
-        if let Some(reading) = join.reading {
+        // A marker that exists: a `read` below it moves nothing.
+        if let Some(reading) = join.reading.filter(|r| r.read_seq > 0) {
             let mark = self.read_marks.entry(join.user.id.clone()).or_insert(0);
             *mark = (*mark).max(reading.read_seq);
         }
