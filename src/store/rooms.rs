@@ -76,9 +76,17 @@ const READING: &str = "SELECT CAST(NULL AS TEXT) AS t1, CAST(NULL AS TEXT) AS t2
      CAST(NULL AS BIGINT) AS n3 FROM (SELECT content FROM messages WHERE room = $1 \
      AND seq > $2 AND kind = 'message' AND deleted = false AND user_id <> $3 \
      ORDER BY seq DESC LIMIT 1000) t";
-const MARKER: &str = "SELECT CAST(NULL AS TEXT) AS t1, CAST(NULL AS TEXT) AS t2, \
-     CAST(NULL AS TEXT) AS t3, read_seq AS n1, CAST(NULL AS BIGINT) AS n2, \
-     CAST(NULL AS BIGINT) AS n3 FROM read_markers WHERE user_id = $1 AND room = $2";
+/// [`READING`] after the user's stored marker (or `$2`, when higher), in
+/// one round trip: a join asks this.
+const READING_FROM_MARKER: &str = "WITH m AS (SELECT CASE WHEN COALESCE((SELECT read_seq \
+     FROM read_markers WHERE user_id = $3 AND room = $1), 0) > $2 THEN COALESCE((SELECT \
+     read_seq FROM read_markers WHERE user_id = $3 AND room = $1), 0) ELSE $2 END AS s) \
+     SELECT CAST(NULL AS TEXT) AS t1, CAST(NULL AS TEXT) AS t2, CAST(NULL AS TEXT) AS t3, \
+     COUNT(t.content) AS n1, \
+     COALESCE(SUM(CASE WHEN lower(t.content) LIKE $4 ESCAPE '!' THEN 1 ELSE 0 END), 0) AS n2, \
+     (SELECT s FROM m) AS n3 FROM (SELECT e.content FROM messages e, m WHERE e.room = $1 \
+     AND e.seq > m.s AND e.kind = 'message' AND e.deleted = false AND e.user_id <> $3 \
+     ORDER BY e.seq DESC LIMIT 1000) t";
 /// A marker moves forward only.
 const MARKER_SAVE: &str = "INSERT INTO read_markers (user_id, room, read_seq, updated_at_ms) \
      VALUES ($1, $2, $3, $4) ON CONFLICT (user_id, room) DO UPDATE SET \
@@ -338,16 +346,24 @@ pub async fn reading(
     name: &str,
     pending: Option<u64>,
 ) -> Result<ReadState, StoreError> {
+    let pending = pending.unwrap_or(0).min(i64::MAX as u64) as i64;
     let rows = store
-        .raw_query(MARKER, vec![text(user), text(room)])
+        .raw_query(
+            READING_FROM_MARKER,
+            vec![
+                text(room),
+                Param::Int(pending),
+                text(user),
+                Param::Text(mention_pattern(name)),
+            ],
+        )
         .await?;
-    let stored = rows.first().and_then(|r| r.n1).unwrap_or(0).max(0) as u64;
-    let read_seq = stored.max(pending.unwrap_or(0));
-    let (unread, mentions) = unread(store, room, user, name, read_seq).await?;
+    let row = rows.into_iter().next().unwrap_or_default();
+    let cap = |n: Option<i64>| n.unwrap_or(0).clamp(0, UNREAD_CAP) as u64;
     Ok(ReadState {
-        read_seq,
-        unread,
-        mentions,
+        read_seq: row.n3.unwrap_or(0).max(0) as u64,
+        unread: cap(row.n1),
+        mentions: cap(row.n2),
     })
 }
 
