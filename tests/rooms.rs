@@ -558,15 +558,7 @@ async fn private_room_flow(backend: Backend) {
     join_refused(&mut d, &room).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn private_rooms_on_sqlite() {
-    private_room_flow(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn private_rooms_on_postgres() {
-    private_room_flow(Backend::Postgres).await;
-}
+on_both_backends!(private_room_flow: private_rooms_on_sqlite, private_rooms_on_postgres);
 
 // ---------------------------------------------------------------------------
 // Direct rooms
@@ -689,15 +681,7 @@ async fn direct_room_flow(backend: Backend) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn direct_rooms_on_sqlite() {
-    direct_room_flow(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn direct_rooms_on_postgres() {
-    direct_room_flow(Backend::Postgres).await;
-}
+on_both_backends!(direct_room_flow: direct_rooms_on_sqlite, direct_rooms_on_postgres);
 
 // ---------------------------------------------------------------------------
 // Read markers and unread counts
@@ -878,15 +862,7 @@ async fn read_marker_flow(backend: Backend) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn read_markers_on_sqlite() {
-    read_marker_flow(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn read_markers_on_postgres() {
-    read_marker_flow(Backend::Postgres).await;
-}
+on_both_backends!(read_marker_flow: read_markers_on_sqlite, read_markers_on_postgres);
 
 // ---------------------------------------------------------------------------
 // Moderation of public rooms: server admins
@@ -1177,15 +1153,7 @@ async fn export_import_keeps_privacy(backend: Backend) {
     assert_eq!(again.stdout, out.stdout, "the import is what was exported");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn export_and_import_keep_privacy_on_sqlite() {
-    export_import_keeps_privacy(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn export_and_import_keep_privacy_on_postgres() {
-    export_import_keeps_privacy(Backend::Postgres).await;
-}
+on_both_backends!(export_import_keeps_privacy: export_and_import_keep_privacy_on_sqlite, export_and_import_keep_privacy_on_postgres);
 
 /// With Postgres down, an instance that never opened a private room opens it
 /// on what Redis knows: members named by the room's recent events get in,

@@ -305,3 +305,20 @@ impl Node {
         }
     }
 }
+
+/// Two tests running one flow: `$flow(Backend::Sqlite)` as `$sqlite`, and
+/// `$flow(Backend::Postgres)` as `$postgres`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($flow:ident: $sqlite:ident, $postgres:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $sqlite() {
+            $flow($crate::common::cluster::Backend::Sqlite).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $postgres() {
+            $flow($crate::common::cluster::Backend::Postgres).await;
+        }
+    };
+}
