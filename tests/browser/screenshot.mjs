@@ -3,7 +3,7 @@
 // (needs target/debug/confab and /usr/bin/chromium, like the tests).
 
 import { join } from "node:path";
-import { launchBrowser, nodeUser, openUser, removeDir, repoRoot, sendFromUi, startServer } from "./harness.mjs";
+import { api, guestLogin, launchBrowser, nodeUser, openUser, removeDir, repoRoot, sendFromUi, startServer } from "./harness.mjs";
 
 const out = process.argv[2] ?? join(repoRoot, "docs/screenshot.png");
 const server = await startServer();
@@ -12,7 +12,8 @@ const pause = (ms) => new Promise((ok) => setTimeout(ok, ms));
 
 try {
   const dave = await nodeUser(server.url, "dave", "ops");
-  const alice = await openUser(browser, server.url, "alice", { path: "/#/room/design" });
+  const aliceLogin = await guestLogin(server.url, "alice");
+  const alice = await openUser(browser, server.url, "alice", { path: "/#/room/design", token: aliceLogin.token });
   const bob = await openUser(browser, server.url, "bob", { path: "/#/room/general" });
   const carol = await nodeUser(server.url, "carol", "general");
 
@@ -45,6 +46,15 @@ try {
   await carol.request({ type: "edit", room: "general", id: answer, content: "None. It rejoined with `since` and replayed the four messages it had missed." });
   await alice.page.locator("#messages .msg-text", { hasText: "the four messages" }).waitFor();
   await say(bob, "Then the web UI ships today.\nRelease notes are in the usual doc, reviews welcome.");
+
+  // A private room alice was invited to, and a direct message from dave.
+  await api(server.url, carol.token, "POST", "/api/rooms", { name: "leads", kind: "private" });
+  await api(server.url, carol.token, "POST", "/api/rooms/leads/members", { user: aliceLogin.user.id, name: "alice" });
+  const dm = await api(server.url, dave.token, "POST", "/api/dm", { user: aliceLogin.user.id, name: "alice" });
+  await dave.join(dm.room.name, { history: 0 });
+  await dave.sendAll(dm.room.name, ["@alice can you look at the ops dashboard when you have a minute?"]);
+  await alice.page.locator("#room-list .room-link", { hasText: "leads" }).waitFor();
+  await alice.page.locator("#dm-list .room-link", { hasText: "dave" }).locator(".badge").first().waitFor();
 
   // Some life elsewhere: unread messages in #design, and carol typing.
   await bob.page.goto(`${server.url}/#/room/design`);
