@@ -52,7 +52,15 @@ pub struct MarkRead {
 
 /// What an [`Act`] comes back with: the event it added (`None`: it would
 /// have changed nothing), or why not.
-pub type ActResult = Result<Option<Arc<ChatMessage>>, Rejection>;
+pub type ActResult = Result<Option<Acted>, Rejection>;
+
+/// The event an [`Act`] added, and the kind of its room (as the room knew it
+/// when the event was taken).
+#[derive(Debug, Clone)]
+pub struct Acted {
+    pub event: Arc<ChatMessage>,
+    pub kind: crate::access::RoomKind,
+}
 
 /// A membership event from REST (docs/protocol.md, section 7b), forwarded by
 /// the registry, which starts the room if needed and counts it like a join.

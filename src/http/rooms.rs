@@ -9,7 +9,7 @@ use crate::access::{self, Action, Actor, EventBody, NamedMember, Role, RoomKind}
 use crate::auth::Identity;
 use crate::broker::Draft;
 use crate::chat::{ChatMessage, Kind};
-use crate::message::Act;
+use crate::message::{Act, Acted};
 use crate::protocol::{self, ErrorCode, Rejection, UserInfo};
 use crate::registry::{ActIn, ListActive};
 use crate::store::rooms::{self as stored, Claim, UserRoom};
@@ -104,7 +104,7 @@ async fn act(
     room: &str,
     draft: Draft,
     check: Option<(Actor, Action)>,
-) -> Result<Option<Arc<ChatMessage>>, Rejection> {
+) -> Result<Option<Acted>, Rejection> {
     let (reply, answer) = tokio::sync::oneshot::channel();
     deps.registry.do_send(ActIn(Act {
         room: room.to_string(),
@@ -118,7 +118,7 @@ async fn act(
         Ok(Ok(result)) => result?,
         _ => return Err(lost()),
     };
-    if let Some(event) = &event {
+    if let Some(Acted { event, .. }) = &event {
         if deps.broker.shared() {
             if let Err(error) =
                 stored::apply_events(deps.store.as_ref(), &[(**event).clone()]).await
@@ -260,7 +260,7 @@ pub async fn create_room(
         &protocol::room_added_json(name, kind.as_str(), &me),
         None,
     );
-    let mut room = room_json(name, kind, event.seq);
+    let mut room = room_json(name, kind, event.event.seq);
     room["role"] = "owner".into();
     Ok(created(json!({ "room": room })))
 }
@@ -333,7 +333,7 @@ pub async fn open_direct(
             let added = protocol::room_added_json(&room, RoomKind::Direct.as_str(), &me);
             deps.tell_user(&me.id, &added, None);
             deps.tell_user(&them.id, &added, None);
-            let mut answer = room_json(&room, RoomKind::Direct, event.seq);
+            let mut answer = room_json(&room, RoomKind::Direct, event.event.seq);
             answer["members"] = members_json(&members);
             Ok(created(json!({ "room": answer })))
         }
@@ -386,27 +386,24 @@ async fn run_action(
     )
     .await
     .map_err(|e| e.in_room(Some(room)))?;
-    let Some(event) = event else {
+    let Some(Acted { event, kind }) = event else {
         return Ok(json(r#"{"event":null}"#.into()));
     };
-    tell_subject(deps, &event, &me).await;
+    tell_subject(deps, &event, kind, &me);
     Ok(json(format!("{{\"event\":{}}}", event.frame_json())))
 }
 
 /// A member added to a room hears `room_added`; one removed from a private
 /// or direct room, `room_removed`.
-async fn tell_subject(deps: &AppDeps, event: &ChatMessage, by: &UserInfo) {
+fn tell_subject(deps: &AppDeps, event: &ChatMessage, kind: RoomKind, by: &UserInfo) {
     let Some(subject) = event.target.as_deref() else {
         return;
     };
     let body = EventBody::of(event);
-    let kind = match stored::standing(deps.store.as_ref(), &event.room, subject).await {
-        Ok((kind, _)) => kind,
-        Err(_) => return,
-    };
     let frame = match event.kind {
         Kind::MemberAdded => protocol::room_added_json(&event.room, kind.as_str(), by),
-        Kind::MemberRemoved if kind.members_only() || !body.connections_only => {
+        // Not a kick from a public room, which only takes connections out.
+        Kind::MemberRemoved if !body.connections_only => {
             let reason = body.reason.as_deref().unwrap_or("removed");
             protocol::room_removed_json(&event.room, reason)
         }
@@ -552,17 +549,15 @@ pub async fn list_members(
 /// A user's room as `/api/me/rooms` and `/api/rooms` show it, with what is unread.
 async fn my_room_json(deps: &AppDeps, me: &UserInfo, room: &UserRoom) -> Result<Value, Rejection> {
     // A marker still waiting to be written counts already.
-    let pending = deps.markers.pending(&me.id, &room.name).unwrap_or(0);
-    let room = &UserRoom {
-        read_seq: room.read_seq.max(pending),
-        ..room.clone()
-    };
-    let (unread, mentions) = stored::unread(
+    let known = room
+        .read_seq
+        .max(deps.markers.pending(&me.id, &room.name).unwrap_or(0));
+    let reading = stored::reading(
         deps.store.as_ref(),
         &room.name,
         &me.id,
         &me.name,
-        room.read_seq,
+        Some(known),
     )
     .await
     .map_err(unavailable)?;
@@ -570,9 +565,9 @@ async fn my_room_json(deps: &AppDeps, me: &UserInfo, room: &UserRoom) -> Result<
     if let Some(role) = room.role {
         answer["role"] = role.as_str().into();
     }
-    answer["read_seq"] = room.read_seq.into();
-    answer["unread"] = unread.into();
-    answer["mentions"] = mentions.into();
+    answer["read_seq"] = reading.read_seq.into();
+    answer["unread"] = reading.unread.into();
+    answer["mentions"] = reading.mentions.into();
     if room.kind == RoomKind::Direct {
         let (members, _) = stored::members(deps.store.as_ref(), &room.name, "", 2, false)
             .await

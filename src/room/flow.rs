@@ -287,18 +287,23 @@ impl RoomActor {
         results: Vec<Accepted>,
     ) {
         let mut outbox = Outbox::default();
+        // REST actions are answered once their events went out here, so the
+        // caller's connections (and the subject's) have them first.
+        let mut replies = Vec::new();
         for (mut sender, accepted) in senders.into_iter().zip(results) {
             if let Some(reply) = sender.reply.take() {
+                let kind = self.access.kind;
+                let acted = |event| Ok(Some(crate::message::Acted { event, kind }));
                 let answer = match accepted {
                     Accepted::New(msg) => {
                         self.delivery.offer(msg.clone());
-                        Ok(Some(msg))
+                        acted(msg)
                     }
-                    Accepted::Duplicate(original) => Ok(Some(original)),
+                    Accepted::Duplicate(original) => acted(original),
                     Accepted::Unchanged(_) => Ok(None),
                     Accepted::Rejected(rejection) => Err(rejection),
                 };
-                let _ = reply.send(answer);
+                replies.push((reply, answer));
                 continue;
             }
             match accepted {
@@ -323,6 +328,9 @@ impl RoomActor {
         }
         self.flush_delivery(ctx, &mut outbox);
         self.send_outbox(outbox);
+        for (reply, answer) in replies {
+            let _ = reply.send(answer);
+        }
     }
 
     /// Refuses a send or change, unless its ref names one accepted before

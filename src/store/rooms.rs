@@ -20,9 +20,12 @@ const SETTINGS: &str = "SELECT kind AS t1, owner AS t2, CAST(NULL AS TEXT) AS t3
      FROM room_settings WHERE room = $1";
 const ROOM_USERS: &str = "SELECT user_id AS t1, user_name AS t2, role AS t3, banned AS n1, \
      muted_until_ms AS n2, CAST(NULL AS BIGINT) AS n3 FROM room_members WHERE room = $1";
-const ONE_USER: &str = "SELECT user_id AS t1, user_name AS t2, role AS t3, banned AS n1, \
-     muted_until_ms AS n2, CAST(NULL AS BIGINT) AS n3 FROM room_members \
-     WHERE room = $1 AND user_id = $2";
+/// A room's kind (`t1`) and one user's standing in it (`n1` is NULL when the
+/// room has no row for the user).
+const STANDING: &str = "SELECT s.kind AS t1, m.user_name AS t2, m.role AS t3, m.banned AS n1, \
+     m.muted_until_ms AS n2, CAST(NULL AS BIGINT) AS n3 FROM (SELECT CAST($1 AS TEXT) AS room) r \
+     LEFT JOIN room_settings s ON s.room = r.room \
+     LEFT JOIN room_members m ON m.room = r.room AND m.user_id = $2";
 const MEMBERS_PAGE: &str = "SELECT user_id AS t1, user_name AS t2, role AS t3, banned AS n1, \
      muted_until_ms AS n2, CAST(NULL AS BIGINT) AS n3 FROM room_members \
      WHERE room = $1 AND role IS NOT NULL AND user_id > $2 ORDER BY user_id LIMIT $3";
@@ -68,16 +71,9 @@ const ROOMS_WITH_KIND: &str = "SELECT r.name AS t1, COALESCE(s.kind, 'public') A
      CAST(NULL AS TEXT) AS t3, r.last_seq AS n1, CAST(NULL AS BIGINT) AS n2, \
      CAST(NULL AS BIGINT) AS n3 FROM rooms r LEFT JOIN room_settings s ON s.room = r.name \
      ORDER BY r.name";
-/// Unread messages after a marker (the newest [`UNREAD_CAP`]), and how many
-/// of them mention a name.
-const READING: &str = "SELECT CAST(NULL AS TEXT) AS t1, CAST(NULL AS TEXT) AS t2, \
-     CAST(NULL AS TEXT) AS t3, COUNT(*) AS n1, \
-     COALESCE(SUM(CASE WHEN lower(t.content) LIKE $4 ESCAPE '!' THEN 1 ELSE 0 END), 0) AS n2, \
-     CAST(NULL AS BIGINT) AS n3 FROM (SELECT content FROM messages WHERE room = $1 \
-     AND seq > $2 AND kind = 'message' AND deleted = false AND user_id <> $3 \
-     ORDER BY seq DESC LIMIT 1000) t";
-/// [`READING`] after the user's stored marker (or `$2`, when higher), in
-/// one round trip: a join asks this.
+/// Unread messages after the user's stored marker (or `$2`, when higher):
+/// the newest [`UNREAD_CAP`] of them, how many mention a name, and the marker,
+/// in one round trip.
 const READING_FROM_MARKER: &str = "WITH m AS (SELECT CASE WHEN COALESCE((SELECT read_seq \
      FROM read_markers WHERE user_id = $3 AND room = $1), 0) > $2 THEN COALESCE((SELECT \
      read_seq FROM read_markers WHERE user_id = $3 AND room = $1), 0) ELSE $2 END AS s) \
@@ -134,11 +130,11 @@ pub async fn standing(
     room: &str,
     user: &str,
 ) -> Result<(RoomKind, Option<Standing>), StoreError> {
-    let settings = store.raw_query(SETTINGS, vec![text(room)]).await?;
     let rows = store
-        .raw_query(ONE_USER, vec![text(room), text(user)])
+        .raw_query(STANDING, vec![text(room), text(user)])
         .await?;
-    Ok((kind_of(&settings), rows.first().map(standing_of)))
+    let standing = rows.first().filter(|r| r.n1.is_some()).map(standing_of);
+    Ok((kind_of(&rows), standing))
 }
 
 /// The answer to a claim of a new room.
@@ -313,32 +309,9 @@ fn mention_pattern(name: &str) -> String {
     pattern
 }
 
-/// What `user` (display name `name`) has not read in `room` after `read_seq`.
-pub async fn unread(
-    store: &dyn Store,
-    room: &str,
-    user: &str,
-    name: &str,
-    read_seq: u64,
-) -> Result<(u64, u64), StoreError> {
-    let rows = store
-        .raw_query(
-            READING,
-            vec![
-                text(room),
-                Param::Int(read_seq.min(i64::MAX as u64) as i64),
-                text(user),
-                Param::Text(mention_pattern(name)),
-            ],
-        )
-        .await?;
-    let row = rows.into_iter().next().unwrap_or_default();
-    let cap = |n: Option<i64>| n.unwrap_or(0).clamp(0, UNREAD_CAP) as u64;
-    Ok((cap(row.n1), cap(row.n2)))
-}
-
 /// A user's reading of a room: marker, unread, mentions. `pending`: a newer
-/// marker not written yet (this instance's [`crate::markers::ReadMarkers`]).
+/// marker than the stored one, if known (one not written yet, see
+/// [`crate::markers::ReadMarkers`]).
 pub async fn reading(
     store: &dyn Store,
     room: &str,
